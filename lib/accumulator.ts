@@ -1,0 +1,422 @@
+/**
+ * The event accumulator: folds the decoded SSE events of one Messages API stream into the final
+ * `Message`, and measures the stream while doing it.
+ *
+ * It mirrors `MessageStream#accumulateMessage` of `@anthropic-ai/sdk` 1.14.0 (see
+ * ../shared/reference/anthropic-wire.md §2.3), so that at the end of a stream its snapshot equals
+ * the SDK's `finalMessage()` for the same bytes. The deliberate differences, each listed in the
+ * README: a `message_delta` without `usage` is applied instead of crashing; the snapshot of a
+ * stream that ends without `message_stop` is kept (as the Python SDK does) and flagged
+ * `incomplete`; and the SDK-only `parsed_output` field is not added.
+ *
+ * It is incremental (one event at a time) and pure: no I/O, time from an injected clock.
+ * Mutation is in place, so the cost of an event never grows with the length of the stream;
+ * a tool's partial JSON is parsed once, when its block stops (or when the stream ends).
+ */
+import type { ContentBlock, Message } from "@anthropic-ai/sdk/resources/messages";
+import { partialParse } from "@anthropic-ai/sdk/_vendor/partial-json-parser/parser";
+import type { Clock } from "./clock.ts";
+import { systemClock } from "./clock.ts";
+import type { SseEvent } from "./sse.ts";
+
+export type { ContentBlock, Message };
+
+/** An error that ended a stream: an SSE `error` event, or bytes the accumulator could not use. */
+export interface StreamError {
+  type: string;
+  message: string;
+}
+
+/** Callbacks named after the SDK's `MessageStream` events (the tutorial's helpers). */
+export interface AccumulatorObserver {
+  /** A `text_delta` reached a text block: the delta and the block's text so far. */
+  onText?(delta: string, snapshot: string): void;
+  /** Any Messages event (not `ping`, not `error`), with the snapshot after applying it. */
+  onStreamEvent?(event: StreamEvent, snapshot: Message): void;
+  /** A content block finished (`content_block_stop`). */
+  onContentBlock?(block: ContentBlock): void;
+  /** `message_stop`: the message is complete. */
+  onMessage?(message: Message): void;
+  /** The stream errored (an `error` event, or an event that could not be used). */
+  onError?(error: StreamError): void;
+  /** The stream is over, however it ended. Always the last call. */
+  onEnd?(result: StreamResult): void;
+}
+
+/** A parsed Messages stream event (the JSON `data` of one SSE event). */
+export interface StreamEvent {
+  type: string;
+  [key: string]: unknown;
+}
+
+/** Per-stream measurements, in milliseconds from the stream's start. */
+export interface StreamMetrics {
+  /** Time from start to the first `content_block_delta` (time to first token). */
+  ttftMs: number | null;
+  /** Time from start to the end of the stream. */
+  totalMs: number | null;
+  /** Output tokens per second, counted from the first content delta to the end. */
+  outputTokensPerSecond: number | null;
+}
+
+/** What one stream amounted to. */
+export interface StreamResult {
+  /** The accumulated message: final when `complete`, otherwise the partial snapshot (or null). */
+  message: Message | null;
+  /** True once `message_stop` was seen. */
+  complete: boolean;
+  /** True when the stream ended without `message_stop` (cut, truncated, or errored). */
+  incomplete: boolean;
+  /** The error that ended the stream, if any. */
+  error: StreamError | null;
+  /** Count of events by SSE event name (`ping` and `error` included). */
+  events: Record<string, number>;
+  /** Count of content deltas by delta type. */
+  deltas: Record<string, number>;
+  /** Events or deltas of a type sluice does not know, ignored as the API's versioning asks. */
+  unknown: number;
+  metrics: StreamMetrics;
+}
+
+/** Options for {@link EventAccumulator}. */
+export interface AccumulatorOptions {
+  /** Where time comes from. */
+  clock?: Clock;
+  /** When the stream started (request arrival); defaults to `clock.now()` at construction. */
+  startedAt?: number;
+  observer?: AccumulatorObserver;
+}
+
+const KNOWN_EVENTS = new Set([
+  "message_start",
+  "message_delta",
+  "message_stop",
+  "content_block_start",
+  "content_block_delta",
+  "content_block_stop",
+  "ping",
+  "error",
+]);
+const KNOWN_DELTAS = new Set([
+  "text_delta",
+  "citations_delta",
+  "input_json_delta",
+  "thinking_delta",
+  "signature_delta",
+]);
+const TOOL_INPUT_BLOCKS = new Set(["tool_use", "server_tool_use", "mcp_tool_use"]);
+
+// Internal, loosely typed views of the wire objects: the accumulator copies unknown fields
+// through untouched, so it cannot rely on the SDK's closed unions.
+type Block = { type: string; [key: string]: unknown };
+type Snapshot = {
+  content: Block[];
+  usage?: Record<string, unknown>;
+  [key: string]: unknown;
+};
+
+/**
+ * Accumulates one stream. Feed it decoded SSE events with {@link push}, then call {@link end}.
+ */
+export class EventAccumulator {
+  #clock: Clock;
+  #startedAt: number;
+  #observer: AccumulatorObserver;
+  #snapshot: Snapshot | undefined;
+  // Tool-input JSON text per content index, for blocks whose input is still streaming.
+  #jsonBuffers = new Map<number, string>();
+  #complete = false;
+  #error: StreamError | null = null;
+  #ended = false;
+  #result: StreamResult | undefined;
+  #events: Record<string, number> = {};
+  #deltas: Record<string, number> = {};
+  #unknown = 0;
+  #firstDeltaAt: number | null = null;
+
+  constructor(options: AccumulatorOptions = {}) {
+    this.#clock = options.clock ?? systemClock;
+    this.#startedAt = options.startedAt ?? this.#clock.now();
+    this.#observer = options.observer ?? {};
+  }
+
+  /** The message so far (the live object; do not mutate it). */
+  get snapshot(): Message | undefined {
+    return this.#snapshot as unknown as Message | undefined;
+  }
+
+  /** The error that ended the stream, if any. */
+  get error(): StreamError | null {
+    return this.#error;
+  }
+
+  /** When the first content delta arrived, on the injected clock. */
+  get firstDeltaAt(): number | null {
+    return this.#firstDeltaAt;
+  }
+
+  /** Applies one decoded SSE event. Never throws on bad input: the stream is marked errored. */
+  push(sse: SseEvent): void {
+    if (this.#ended) return;
+    const name = sse.event;
+    if (name === undefined) {
+      // The SDK skips events with no `event:` line; so do we, but they are counted.
+      this.#count("(unnamed)");
+      return;
+    }
+    this.#count(name);
+    if (!KNOWN_EVENTS.has(name)) this.#unknown++;
+    if (this.#error) return; // after an error, bytes may still flow; they change nothing
+    if (name === "ping") return;
+    if (name === "error") {
+      this.#fail(parseErrorEvent(sse.data));
+      return;
+    }
+    if (sse.data === "") return;
+    let event: StreamEvent;
+    try {
+      event = JSON.parse(sse.data);
+    } catch (cause) {
+      this.#fail({
+        type: "invalid_event",
+        message: `could not parse the data of a "${name}" event as JSON: ${
+          (cause as Error).message
+        }`,
+      });
+      return;
+    }
+    if (event === null || typeof event !== "object" || typeof event.type !== "string") {
+      this.#unknown++;
+      return;
+    }
+    this.#apply(event);
+  }
+
+  /** Ends the stream and returns its result. Calling it again returns the same result. */
+  end(): StreamResult {
+    if (this.#result) return this.#result;
+    this.#ended = true;
+    const endedAt = this.#clock.now();
+    // A tool block that never got its content_block_stop (max_tokens, a cut connection): give it
+    // the best-effort partial parse of what arrived, as the SDK's lazy getter would.
+    for (const index of [...this.#jsonBuffers.keys()]) this.#freezeInput(index, true);
+    const message = this.#snapshot as unknown as Message | undefined;
+    const outputTokens = numberOr(this.#snapshot?.usage?.output_tokens, null);
+    const generationMs = this.#firstDeltaAt === null ? null : endedAt - this.#firstDeltaAt;
+    this.#result = {
+      message: message ?? null,
+      complete: this.#complete,
+      incomplete: !this.#complete,
+      error: this.#error,
+      events: this.#events,
+      deltas: this.#deltas,
+      unknown: this.#unknown,
+      metrics: {
+        ttftMs: this.#firstDeltaAt === null ? null : this.#firstDeltaAt - this.#startedAt,
+        totalMs: endedAt - this.#startedAt,
+        outputTokensPerSecond: outputTokens !== null && generationMs !== null && generationMs > 0
+          ? outputTokens / (generationMs / 1000)
+          : null,
+      },
+    };
+    this.#observer.onEnd?.(this.#result);
+    return this.#result;
+  }
+
+  #count(name: string) {
+    this.#events[name] = (this.#events[name] ?? 0) + 1;
+  }
+
+  #fail(error: StreamError) {
+    this.#error = error;
+    this.#observer.onError?.(error);
+  }
+
+  #apply(event: StreamEvent) {
+    const snapshot = this.#snapshot;
+    if (event.type === "message_start") {
+      if (snapshot) {
+        this.#fail({
+          type: "invalid_event",
+          message: 'Unexpected event order, got message_start before receiving "message_stop"',
+        });
+        return;
+      }
+      const message = event.message as Snapshot | undefined;
+      if (!message || typeof message !== "object" || !Array.isArray(message.content)) {
+        this.#fail({ type: "invalid_event", message: "message_start without a message" });
+        return;
+      }
+      this.#snapshot = message;
+      this.#observer.onStreamEvent?.(event, this.snapshot!);
+      return;
+    }
+    // Like SDK 1.14.0: events before message_start change nothing.
+    if (!snapshot) return;
+
+    switch (event.type) {
+      case "content_block_start": {
+        const block = event.content_block as Block | undefined;
+        if (block && typeof block === "object") snapshot.content.push({ ...block });
+        break;
+      }
+      case "content_block_delta":
+        this.#applyDelta(snapshot, event);
+        break;
+      case "content_block_stop": {
+        const index = event.index as number;
+        this.#freezeInput(index, false);
+        if (this.#error) return;
+        break;
+      }
+      case "message_delta":
+        applyMessageDelta(snapshot, event);
+        break;
+      case "message_stop":
+        this.#complete = true;
+        break;
+      default:
+        this.#unknown++;
+        break;
+    }
+
+    this.#observer.onStreamEvent?.(event, this.snapshot!);
+    if (event.type === "content_block_stop") {
+      const last = snapshot.content.at(-1);
+      if (last) this.#observer.onContentBlock?.(last as unknown as ContentBlock);
+    } else if (event.type === "message_stop") {
+      this.#observer.onMessage?.(this.snapshot!);
+    }
+  }
+
+  #applyDelta(snapshot: Snapshot, event: StreamEvent) {
+    if (this.#firstDeltaAt === null) this.#firstDeltaAt = this.#clock.now();
+    const delta = event.delta as Record<string, unknown> | undefined;
+    const deltaType = typeof delta?.type === "string" ? delta.type : "(none)";
+    this.#deltas[deltaType] = (this.#deltas[deltaType] ?? 0) + 1;
+    if (!delta || !KNOWN_DELTAS.has(deltaType)) {
+      this.#unknown++;
+      return;
+    }
+    const index = event.index as number;
+    const block = snapshot.content.at(index);
+    switch (deltaType) {
+      case "text_delta": {
+        const text = String(delta.text ?? "");
+        if (block?.type === "text") block.text = ((block.text as string) || "") + text;
+        // The SDK reports text against the last block, whatever the delta's index.
+        const last = snapshot.content.at(-1);
+        if (last?.type === "text") this.#observer.onText?.(text, (last.text as string) || "");
+        break;
+      }
+      case "citations_delta":
+        if (block?.type === "text") {
+          const citations = (block.citations as unknown[] | null | undefined) ?? [];
+          block.citations = [...citations, delta.citation];
+        }
+        break;
+      case "input_json_delta":
+        if (block && TOOL_INPUT_BLOCKS.has(block.type)) {
+          const previous = this.#jsonBuffers.get(index);
+          if (previous === undefined) {
+            // The SDK rebuilds the block with `input` as its last key; keep the same order.
+            delete block.input;
+            block.input = {};
+          }
+          this.#jsonBuffers.set(index, (previous ?? "") + String(delta.partial_json ?? ""));
+        }
+        break;
+      case "thinking_delta":
+        if (block?.type === "thinking") {
+          block.thinking = String(block.thinking) + String(delta.thinking ?? "");
+        }
+        break;
+      case "signature_delta":
+        // Replaces, never appends: the signature arrives whole just before content_block_stop.
+        if (block?.type === "thinking") block.signature = delta.signature;
+        break;
+    }
+  }
+
+  /** Parses a tool block's buffered JSON into `input`. `partial` allows a cut-off buffer. */
+  #freezeInput(index: number, partial: boolean) {
+    const buffer = this.#jsonBuffers.get(index);
+    if (buffer === undefined) return;
+    this.#jsonBuffers.delete(index);
+    const block = this.#snapshot?.content.at(index);
+    if (!block) return;
+    if (!buffer) return; // only "" arrived: input stays {}
+    try {
+      block.input = partialParse(buffer);
+    } catch (cause) {
+      if (partial) return; // best effort only: a cut-off buffer that will not parse stays {}
+      this.#fail({
+        type: "invalid_tool_input",
+        message: `could not parse the tool input JSON of block ${index}: ${
+          (cause as Error).message
+        }`,
+      });
+    }
+  }
+}
+
+/** Applies a `message_delta` with the SDK's rules: usage counters are cumulative, overwrite. */
+function applyMessageDelta(snapshot: Snapshot, event: StreamEvent) {
+  const delta = (event.delta ?? {}) as Record<string, unknown>;
+  snapshot.stop_reason = delta.stop_reason;
+  snapshot.stop_sequence = delta.stop_sequence;
+  snapshot.stop_details = delta.stop_details;
+  if (delta.container != null) snapshot.container = delta.container;
+  const usage = event.usage as Record<string, unknown> | undefined;
+  if (!usage || typeof usage !== "object") return; // the SDK throws here; see the README
+  snapshot.usage ??= {};
+  snapshot.usage.output_tokens = usage.output_tokens;
+  for (
+    const key of [
+      "input_tokens",
+      "cache_creation_input_tokens",
+      "cache_read_input_tokens",
+      "server_tool_use",
+      "output_tokens_details",
+    ]
+  ) {
+    if (usage[key] != null) snapshot.usage[key] = usage[key];
+  }
+}
+
+/** Reads an SSE `error` event's data: `{"type":"error","error":{"type","message"}}`. */
+function parseErrorEvent(data: string): StreamError {
+  try {
+    const body = JSON.parse(data);
+    const error = body?.error;
+    if (error && typeof error === "object") {
+      return {
+        type: typeof error.type === "string" ? error.type : "api_error",
+        message: typeof error.message === "string" ? error.message : JSON.stringify(body),
+      };
+    }
+    return { type: "api_error", message: typeof body === "string" ? body : JSON.stringify(body) };
+  } catch {
+    return { type: "api_error", message: data };
+  }
+}
+
+function numberOr<T>(value: unknown, fallback: T): number | T {
+  return typeof value === "number" && Number.isFinite(value) ? value : fallback;
+}
+
+/** Convenience: accumulates a whole byte sequence, split into the given chunks. */
+export function accumulateChunks(
+  chunks: Iterable<Uint8Array>,
+  decoderFactory: (onEvent: (e: SseEvent) => void) => {
+    feed(c: Uint8Array): void;
+    end(): void;
+  },
+  options: AccumulatorOptions = {},
+): StreamResult {
+  const accumulator = new EventAccumulator(options);
+  const decoder = decoderFactory((event) => accumulator.push(event));
+  for (const chunk of chunks) decoder.feed(chunk);
+  decoder.end();
+  return accumulator.end();
+}

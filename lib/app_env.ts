@@ -1,0 +1,30 @@
+/**
+ * The types routes share: Hono's context variables and the dependencies each route gets.
+ */
+import type { AuthVariables } from "./auth.ts";
+import type { Clock } from "./clock.ts";
+import type { Config } from "./config.ts";
+import type { Logger } from "./log.ts";
+import type { RequestSummary } from "./request_summary.ts";
+import type { Upstream } from "./upstream.ts";
+
+/** Hono environment of sluice's app. */
+export interface AppEnv {
+  Variables: AuthVariables & {
+    requestId: string;
+    /** Request arrival on the injected clock. */
+    startedAt: number;
+  };
+}
+
+/** What every route may use. Built once by `createApp`. */
+export interface RouteDeps {
+  config: Config;
+  upstream: Upstream;
+  clock: Clock;
+  logger: Logger;
+  /** Hands a finished request to the stats sink, off the response path; never throws. */
+  record(summary: Promise<RequestSummary>): void;
+  /** Deno KV, when the app has one (stats, conversations, limits). */
+  kv?: Deno.Kv;
+}

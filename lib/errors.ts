@@ -1,0 +1,97 @@
+/**
+ * Errors at sluice's edge, and the one place they become HTTP responses.
+ *
+ * Every error a client sees has Anthropic's shape, so the official SDKs raise their usual error
+ * classes against sluice: `{"type":"error","error":{"type":"…","message":"…"},"request_id":"…"}`.
+ */
+
+/** The `error.type` values Anthropic documents (and the SDKs map to classes). */
+export type AnthropicErrorType =
+  | "invalid_request_error"
+  | "authentication_error"
+  | "permission_error"
+  | "not_found_error"
+  | "request_too_large"
+  | "rate_limit_error"
+  | "api_error"
+  | "overloaded_error"
+  | "timeout_error";
+
+/** The JSON body of an error response. */
+export interface AnthropicErrorBody {
+  type: "error";
+  error: { type: string; message: string };
+  request_id?: string;
+}
+
+/** An error that sluice raises on purpose; `status` and `type` say how it reaches the client. */
+export class SluiceError extends Error {
+  readonly status: number;
+  readonly type: AnthropicErrorType;
+  readonly headers: Record<string, string>;
+
+  constructor(
+    status: number,
+    type: AnthropicErrorType,
+    message: string,
+    headers: Record<string, string> = {},
+  ) {
+    super(message);
+    this.name = "SluiceError";
+    this.status = status;
+    this.type = type;
+    this.headers = headers;
+  }
+}
+
+/** The error type Anthropic uses for an HTTP status, for errors sluice makes itself. */
+export function errorTypeForStatus(status: number): AnthropicErrorType {
+  switch (status) {
+    case 401:
+      return "authentication_error";
+    case 403:
+      return "permission_error";
+    case 404:
+    case 405:
+      return "not_found_error";
+    case 408:
+    case 504:
+      return "timeout_error";
+    case 413:
+      return "request_too_large";
+    case 429:
+      return "rate_limit_error";
+    case 529:
+      return "overloaded_error";
+    default:
+      return status >= 500 ? "api_error" : "invalid_request_error";
+  }
+}
+
+/** Builds the body of an error response. */
+export function errorBody(type: string, message: string, requestId?: string): AnthropicErrorBody {
+  const body: AnthropicErrorBody = { type: "error", error: { type, message } };
+  if (requestId) body.request_id = requestId;
+  return body;
+}
+
+/** Builds an error response in Anthropic's shape. */
+export function errorResponse(
+  status: number,
+  type: string,
+  message: string,
+  options: { requestId?: string; headers?: Record<string, string> } = {},
+): Response {
+  const headers = new Headers(options.headers);
+  headers.set("content-type", "application/json");
+  if (options.requestId) headers.set("request-id", options.requestId);
+  return new Response(JSON.stringify(errorBody(type, message, options.requestId)), {
+    status,
+    headers,
+  });
+}
+
+/** Formats one SSE `error` event, as the API sends it mid-stream. */
+export function sseErrorEvent(type: string, message: string): string {
+  return `event: error\ndata: ${JSON.stringify({ type: "error", error: { type, message } })}\n\n`;
+}

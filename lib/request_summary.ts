@@ -1,0 +1,66 @@
+/**
+ * What sluice records about one request once it is over: the unit of stats.
+ */
+
+/** Token counts, with the API's cumulative-usage rule already applied. */
+export interface TokenUsage {
+  input_tokens: number;
+  output_tokens: number;
+  cache_creation_input_tokens: number;
+  cache_read_input_tokens: number;
+}
+
+/**
+ * How a request ended: `ok`; an upstream error type such as `overloaded_error` or
+ * `rate_limit_error`; `client_aborted`; `incomplete` (the stream ended without `message_stop`);
+ * or `invalid_request` (sluice refused it before calling upstream).
+ */
+export type Outcome = string;
+
+/** One finished request. Holds no prompt, no answer and no key. */
+export interface RequestSummary {
+  /** The upstream `request-id` when there is one, else sluice's own request id. */
+  id: string;
+  endpoint: string;
+  streaming: boolean;
+  model: string | null;
+  outcome: Outcome;
+  status: number;
+  retries: number;
+  /** Request arrival, epoch ms. */
+  startedAt: number;
+  /** Arrival to the first content delta sent to the client; non-streaming: to the whole body. */
+  ttftMs: number | null;
+  totalMs: number;
+  /** From the upstream call to the first content delta received from it. */
+  upstreamTtftMs: number | null;
+  usage: TokenUsage;
+  stopReason: string | null;
+  /** Events seen, by SSE event name (pings included). */
+  events: Record<string, number>;
+  /** A short hash of the gateway key (never the key), for per-key views. */
+  keyId?: string;
+}
+
+/** Reads usage counters from a Message's `usage`, treating missing values as 0. */
+export function tokenUsage(usage: unknown): TokenUsage {
+  const u = (usage && typeof usage === "object" ? usage : {}) as Record<string, unknown>;
+  const n = (v: unknown) => (typeof v === "number" && Number.isFinite(v) ? v : 0);
+  return {
+    input_tokens: n(u.input_tokens),
+    output_tokens: n(u.output_tokens),
+    cache_creation_input_tokens: n(u.cache_creation_input_tokens),
+    cache_read_input_tokens: n(u.cache_read_input_tokens),
+  };
+}
+
+/** Where finished requests go. `record` must not throw into the response path; see stats.ts. */
+export interface StatsSink {
+  record(summary: RequestSummary): void | Promise<void>;
+}
+
+/** A sink that keeps summaries in memory (tests, and the default when no KV is given). */
+export function memorySink(): StatsSink & { records: RequestSummary[] } {
+  const records: RequestSummary[] = [];
+  return { records, record: (summary) => void records.push(summary) };
+}

@@ -1,0 +1,49 @@
+/**
+ * sluice's entry point: reads the configuration, builds the dependencies and serves the app.
+ * Wiring only; everything else lives in lib/ and routes/.
+ */
+import { createApp } from "./lib/app.ts";
+import { ConfigError, parseConfig } from "./lib/config.ts";
+import { createLogger } from "./lib/log.ts";
+import { createReplayFetch, loadFixtures } from "./lib/replay.ts";
+import { createUpstream } from "./lib/upstream.ts";
+
+let config;
+try {
+  config = parseConfig(Deno.env.toObject());
+} catch (error) {
+  if (error instanceof ConfigError) {
+    console.error(`sluice: ${error.message}`);
+    Deno.exit(1);
+  }
+  throw error;
+}
+
+const logger = createLogger({ level: config.logLevel, secrets: [config.anthropicApiKey] });
+const upstream = config.upstream === "live"
+  ? createUpstream({
+    mode: "live",
+    apiKey: config.anthropicApiKey!,
+    baseURL: config.anthropicBaseUrl,
+    maxRetries: config.maxRetries,
+  })
+  : createUpstream({
+    mode: "replay",
+    apiKey: "replay",
+    baseURL: "http://replay.sluice.invalid",
+    fetch: createReplayFetch(await loadFixtures(config.fixturesDir), { pace: config.replay }),
+    maxRetries: 0,
+  });
+
+const app = createApp({ config, upstream, logger });
+
+Deno.serve({
+  port: config.port,
+  hostname: config.hostname,
+  onListen: ({ hostname, port }) => {
+    logger.info(`sluice listening on http://${hostname}:${port} (upstream: ${config.upstream})`);
+    if (config.upstream === "replay") {
+      logger.info("no ANTHROPIC_API_KEY: answering from recorded fixtures (replay mode)");
+    }
+  },
+}, app.fetch);

@@ -1,0 +1,64 @@
+/**
+ * `POST /v1/messages`: Anthropic-compatible. The caller's body goes upstream byte for byte;
+ * streamed answers come back byte for byte (pings and error events included) while the
+ * accumulator taps them for stats.
+ */
+import { Hono } from "hono";
+import { z } from "zod";
+import type { AppEnv, RouteDeps } from "../lib/app_env.ts";
+import { startCall } from "../lib/messages_call.ts";
+import { jsonBody, requireJsonContentType } from "../lib/validate.ts";
+
+/** The fields sluice checks before spending an upstream call; everything else passes through. */
+const messagesBody = z.looseObject({
+  model: z.string().min(1),
+  max_tokens: z.number().int().positive(),
+  messages: z.array(
+    z.looseObject({
+      role: z.enum(["user", "assistant"]),
+      content: z.union([z.string(), z.array(z.unknown())]),
+    }),
+  ).min(1),
+  stream: z.boolean().optional(),
+});
+
+/** SSE response headers that stop proxies from buffering or transforming the stream. */
+export const SSE_HEADERS = {
+  "cache-control": "no-cache, no-transform",
+  "x-accel-buffering": "no",
+};
+
+/** Mounts `POST /v1/messages`. */
+export function messagesRoute(deps: RouteDeps): Hono<AppEnv> {
+  const app = new Hono<AppEnv>();
+  app.post("/v1/messages", requireJsonContentType(), jsonBody(messagesBody), async (c) => {
+    const startedAt = c.get("startedAt");
+    const body = c.req.valid("json");
+    const raw = new Uint8Array(await c.req.arrayBuffer());
+    const stream = body.stream === true;
+    const call = await startCall({
+      upstream: deps.upstream,
+      clock: deps.clock,
+      logger: deps.logger,
+      startedAt,
+      endpoint: "/v1/messages",
+      requestId: c.get("requestId"),
+      model: body.model,
+      keyId: c.get("keyId"),
+      request: {
+        body: raw,
+        stream,
+        anthropicVersion: c.req.header("anthropic-version"),
+        anthropicBeta: c.req.header("anthropic-beta"),
+        authStyle: c.get("authStyle"),
+      },
+    });
+    deps.record(call.finished);
+    if (call.kind === "stream") {
+      for (const [key, value] of Object.entries(SSE_HEADERS)) call.headers.set(key, value);
+      return new Response(call.stream, { status: call.status, headers: call.headers });
+    }
+    return new Response(call.body, { status: call.status, headers: call.headers });
+  });
+  return app;
+}
