@@ -7,6 +7,7 @@ import { ConfigError, parseConfig } from "./lib/config.ts";
 import { createLogger } from "./lib/log.ts";
 import { createReplayFetch, loadFixtures } from "./lib/replay.ts";
 import { createUpstream } from "./lib/upstream.ts";
+import { openKv } from "./lib/kv.ts";
 
 let config;
 try {
@@ -35,7 +36,8 @@ const upstream = config.upstream === "live"
     maxRetries: 0,
   });
 
-const app = createApp({ config, upstream, logger });
+const kv = await openKv(config);
+const app = createApp({ config, upstream, logger, kv });
 
 Deno.serve({
   port: config.port,
