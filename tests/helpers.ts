@@ -108,3 +108,104 @@ export function clean(value: unknown): unknown {
   if (json && typeof json === "object") delete json.parsed_output;
   return json;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Fakes: an upstream on 127.0.0.1, and apps built on replay.
+
+import { createApp } from "../lib/app.ts";
+import type { AppDeps } from "../lib/app.ts";
+import { type Config, parseConfig } from "../lib/config.ts";
+import { silentLogger } from "../lib/log.ts";
+import { createReplayFetch, type FixtureSet, loadFixtures } from "../lib/replay.ts";
+import { createUpstream, type Upstream } from "../lib/upstream.ts";
+
+/** A request the fake upstream received. */
+export interface SeenRequest {
+  method: string;
+  path: string;
+  headers: Headers;
+  body: string;
+}
+
+/** A fake Anthropic API on 127.0.0.1. */
+export interface FakeUpstream {
+  url: string;
+  requests: SeenRequest[];
+  close(): Promise<void>;
+}
+
+/** Starts a fake upstream that answers with `respond`. */
+export function startFakeUpstream(
+  respond: (request: Request, seen: SeenRequest) => Response | Promise<Response>,
+): FakeUpstream {
+  const requests: SeenRequest[] = [];
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async (req) => {
+    const seen: SeenRequest = {
+      method: req.method,
+      path: new URL(req.url).pathname,
+      headers: req.headers,
+      body: await req.clone().text(),
+    };
+    requests.push(seen);
+    return respond(req, seen);
+  });
+  return {
+    url: `http://127.0.0.1:${server.addr.port}`,
+    requests,
+    close: () => server.shutdown(),
+  };
+}
+
+/** Serves `bytes` as an SSE response, `chunkSize` bytes at a time. */
+export function sseResponse(
+  bytes: Uint8Array,
+  options: { chunkSize?: number; headers?: Record<string, string> } = {},
+): Response {
+  const chunks = options.chunkSize ? splitEvery(bytes, options.chunkSize) : [bytes];
+  return new Response(streamOf(chunks), {
+    headers: {
+      "content-type": "text/event-stream; charset=utf-8",
+      "request-id": "req_fake_upstream",
+      ...options.headers,
+    },
+  });
+}
+
+/** Reads a fixture of the project. */
+export function readFixture(name: string): Promise<Uint8Array> {
+  return Deno.readFile(new URL(name, FIXTURES_DIR));
+}
+
+let fixtureSet: Promise<FixtureSet> | undefined;
+/** The project's fixtures, loaded once. */
+export function projectFixtures(): Promise<FixtureSet> {
+  return fixtureSet ??= loadFixtures(FIXTURES_DIR);
+}
+
+/** A Config for tests: no key, replay, plus overrides (as environment strings). */
+export function testConfig(env: Record<string, string> = {}): Config {
+  return parseConfig({ SLUICE_LOG_LEVEL: "silent", ...env });
+}
+
+/** An upstream that replays the project's fixtures at once (no pacing). */
+export async function instantReplayUpstream(): Promise<Upstream> {
+  return createUpstream({
+    mode: "replay",
+    apiKey: "replay",
+    baseURL: "http://replay.test",
+    maxRetries: 0,
+    fetch: createReplayFetch(await projectFixtures(), {
+      pace: { ttftMs: 0, tokensPerSecond: 1e9, speed: 0 },
+    }),
+  });
+}
+
+/** An app on instant replay, with overridable deps. */
+export async function replayApp(overrides: Partial<AppDeps> = {}) {
+  return createApp({
+    config: testConfig(),
+    upstream: await instantReplayUpstream(),
+    logger: silentLogger,
+    ...overrides,
+  });
+}

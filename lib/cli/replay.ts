@@ -1,0 +1,126 @@
+/**
+ * `deno task replay FILE [--json] [--speed N]`: replays a recorded `.sse` file through the decoder
+ * and the accumulator, like a client would see it.
+ *
+ * Without `--json` it prints the text as it arrives, then time to first token, total time and
+ * tokens, as the tutorial does; paced like replay mode (the file's `.timing.json` when there is
+ * one, else the default pace), at `--speed` (default 1; 0 = no waiting).
+ * With `--json` it prints one JSON object: message, error, incomplete, events, metrics (and
+ * does not wait unless `--speed` is given).
+ */
+import { parseArgs } from "node:util";
+import { EventAccumulator, type StreamResult } from "../accumulator.ts";
+import { systemClock } from "../clock.ts";
+import { parseConfig } from "../config.ts";
+import { abortableSleep, type Fixture, schedule } from "../replay.ts";
+import { createSseDecoder } from "../sse.ts";
+
+/** Options for {@link replayFile}. */
+export interface ReplayFileOptions {
+  speed: number;
+  ttftMs: number;
+  tokensPerSecond: number;
+  onText?: (delta: string) => void;
+}
+
+/** Replays one file and returns what the accumulator made of it. */
+export async function replayFile(path: string, options: ReplayFileOptions): Promise<StreamResult> {
+  const fixture: Fixture = { name: path, sse: await Deno.readFile(path) };
+  try {
+    const timingPath = path.replace(/\.sse$/, "") + ".timing.json";
+    fixture.timing = JSON.parse(await Deno.readTextFile(timingPath)).chunks;
+  } catch {
+    // No recorded timing: the default pace applies.
+  }
+  const chunks = schedule(fixture, {
+    ttftMs: options.ttftMs,
+    tokensPerSecond: options.tokensPerSecond,
+    speed: options.speed,
+  });
+  const startedAt = systemClock.now();
+  const accumulator = new EventAccumulator({
+    clock: systemClock,
+    startedAt,
+    observer: { onText: (delta) => options.onText?.(delta) },
+  });
+  const decoder = createSseDecoder((event) => accumulator.push(event));
+  for (const chunk of chunks) {
+    const wait = startedAt + chunk.atMs - systemClock.now();
+    if (wait > 0) await abortableSleep(wait);
+    decoder.feed(chunk.bytes);
+  }
+  decoder.end();
+  return accumulator.end();
+}
+
+/** The one JSON object `--json` prints. */
+export function resultJson(result: StreamResult): Record<string, unknown> {
+  return {
+    message: result.message,
+    error: result.error,
+    incomplete: result.incomplete,
+    complete: result.complete,
+    events: result.events,
+    deltas: result.deltas,
+    unknown: result.unknown,
+    metrics: result.metrics,
+  };
+}
+
+/** The tutorial-style summary printed after the text. */
+export function summaryLines(result: StreamResult): string[] {
+  const seconds = (ms: number | null) => (ms === null ? "n/a" : `${(ms / 1000).toFixed(3)} seconds`);
+  const usage = (result.message?.usage ?? {}) as unknown as Record<string, unknown>;
+  const lines = [
+    `Time to first token: ${seconds(result.metrics.ttftMs)}`,
+    `Total time: ${seconds(result.metrics.totalMs)}`,
+    `Input tokens: ${usage.input_tokens ?? "n/a"}`,
+    `Output tokens: ${usage.output_tokens ?? "n/a"}`,
+  ];
+  if (result.error) lines.push(`Error: ${result.error.type}: ${result.error.message}`);
+  else if (result.incomplete) lines.push("Incomplete: the stream ended without message_stop");
+  return lines;
+}
+
+/** `deno task` runs in the project folder; resolve a relative path from where the user was. */
+export function resolveFromCaller(path: string): string {
+  const from = Deno.env.get("INIT_CWD");
+  if (!from || path.startsWith("/")) return path;
+  return `${from.replace(/\/+$/, "")}/${path}`;
+}
+
+async function main(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: { json: { type: "boolean", default: false }, speed: { type: "string" } },
+  });
+  if (positionals.length !== 1) {
+    console.error("usage: deno task replay FILE.sse [--json] [--speed N]");
+    return 2;
+  }
+  const config = parseConfig(Deno.env.toObject());
+  const speed = values.speed !== undefined ? Number(values.speed) : values.json ? 0 : 1;
+  if (!Number.isFinite(speed) || speed < 0) {
+    console.error(`--speed must be a number >= 0 (got ${values.speed})`);
+    return 2;
+  }
+  const encoder = new TextEncoder();
+  let result: StreamResult;
+  try {
+    result = await replayFile(resolveFromCaller(positionals[0]), {
+      speed,
+      ttftMs: config.replay.ttftMs,
+      tokensPerSecond: config.replay.tokensPerSecond,
+      onText: values.json ? undefined : (delta) => Deno.stdout.writeSync(encoder.encode(delta)),
+    });
+  } catch (error) {
+    console.error(`replay: cannot read ${positionals[0]}: ${(error as Error).message}`);
+    return 1;
+  }
+  if (values.json) console.log(JSON.stringify(resultJson(result), null, 2));
+  else console.log("\n\n" + summaryLines(result).join("\n"));
+  return 0;
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));
