@@ -165,7 +165,8 @@ export class EventAccumulator {
       return;
     }
     this.#count(name);
-    if (!KNOWN_EVENTS.has(name)) this.#unknown++;
+    const knownName = KNOWN_EVENTS.has(name);
+    if (!knownName) this.#unknown++;
     if (this.#error) return; // after an error, bytes may still flow; they change nothing
     if (name === "ping") return;
     if (name === "error") {
@@ -189,7 +190,7 @@ export class EventAccumulator {
       this.#unknown++;
       return;
     }
-    this.#apply(event);
+    this.#apply(event, knownName);
   }
 
   /** Ends the stream and returns its result. Calling it again returns the same result. */
@@ -232,7 +233,7 @@ export class EventAccumulator {
     this.#observer.onError?.(error);
   }
 
-  #apply(event: StreamEvent) {
+  #apply(event: StreamEvent, knownName: boolean) {
     const snapshot = this.#snapshot;
     if (event.type === "message_start") {
       if (snapshot) {
@@ -276,7 +277,8 @@ export class EventAccumulator {
         this.#complete = true;
         break;
       default:
-        this.#unknown++;
+        // Counted once: an unknown event name was counted in push().
+        if (knownName) this.#unknown++;
         break;
     }
 

@@ -1,0 +1,176 @@
+import assert from "node:assert/strict";
+import {
+  createBoundaryTracker,
+  createSseDecoder,
+  decodeAll,
+  type SseEvent,
+  tapStream,
+} from "../lib/sse.ts";
+import { splitEvents } from "../lib/replay.ts";
+import { splitEvery, streamOf } from "./helpers.ts";
+
+const enc = (s: string) => new TextEncoder().encode(s);
+
+function decodeChunks(chunks: Uint8Array[]): SseEvent[] {
+  const events: SseEvent[] = [];
+  const decoder = createSseDecoder((event) => events.push(event));
+  for (const chunk of chunks) decoder.feed(chunk);
+  decoder.end();
+  return events;
+}
+
+Deno.test("the decoder reads LF, CRLF and CR line endings as the same events", () => {
+  const lf = 'event: a\ndata: {"x":1}\n\nevent: b\ndata: 2\n\n';
+  const expected = decodeAll(enc(lf));
+  assert.equal(expected.length, 2);
+  assert.deepEqual(decodeAll(enc(lf.replaceAll("\n", "\r\n"))), expected);
+  assert.deepEqual(decodeAll(enc(lf.replaceAll("\n", "\r"))), expected);
+});
+
+Deno.test("the decoder gives the same events whatever the chunk boundaries, down to one byte", () => {
+  const text = "event: a\r\ndata: é😀и\r\n\r\n: comment\r\nevent: b\rdata: x\r\r";
+  const bytes = enc(text);
+  const whole = decodeChunks([bytes]);
+  assert.equal(whole.length, 2);
+  assert.equal(whole[0].data, "é😀и");
+  for (const size of [1, 2, 3, 5]) assert.deepEqual(decodeChunks(splitEvery(bytes, size)), whole);
+});
+
+Deno.test("the decoder skips comments and joins multi-line data with newlines", () => {
+  const events = decodeAll(enc(": keepalive\n\nevent: a\ndata: one\ndata: two\n\n"));
+  assert.deepEqual(events.map((e) => [e.event, e.data]), [["a", "one\ntwo"]]);
+});
+
+Deno.test("the decoder drops a final event that never got its blank line", () => {
+  const events = decodeAll(enc("event: a\ndata: 1\n\nevent: b\ndata: 2\n"));
+  assert.deepEqual(events.map((e) => e.event), ["a"]);
+  assert.deepEqual(decodeAll(enc('event: a\ndata: 1\n\nevent: b\ndata: {"cut')), [events[0]]);
+});
+
+Deno.test("the decoder reports comments when asked", () => {
+  const comments: string[] = [];
+  const decoder = createSseDecoder(() => {}, { onComment: (c) => comments.push(c) });
+  decoder.feed(enc(": ping one\n\n:two\n\n"));
+  decoder.end();
+  assert.deepEqual(comments, ["ping one", "two"]);
+});
+
+Deno.test("splitting a stream at event boundaries keeps every byte", async (t) => {
+  for (
+    const text of [
+      "event: a\ndata: 1\n\nevent: b\ndata: 2\n\n",
+      "a\r\n\r\nb\r\n\r\ntail",
+      "x\r\ry\r\r",
+    ]
+  ) {
+    await t.step(JSON.stringify(text), () => {
+      const bytes = enc(text);
+      const parts = splitEvents(bytes);
+      assert.ok(parts.length >= 2);
+      assert.equal(new TextDecoder().decode(concat(parts)), text);
+    });
+  }
+});
+
+Deno.test("the boundary tracker knows whether the bytes so far end with a blank line", () => {
+  const tracker = createBoundaryTracker();
+  assert.equal(tracker.atBoundary(), true);
+  tracker.see(enc("event: a\ndata: 1\n"));
+  assert.equal(tracker.atBoundary(), false);
+  tracker.see(enc("\n"));
+  assert.equal(tracker.atBoundary(), true);
+  tracker.see(enc("event: b\r\ndata: 2\r\n\r"));
+  assert.equal(tracker.atBoundary(), false);
+  tracker.see(enc("\n"));
+  assert.equal(tracker.atBoundary(), true);
+});
+
+Deno.test("the tap forwards every chunk unchanged and in order, then tells its hooks", async () => {
+  const chunks = splitEvery(enc("event: a\ndata: 1\n\nevent: b\ndata: 2\n\n"), 3);
+  const seen: string[] = [];
+  let closed = false;
+  const tapped = tapStream(streamOf(chunks), {
+    onChunk: (chunk) => seen.push(new TextDecoder().decode(chunk)),
+    onClose: () => (closed = true),
+    onCancel: () => assert.fail("not cancelled"),
+    onError: () => assert.fail("no error"),
+  });
+  const received: Uint8Array[] = [];
+  for await (const chunk of tapped) received.push(chunk);
+  assert.deepEqual(received, chunks);
+  assert.equal(seen.join(""), new TextDecoder().decode(concat(chunks)));
+  assert.equal(closed, true);
+});
+
+Deno.test("a hook that throws does not stop the bytes", async () => {
+  const chunks = [enc("a"), enc("b"), enc("c")];
+  const hookErrors: unknown[] = [];
+  const tapped = tapStream(streamOf(chunks), {
+    onChunk: () => {
+      throw new Error("observer bug");
+    },
+    onClose: () => {},
+    onCancel: () => {},
+    onError: () => undefined,
+  }, (error) => hookErrors.push(error));
+  const received: Uint8Array[] = [];
+  for await (const chunk of tapped) received.push(chunk);
+  assert.deepEqual(received, chunks);
+  assert.equal(hookErrors.length, 3);
+});
+
+Deno.test("cancelling the tapped stream reports the cancel and cancels the upstream", async () => {
+  let upstreamCancelled = false;
+  const upstream = new ReadableStream<Uint8Array>({
+    pull: (c) => c.enqueue(enc("data: x\n\n")),
+    cancel: () => {
+      upstreamCancelled = true;
+    },
+  });
+  let cancelReason: unknown;
+  const tapped = tapStream(upstream, {
+    onChunk: () => {},
+    onClose: () => assert.fail("not closed"),
+    onCancel: (reason) => (cancelReason = reason),
+    onError: () => undefined,
+  });
+  const reader = tapped.getReader();
+  await reader.read();
+  await reader.cancel("client left");
+  assert.equal(cancelReason, "client left");
+  assert.equal(upstreamCancelled, true);
+});
+
+Deno.test("when the upstream read fails the tap ends the stream with the bytes onError returns", async () => {
+  let sent = 0;
+  const upstream = new ReadableStream<Uint8Array>({
+    pull(c) {
+      if (sent++ === 0) c.enqueue(enc('event: a\ndata: 1\n\nevent: b\ndata: {"cu'));
+      else c.error(new Error("connection reset"));
+    },
+  });
+  let boundary: boolean | undefined;
+  const tapped = tapStream(upstream, {
+    onChunk: () => {},
+    onClose: () => assert.fail("not a clean close"),
+    onCancel: () => {},
+    onError: (_error, state) => {
+      boundary = state.atEventBoundary;
+      return enc("\nevent: error\ndata: {}\n\n");
+    },
+  });
+  let text = "";
+  for await (const chunk of tapped) text += new TextDecoder().decode(chunk);
+  assert.equal(boundary, false);
+  assert.ok(text.endsWith("\nevent: error\ndata: {}\n\n"));
+});
+
+function concat(parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let offset = 0;
+  for (const p of parts) {
+    out.set(p, offset);
+    offset += p.length;
+  }
+  return out;
+}
