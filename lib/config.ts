@@ -29,6 +29,11 @@ const envSchema = z.object({
   SLUICE_REPLAY_SPEED: z.coerce.number().min(0).default(1),
   SLUICE_MAX_RETRIES: int(0).max(10).default(2),
   SLUICE_DEFAULT_MODEL: z.string().min(1).default("claude-sonnet-4-5-20250929"),
+  SLUICE_CHAT_MAX_TOKENS: int(1).default(1024),
+  SLUICE_CONVERSATION_MAX_TURNS: int(2).default(40),
+  // A conversation is one Deno KV value, and KV caps a value at 64 KiB.
+  SLUICE_CONVERSATION_MAX_BYTES: int(1024).max(60_000).default(60_000),
+  SLUICE_CONVERSATION_TTL_HOURS: z.coerce.number().positive().default(24),
   SLUICE_LOG_LEVEL: z.enum(["debug", "info", "warn", "error", "silent"]).default("info"),
 });
 
@@ -49,6 +54,10 @@ export interface Config {
   replay: { ttftMs: number; tokensPerSecond: number; speed: number };
   maxRetries: number;
   defaultModel: string;
+  /** `/chat`'s default `max_tokens`. */
+  chatMaxTokens: number;
+  /** Bounds of a stored conversation: turns, bytes of history, hours kept after the last use. */
+  conversation: { maxTurns: number; maxBytes: number; ttlHours: number };
   logLevel: "debug" | "info" | "warn" | "error" | "silent";
   /** True when running on Deno Deploy (detected from its environment). */
   onDeploy: boolean;
@@ -104,6 +113,12 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
     },
     maxRetries: e.SLUICE_MAX_RETRIES,
     defaultModel: e.SLUICE_DEFAULT_MODEL,
+    chatMaxTokens: e.SLUICE_CHAT_MAX_TOKENS,
+    conversation: {
+      maxTurns: e.SLUICE_CONVERSATION_MAX_TURNS,
+      maxBytes: e.SLUICE_CONVERSATION_MAX_BYTES,
+      ttlHours: e.SLUICE_CONVERSATION_TTL_HOURS,
+    },
     logLevel: e.SLUICE_LOG_LEVEL,
     onDeploy: Boolean(env.DENO_DEPLOYMENT_ID || env.DENO_DEPLOY),
   };
