@@ -30,6 +30,8 @@ export interface UpstreamRequest {
    */
   authStyle?: "bearer" | "x-api-key";
   signal?: AbortSignal;
+  /** Replay only: the fixture to serve (the caller's `x-sluice-fixture`); ignored when live. */
+  fixture?: string;
 }
 
 /** The upstream's answer: a raw response (success or HTTP error) and how many retries it took. */
@@ -88,6 +90,9 @@ export function createUpstream(options: UpstreamOptions): Upstream {
       const headers: Record<string, string | null> = { "content-type": "application/json" };
       if (request.anthropicVersion) headers["anthropic-version"] = request.anthropicVersion;
       if (request.anthropicBeta) headers["anthropic-beta"] = request.anthropicBeta;
+      if (options.mode === "replay" && request.fixture) {
+        headers["x-sluice-fixture"] = request.fixture;
+      }
       if (request.authStyle === "x-api-key") {
         headers["x-api-key"] = options.apiKey;
         headers["authorization"] = null;

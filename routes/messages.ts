@@ -51,6 +51,7 @@ export function messagesRoute(deps: RouteDeps): Hono<AppEnv> {
         anthropicVersion: c.req.header("anthropic-version"),
         anthropicBeta: c.req.header("anthropic-beta"),
         authStyle: c.get("authStyle"),
+        fixture: c.req.header("x-sluice-fixture"),
       },
     });
     deps.record(call.finished);

@@ -1,0 +1,236 @@
+import assert from "node:assert/strict";
+import { createApp } from "../lib/app.ts";
+import { silentLogger } from "../lib/log.ts";
+import { memorySink } from "../lib/request_summary.ts";
+import { createUpstream } from "../lib/upstream.ts";
+import { projectFixtures, readFixture, replayApp, sseResponse, testConfig } from "./helpers.ts";
+
+const body = (extra: Record<string, unknown> = {}) =>
+  JSON.stringify({
+    model: "claude-test",
+    max_tokens: 64,
+    messages: [{ role: "user", content: "hi" }],
+    ...extra,
+  });
+
+const post = (payload: string, headers: Record<string, string> = {}) =>
+  new Request("http://sluice.test/v1/messages", {
+    method: "POST",
+    headers: { "content-type": "application/json", ...headers },
+    body: payload,
+  });
+
+/** An app whose upstream is a fake fetch that records what it was sent. */
+function appWithFakeFetch(
+  respond: (request: Request) => Response | Promise<Response>,
+  env: Record<string, string> = {},
+) {
+  const seen: Request[] = [];
+  const stats = memorySink();
+  const upstream = createUpstream({
+    mode: "live",
+    apiKey: "sk-ant-server-secret",
+    baseURL: "http://upstream.test",
+    maxRetries: 0,
+    fetch: (input, init) => {
+      const request = new Request(input, init);
+      seen.push(request.clone());
+      return Promise.resolve(respond(request));
+    },
+  });
+  const app = createApp({
+    config: testConfig({ ANTHROPIC_API_KEY: "sk-ant-server-secret", ...env }),
+    upstream,
+    logger: silentLogger,
+    stats,
+  });
+  return { app, seen, stats };
+}
+
+Deno.test("streamed fixtures reach the client byte for byte, with SSE headers", async (t) => {
+  const app = await replayApp();
+  const set = await projectFixtures();
+  for (const fixture of set.fixtures.values()) {
+    if (!fixture.sse) continue;
+    await t.step(fixture.name, async () => {
+      const response = await app.request(
+        post(body({ stream: true }), { "x-sluice-fixture": fixture.name }),
+      );
+      assert.equal(response.status, 200);
+      assert.match(response.headers.get("content-type")!, /^text\/event-stream/);
+      assert.equal(response.headers.get("cache-control"), "no-cache, no-transform");
+      assert.equal(response.headers.get("x-accel-buffering"), "no");
+      assert.match(response.headers.get("request-id")!, /^req_/);
+      assert.deepEqual(new Uint8Array(await response.arrayBuffer()), fixture.sse);
+    });
+  }
+});
+
+Deno.test("the upstream's chunks are forwarded as they arrive, not re-framed", async () => {
+  const bytes = await readFixture("essay.sse");
+  const { app } = appWithFakeFetch(() => sseResponse(bytes, { chunkSize: 7 }));
+  const response = await app.request(post(body({ stream: true })));
+  const sizes: number[] = [];
+  for await (const chunk of response.body!) sizes.push(chunk.length);
+  assert.equal(sizes.reduce((a, b) => a + b, 0), bytes.length);
+  assert.ok(sizes.every((n) => n <= 7), "no chunk was merged with another");
+});
+
+Deno.test("the request body goes upstream unchanged, with the server's key and not the caller's", async () => {
+  const payload = body({ stream: false, temperature: 0, metadata: { user_id: "u1" } }).replace(
+    "{",
+    "{ ",
+  );
+  const { app, seen } = appWithFakeFetch(() => Response.json({ ok: true }));
+  await app.request(post(payload, { authorization: "Bearer caller-gateway-key" }));
+  assert.equal(seen.length, 1);
+  assert.equal(await seen[0].text(), payload);
+  assert.equal(seen[0].headers.get("authorization"), "Bearer sk-ant-server-secret");
+  assert.equal(seen[0].headers.get("x-api-key"), null);
+  assert.equal(new URL(seen[0].url).pathname, "/v1/messages");
+});
+
+Deno.test("a caller using x-api-key gets the server's key sent as x-api-key, like SDK 0.x", async () => {
+  const { app, seen } = appWithFakeFetch(() => Response.json({ ok: true }));
+  await app.request(post(body(), { "x-api-key": "caller-key", "anthropic-version": "2023-06-01" }));
+  assert.equal(seen[0].headers.get("x-api-key"), "sk-ant-server-secret");
+  assert.equal(seen[0].headers.get("authorization"), null);
+  assert.equal(seen[0].headers.get("anthropic-version"), "2023-06-01");
+});
+
+Deno.test("anthropic-version and anthropic-beta are forwarded verbatim", async () => {
+  const { app, seen } = appWithFakeFetch(() => Response.json({ ok: true }));
+  await app.request(
+    post(body(), {
+      "anthropic-version": "2026-10-21",
+      "anthropic-beta": "compact-2026-01-12,fine-grained-tool-streaming-2025-05-14",
+    }),
+  );
+  assert.equal(seen[0].headers.get("anthropic-version"), "2026-10-21");
+  assert.equal(
+    seen[0].headers.get("anthropic-beta"),
+    "compact-2026-01-12,fine-grained-tool-streaming-2025-05-14",
+  );
+});
+
+Deno.test("a non-streaming answer comes back with the upstream's status and body unchanged", async () => {
+  const json = await Deno.readTextFile(new URL("../fixtures/essay.json", import.meta.url));
+  const { app, stats } = appWithFakeFetch(() =>
+    new Response(json, { headers: { "content-type": "application/json", "request-id": "req_x" } })
+  );
+  const response = await app.request(post(body()));
+  assert.equal(response.status, 200);
+  assert.equal(response.headers.get("request-id"), "req_x");
+  assert.equal(await response.text(), json);
+  await new Promise((r) => setTimeout(r, 0));
+  const parsed = JSON.parse(json);
+  assert.equal(stats.records[0].usage.output_tokens, parsed.usage.output_tokens);
+  assert.equal(stats.records[0].streaming, false);
+  assert.equal(stats.records[0].outcome, "ok");
+});
+
+Deno.test("upstream HTTP errors pass through with their status, body and retry headers", async (t) => {
+  const set = await projectFixtures();
+  for (const name of ["rate-limited", "overloaded", "invalid-request"]) {
+    await t.step(name, async () => {
+      const fixture = set.fixtures.get(name)!.http!;
+      const { app } = appWithFakeFetch(() =>
+        Response.json(fixture.body, { status: fixture.status, headers: fixture.headers })
+      );
+      const response = await app.request(post(body({ stream: true })));
+      assert.equal(response.status, fixture.status);
+      assert.deepEqual(await response.json(), fixture.body);
+      for (const [key, value] of Object.entries(fixture.headers)) {
+        if (/^(request-id|retry-after|x-should-retry|anthropic-ratelimit-)/.test(key)) {
+          assert.equal(response.headers.get(key), value, key);
+        }
+      }
+    });
+  }
+});
+
+Deno.test("an upstream that cannot be reached is a 502 in Anthropic's shape", async () => {
+  const { app } = appWithFakeFetch(() => {
+    throw new TypeError("connection refused");
+  });
+  const response = await app.request(post(body({ stream: true })));
+  assert.equal(response.status, 502);
+  const json = await response.json();
+  assert.equal(json.type, "error");
+  assert.equal(json.error.type, "api_error");
+});
+
+Deno.test("a mid-stream error event is forwarded as is and recorded as the request's outcome", async () => {
+  const bytes = await readFixture("overloaded-mid-stream.sse");
+  const { app, stats } = appWithFakeFetch(() => sseResponse(bytes, { chunkSize: 11 }));
+  const response = await app.request(post(body({ stream: true })));
+  assert.deepEqual(new Uint8Array(await response.arrayBuffer()), bytes);
+  await new Promise((r) => setTimeout(r, 0));
+  assert.equal(stats.records[0].outcome, "overloaded_error");
+  assert.equal(stats.records[0].events.error, 1);
+});
+
+Deno.test("bad requests get a 400 in Anthropic's error shape naming the problem", async (t) => {
+  const app = await replayApp();
+  const cases: [string, Request, RegExp][] = [
+    ["invalid JSON", post("{"), /JSON/i],
+    [
+      "wrong content type",
+      new Request("http://s/v1/messages", { method: "POST", body: body() }),
+      /content-type/,
+    ],
+    [
+      "missing model",
+      post(JSON.stringify({ max_tokens: 5, messages: [{ role: "user", content: "x" }] })),
+      /model/,
+    ],
+    ["mistyped max_tokens", post(body({ max_tokens: "lots" })), /max_tokens/],
+    ["empty messages", post(body({ messages: [] })), /messages/],
+    ["a bad role", post(body({ messages: [{ role: "system", content: "x" }] })), /role/],
+    ["a JSON array", post("[1,2]"), /body|expected object/],
+  ];
+  for (const [name, request, message] of cases) {
+    await t.step(name, async () => {
+      const response = await app.request(request);
+      assert.equal(response.status, 400);
+      const json = await response.json();
+      assert.equal(json.type, "error");
+      assert.equal(json.error.type, "invalid_request_error");
+      assert.match(json.error.message, message);
+    });
+  }
+});
+
+Deno.test("with gateway keys configured, a missing or wrong key is a 401 and a right one passes", async () => {
+  const { app } = appWithFakeFetch(() => Response.json({ ok: true }), {
+    SLUICE_API_KEYS: "alpha-key, beta-key",
+  });
+  const missing = await app.request(post(body()));
+  assert.equal(missing.status, 401);
+  assert.equal((await missing.json()).error.type, "authentication_error");
+  const wrong = await app.request(post(body(), { "x-api-key": "alpha-kez" }));
+  assert.equal(wrong.status, 401);
+  await wrong.body?.cancel();
+  const bearer = await app.request(post(body(), { authorization: "Bearer beta-key" }));
+  assert.equal(bearer.status, 200);
+  await bearer.body?.cancel();
+  const xApiKey = await app.request(post(body(), { "x-api-key": "alpha-key" }));
+  assert.equal(xApiKey.status, 200);
+  await xApiKey.body?.cancel();
+});
+
+Deno.test("unknown routes and methods are 404s in Anthropic's error shape", async () => {
+  const app = await replayApp();
+  for (const request of [new Request("http://s/nope"), new Request("http://s/v1/messages")]) {
+    const response = await app.request(request);
+    assert.equal(response.status, 404);
+    assert.equal((await response.json()).error.type, "not_found_error");
+  }
+});
+
+Deno.test("health answers without a key and names the upstream mode", async () => {
+  const { app } = appWithFakeFetch(() => Response.json({}), { SLUICE_API_KEYS: "k" });
+  const response = await app.request("/health");
+  assert.equal(response.status, 200);
+  assert.deepEqual(await response.json(), { status: "ok", upstream: "live" });
+});
