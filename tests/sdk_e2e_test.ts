@@ -1,0 +1,165 @@
+/**
+ * The official SDK against a real sluice on 127.0.0.1, in live mode, in front of a fake upstream
+ * on 127.0.0.1: by changing only `baseURL`, it must get the same events and messages as it gets
+ * from the upstream directly.
+ */
+import Anthropic from "@anthropic-ai/sdk";
+import assert from "node:assert/strict";
+import { createApp } from "../lib/app.ts";
+import { silentLogger } from "../lib/log.ts";
+import { createUpstream } from "../lib/upstream.ts";
+import { clean, projectFixtures, sseResponse, startFakeUpstream, testConfig } from "./helpers.ts";
+
+/** A fake upstream that serves the fixture named by the request's model: `fixture/NAME`. */
+async function fixtureUpstream() {
+  const set = await projectFixtures();
+  return startFakeUpstream(async (request) => {
+    const body = await request.json();
+    const name = String(body.model).replace(/^fixture\//, "");
+    const fixture = set.fixtures.get(name)!;
+    if (fixture.http) {
+      return Response.json(fixture.http.body, {
+        status: fixture.http.status,
+        headers: fixture.http.headers,
+      });
+    }
+    if (body.stream) return sseResponse(fixture.sse!, { chunkSize: 13 });
+    return new Response(fixture.json ?? "{}", {
+      headers: { "content-type": "application/json", "request-id": "req_fake_json" },
+    });
+  });
+}
+
+function startSluice(upstreamUrl: string) {
+  const app = createApp({
+    config: testConfig({ ANTHROPIC_API_KEY: "sk-ant-test-upstream-key" }),
+    upstream: createUpstream({
+      mode: "live",
+      apiKey: "sk-ant-test-upstream-key",
+      baseURL: upstreamUrl,
+      maxRetries: 0,
+    }),
+    logger: silentLogger,
+  });
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, app.fetch);
+  return { url: `http://127.0.0.1:${server.addr.port}`, close: () => server.shutdown() };
+}
+
+const sdk = (baseURL: string) => new Anthropic({ apiKey: "caller-key", baseURL, maxRetries: 0 });
+
+async function streamThrough(client: Anthropic, fixture: string) {
+  const stream = client.messages.stream({
+    model: `fixture/${fixture}`,
+    max_tokens: 100,
+    messages: [{ role: "user", content: "hi" }],
+  });
+  const events: unknown[] = [];
+  let error: string | null = null;
+  stream.on("error", (e) => (error = `${(e as { type?: string }).type ?? ""}:${e.message}`));
+  try {
+    for await (const event of stream) events.push(clean(event));
+  } catch {
+    // the error listener has it
+  }
+  let message: unknown = null;
+  try {
+    message = clean(await stream.finalMessage());
+  } catch {
+    message = null;
+  }
+  return { events, message, error };
+}
+
+Deno.test("the official SDK streams through sluice exactly as it streams from the upstream", async (t) => {
+  const upstream = await fixtureUpstream();
+  const sluice = startSluice(upstream.url);
+  try {
+    for (
+      const name of [
+        "three-words",
+        "essay",
+        "tool-use-split",
+        "thinking",
+        "web-search",
+        "overloaded-mid-stream",
+        "connection-cut",
+        "multibyte",
+      ]
+    ) {
+      await t.step(name, async () => {
+        const direct = await streamThrough(sdk(upstream.url), name);
+        const through = await streamThrough(sdk(sluice.url), name);
+        assert.ok(direct.events.length > 0);
+        assert.deepEqual(through, direct);
+      });
+    }
+  } finally {
+    await sluice.close();
+    await upstream.close();
+  }
+});
+
+Deno.test("the official SDK gets the same non-streaming message through sluice", async () => {
+  const upstream = await fixtureUpstream();
+  const sluice = startSluice(upstream.url);
+  try {
+    const params = {
+      model: "fixture/essay",
+      max_tokens: 100,
+      messages: [{ role: "user" as const, content: "hi" }],
+    };
+    const direct = await sdk(upstream.url).messages.create(params);
+    const through = await sdk(sluice.url).messages.create(params);
+    assert.deepEqual(clean(through), clean(direct));
+    assert.equal(through._request_id, "req_fake_json");
+  } finally {
+    await sluice.close();
+    await upstream.close();
+  }
+});
+
+Deno.test("the official SDK raises the same error class, status and request id through sluice", async () => {
+  const upstream = await fixtureUpstream();
+  const sluice = startSluice(upstream.url);
+  try {
+    const params = {
+      model: "fixture/rate-limited",
+      max_tokens: 100,
+      messages: [{ role: "user" as const, content: "hi" }],
+      stream: true as const,
+    };
+    const errorOf = async (url: string) => {
+      try {
+        await sdk(url).messages.create(params);
+      } catch (error) {
+        const e = error as InstanceType<typeof Anthropic.APIError>;
+        return { name: e.constructor.name, status: e.status, type: e.type, id: e.requestID };
+      }
+      assert.fail("expected an error");
+    };
+    const direct = await errorOf(upstream.url);
+    assert.equal(direct.name, "RateLimitError");
+    assert.deepEqual(await errorOf(sluice.url), direct);
+  } finally {
+    await sluice.close();
+    await upstream.close();
+  }
+});
+
+Deno.test("the fake upstream sees sluice's server key, never the caller's", async () => {
+  const upstream = await fixtureUpstream();
+  const sluice = startSluice(upstream.url);
+  try {
+    await sdk(sluice.url).messages.create({
+      model: "fixture/three-words",
+      max_tokens: 10,
+      messages: [{ role: "user", content: "hi" }],
+    });
+    const seen = upstream.requests.at(-1)!;
+    assert.equal(seen.headers.get("authorization"), "Bearer sk-ant-test-upstream-key");
+    assert.ok(![...seen.headers.values()].some((v) => v.includes("caller-key")));
+  } finally {
+    await sluice.close();
+    await upstream.close();
+  }
+});
