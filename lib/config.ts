@@ -28,6 +28,15 @@ const envSchema = z.object({
   SLUICE_REPLAY_TOKENS_PER_SECOND: z.coerce.number().positive().default(60),
   SLUICE_REPLAY_SPEED: z.coerce.number().min(0).default(1),
   SLUICE_MAX_RETRIES: int(0).max(10).default(2),
+  SLUICE_RETRY_MAX_WAIT_MS: int(0).default(10_000),
+  SLUICE_FIRST_BYTE_TIMEOUT_MS: int(1).default(600_000),
+  SLUICE_IDLE_TIMEOUT_MS: int(0).default(300_000),
+  SLUICE_KEEPALIVE_MS: int(0).default(15_000),
+  SLUICE_MAX_BODY_BYTES: int(1).default(32 * 1024 * 1024),
+  SLUICE_CORS_ORIGINS: csv.default([]),
+  SLUICE_RATE_LIMIT_RPM: int(0).default(0),
+  SLUICE_MAX_CONCURRENT_STREAMS: int(0).default(0),
+  SLUICE_SHUTDOWN_GRACE_MS: int(0).default(8_000),
   SLUICE_DEFAULT_MODEL: z.string().min(1).default("claude-sonnet-4-5-20250929"),
   SLUICE_CHAT_MAX_TOKENS: int(1).default(1024),
   SLUICE_CONVERSATION_MAX_TURNS: int(2).default(40),
@@ -53,6 +62,24 @@ export interface Config {
   fixturesDir: string;
   replay: { ttftMs: number; tokensPerSecond: number; speed: number };
   maxRetries: number;
+  /** Longest wait between upstream retries, even when `retry-after` asks for more (ms). */
+  retryMaxWaitMs: number;
+  /** Time limit for the upstream's response headers, per attempt (ms). */
+  firstByteTimeoutMs: number;
+  /** An upstream stream silent this long is cut with an error event (ms; 0: never). */
+  idleTimeoutMs: number;
+  /** SSE comment sent to the client after this much silence (ms; 0: never). */
+  keepAliveMs: number;
+  /** Largest request body accepted (bytes). */
+  maxBodyBytes: number;
+  /** Origins allowed by CORS ("*" for any); empty: no CORS headers. */
+  corsOrigins: string[];
+  /** Requests per minute per gateway key on the upstream-calling routes (0: no limit). */
+  rateLimitRpm: number;
+  /** In-flight upstream-calling requests per gateway key (0: no limit). */
+  maxConcurrentStreams: number;
+  /** On SIGINT/SIGTERM, how long running streams may go on before they are cut (ms). */
+  shutdownGraceMs: number;
   defaultModel: string;
   /** `/chat`'s default `max_tokens`. */
   chatMaxTokens: number;
@@ -96,6 +123,12 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
   if (upstream === "live" && !e.ANTHROPIC_API_KEY) {
     throw new ConfigError("SLUICE_UPSTREAM=live needs ANTHROPIC_API_KEY");
   }
+  if (upstream === "live" && isOnDeploy(env) && e.SLUICE_API_KEYS.length === 0) {
+    // On Deploy the server is public: without gateway keys, anyone could spend the API key.
+    throw new ConfigError(
+      "on Deno Deploy, live mode needs SLUICE_API_KEYS, or anyone could spend ANTHROPIC_API_KEY",
+    );
+  }
   return {
     port: e.PORT,
     hostname: e.HOSTNAME,
@@ -112,6 +145,15 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
       speed: e.SLUICE_REPLAY_SPEED,
     },
     maxRetries: e.SLUICE_MAX_RETRIES,
+    retryMaxWaitMs: e.SLUICE_RETRY_MAX_WAIT_MS,
+    firstByteTimeoutMs: e.SLUICE_FIRST_BYTE_TIMEOUT_MS,
+    idleTimeoutMs: e.SLUICE_IDLE_TIMEOUT_MS,
+    keepAliveMs: e.SLUICE_KEEPALIVE_MS,
+    maxBodyBytes: e.SLUICE_MAX_BODY_BYTES,
+    corsOrigins: e.SLUICE_CORS_ORIGINS,
+    rateLimitRpm: e.SLUICE_RATE_LIMIT_RPM,
+    maxConcurrentStreams: e.SLUICE_MAX_CONCURRENT_STREAMS,
+    shutdownGraceMs: e.SLUICE_SHUTDOWN_GRACE_MS,
     defaultModel: e.SLUICE_DEFAULT_MODEL,
     chatMaxTokens: e.SLUICE_CHAT_MAX_TOKENS,
     conversation: {
@@ -120,6 +162,11 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
       ttlHours: e.SLUICE_CONVERSATION_TTL_HOURS,
     },
     logLevel: e.SLUICE_LOG_LEVEL,
-    onDeploy: Boolean(env.DENO_DEPLOYMENT_ID || env.DENO_DEPLOY),
+    onDeploy: isOnDeploy(env),
   };
+}
+
+/** Deno Deploy sets `DENO_DEPLOYMENT_ID` (and `DENO_DEPLOY` on newer platforms). */
+function isOnDeploy(env: Record<string, string | undefined>): boolean {
+  return Boolean(env.DENO_DEPLOYMENT_ID || env.DENO_DEPLOY);
 }
