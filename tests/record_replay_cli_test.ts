@@ -1,0 +1,186 @@
+/**
+ * The `replay` and `record` commands, run as a user runs them (subprocesses), against a fake
+ * upstream on 127.0.0.1.
+ */
+import assert from "node:assert/strict";
+import { EventAccumulator } from "../lib/accumulator.ts";
+import { createReplayFetch, loadFixtures } from "../lib/replay.ts";
+import { createSseDecoder } from "../lib/sse.ts";
+import { clean, readFixture, sdkOracle, sseResponse, startFakeUpstream } from "./helpers.ts";
+
+const CLI = (name: string) => new URL(`../lib/cli/${name}.ts`, import.meta.url).pathname;
+
+async function run(args: string[], env: Record<string, string> = {}) {
+  const output = await new Deno.Command(Deno.execPath(), {
+    args,
+    env: { NO_COLOR: "1", ...env },
+    clearEnv: true,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const dec = new TextDecoder();
+  return {
+    code: output.code,
+    stdout: dec.decode(output.stdout),
+    stderr: dec.decode(output.stderr),
+  };
+}
+
+Deno.test("replay --json prints one object whose message matches the SDK's", async (t) => {
+  for (
+    const name of ["essay", "overloaded-mid-stream", "connection-cut", "tool-max-tokens-no-stop"]
+  ) {
+    await t.step(name, async () => {
+      const path = new URL(`../fixtures/${name}.sse`, import.meta.url).pathname;
+      const { code, stdout } = await run([
+        "run",
+        "--allow-read",
+        "--allow-env",
+        CLI("replay"),
+        path,
+        "--json",
+      ]);
+      assert.equal(code, 0);
+      const out = JSON.parse(stdout);
+      for (const key of ["message", "error", "incomplete", "events", "metrics"]) {
+        assert.ok(key in out, key);
+      }
+      const sdk = await sdkOracle([await Deno.readFile(path)]);
+      assert.deepEqual(out.message, sdk.finalMessage ?? sdk.lastSnapshot);
+      assert.equal(out.incomplete, sdk.finalMessage === null);
+      assert.equal(out.error?.type ?? null, sdk.error?.type ?? null);
+    });
+  }
+});
+
+Deno.test("replay without --json prints the text, then TTFT, total time and tokens", async () => {
+  const path = new URL("../fixtures/three-words.sse", import.meta.url).pathname;
+  const { code, stdout } = await run([
+    "run",
+    "--allow-read",
+    "--allow-env",
+    CLI("replay"),
+    path,
+    "--speed",
+    "0",
+  ]);
+  assert.equal(code, 0);
+  const accumulator = new EventAccumulator();
+  const decoder = createSseDecoder((e) => accumulator.push(e));
+  decoder.feed(await Deno.readFile(path));
+  decoder.end();
+  const message = accumulator.end().message!;
+  const text = (message.content[0] as { text: string }).text;
+  assert.ok(stdout.startsWith(text), "the text comes first");
+  assert.match(stdout, /Time to first token: \d+\.\d{3} seconds/);
+  assert.match(stdout, /Total time: \d+\.\d{3} seconds/);
+  assert.match(stdout, new RegExp(`Output tokens: ${message.usage.output_tokens}\\b`));
+});
+
+Deno.test("record writes the upstream's exact bytes with timing, and the result replays byte for byte", async () => {
+  const bytes = await readFixture("essay.sse");
+  const upstream = startFakeUpstream(() => sseResponse(bytes, { chunkSize: 512 }));
+  const dir = await Deno.makeTempDir();
+  try {
+    const { code, stdout, stderr } = await run(
+      [
+        "run",
+        "--allow-net=127.0.0.1",
+        "--allow-env",
+        "--allow-read",
+        `--allow-write=${dir}`,
+        CLI("record"),
+        "my-essay",
+        "--prompt",
+        "An essay please",
+        "--out",
+        dir,
+      ],
+      {
+        ANTHROPIC_API_KEY: "sk-ant-fake",
+        ANTHROPIC_BASE_URL: upstream.url,
+        SLUICE_LOG_LEVEL: "silent",
+      },
+    );
+    assert.equal(code, 0, stderr);
+    assert.match(stdout, /recorded sse/);
+    assert.deepEqual(await Deno.readFile(`${dir}/my-essay.sse`), bytes);
+    const timing = JSON.parse(await Deno.readTextFile(`${dir}/my-essay.timing.json`)).chunks;
+    assert.equal(timing.reduce((n: number, c: { bytes: number }) => n + c.bytes, 0), bytes.length);
+    for (let i = 1; i < timing.length; i++) assert.ok(timing[i].at_ms >= timing[i - 1].at_ms);
+    const sent = JSON.parse(upstream.requests[0].body);
+    assert.equal(sent.stream, true);
+    assert.equal(sent.messages[0].content, "An essay please");
+    assert.equal(upstream.requests[0].headers.get("authorization"), "Bearer sk-ant-fake");
+
+    const fetch = createReplayFetch(await loadFixtures(dir), {
+      pace: { ttftMs: 0, tokensPerSecond: 1, speed: 0 },
+    });
+    const replayed = await fetch("http://replay.test/v1/messages", {
+      method: "POST",
+      headers: { "x-sluice-fixture": "my-essay" },
+      body: JSON.stringify({ stream: true }),
+    });
+    assert.deepEqual(new Uint8Array(await replayed.arrayBuffer()), bytes);
+  } finally {
+    await upstream.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("record --no-stream writes the JSON body; an API error is written as an HTTP fixture", async () => {
+  const json = await Deno.readTextFile(new URL("../fixtures/three-words.json", import.meta.url));
+  let fail = false;
+  const upstream = startFakeUpstream(() =>
+    fail
+      ? Response.json(
+        { type: "error", error: { type: "overloaded_error", message: "Overloaded" } },
+        { status: 529, headers: { "request-id": "req_529", "x-should-retry": "false" } },
+      )
+      : new Response(json, { headers: { "content-type": "application/json" } })
+  );
+  const dir = await Deno.makeTempDir();
+  const env = {
+    ANTHROPIC_API_KEY: "sk-ant-fake",
+    ANTHROPIC_BASE_URL: upstream.url,
+    SLUICE_MAX_RETRIES: "0",
+  };
+  const args = (name: string, ...extra: string[]) => [
+    "run",
+    "--allow-net=127.0.0.1",
+    "--allow-env",
+    "--allow-read",
+    `--allow-write=${dir}`,
+    CLI("record"),
+    name,
+    "--out",
+    dir,
+    ...extra,
+  ];
+  try {
+    const ok = await run(args("short", "--no-stream"), env);
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.deepEqual(
+      JSON.parse(await Deno.readTextFile(`${dir}/short.json`)),
+      clean(JSON.parse(json)),
+    );
+    const again = await run(args("short", "--no-stream"), env);
+    assert.equal(again.code, 1, "an existing fixture is not overwritten without --force");
+    fail = true;
+    const failed = await run(args("busy"), env);
+    assert.equal(failed.code, 1);
+    const http = JSON.parse(await Deno.readTextFile(`${dir}/busy.http.json`));
+    assert.equal(http.status, 529);
+    assert.equal(http.body.error.type, "overloaded_error");
+    assert.equal(http.headers["request-id"], "req_529");
+  } finally {
+    await upstream.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("record without ANTHROPIC_API_KEY refuses with a clear message", async () => {
+  const { code, stderr } = await run(["run", "--allow-env", "--allow-read", CLI("record"), "x"]);
+  assert.equal(code, 2);
+  assert.match(stderr, /ANTHROPIC_API_KEY/);
+});
