@@ -95,3 +95,14 @@ export function errorResponse(
 export function sseErrorEvent(type: string, message: string): string {
   return `event: error\ndata: ${JSON.stringify({ type: "error", error: { type, message } })}\n\n`;
 }
+
+/**
+ * The reason sluice gives when it ends a running stream itself because it is shutting down:
+ * the stream is then recorded as `incomplete`, not as the client's abort.
+ */
+export class ServerShutdownError extends Error {
+  constructor(message = "sluice is shutting down") {
+    super(message);
+    this.name = "ServerShutdownError";
+  }
+}

@@ -10,12 +10,12 @@
 import type { AccumulatorObserver, StreamResult } from "./accumulator.ts";
 import { EventAccumulator } from "./accumulator.ts";
 import type { Clock } from "./clock.ts";
-import { sseErrorEvent } from "./errors.ts";
+import { errorBody, ServerShutdownError, sseErrorEvent } from "./errors.ts";
 import type { Logger } from "./log.ts";
 import type { RequestSummary } from "./request_summary.ts";
 import { tokenUsage } from "./request_summary.ts";
-import { createSseDecoder, tapStream } from "./sse.ts";
-import type { Upstream, UpstreamRequest } from "./upstream.ts";
+import { createSseDecoder, tapStream, UpstreamIdleError } from "./sse.ts";
+import type { StreamPolicy, Upstream, UpstreamRequest } from "./upstream.ts";
 
 /** Options for {@link startCall}. */
 export interface CallOptions {
@@ -32,6 +32,8 @@ export interface CallOptions {
   keyId?: string;
   /** Extra observers of the accumulated stream (the `/chat` view). */
   observer?: AccumulatorObserver;
+  /** Overrides the upstream's idle timeout and keep-alive interval for this call. */
+  streamPolicy?: Partial<StreamPolicy>;
 }
 
 /** The upstream's answer, ready for the client. */
@@ -84,15 +86,51 @@ export async function startCall(options: CallOptions): Promise<Call> {
   const contentType = response.headers.get("content-type") ?? "";
   const isStream = response.ok && contentType.includes("text/event-stream") && response.body;
 
+  const policy = { ...options.upstream.streamPolicy, ...options.streamPolicy };
+
   if (!isStream) {
-    const body = new Uint8Array(await response.arrayBuffer());
+    let status = response.status;
+    let body: Uint8Array<ArrayBuffer>;
+    let failure: string | undefined;
+    try {
+      body = await readBody(response.body, policy.idleTimeoutMs);
+    } catch (error) {
+      // The headers came but the body did not: the client gets a clear 5xx, never a 500 or a
+      // truncated JSON document.
+      const idle = error instanceof UpstreamIdleError;
+      options.logger.warn("upstream body failed", { id, error: String(error) });
+      status = idle ? 504 : 502;
+      failure = "incomplete";
+      body = new TextEncoder().encode(JSON.stringify(errorBody(
+        idle ? "timeout_error" : "api_error",
+        idle
+          ? `the upstream sent nothing for ${error.idleMs} ms while sending its answer`
+          : "the upstream connection dropped before the whole answer arrived",
+        id,
+      )));
+      headers.set("content-type", "application/json");
+    }
+    const parsed = failure ? null : safeParse(body);
+    if (!failure && response.ok && !parsed) {
+      // A 200 that is neither a stream nor JSON (a proxy's HTML page, a cut body): the SDKs
+      // would fail to parse it, so say plainly what happened.
+      options.logger.warn("upstream answer is not JSON", { id, contentType });
+      status = 502;
+      failure = "incomplete";
+      body = new TextEncoder().encode(JSON.stringify(errorBody(
+        "api_error",
+        "the upstream answered 200 with a body that is not a JSON message",
+        id,
+      )));
+      headers.set("content-type", "application/json");
+    }
     const endedAt = clock.now();
-    const parsed = safeParse(body);
     const finished: RequestSummary = {
       ...base,
       streaming: options.request.stream,
       model: (typeof parsed?.model === "string" ? parsed.model : null) ?? options.model,
-      outcome: response.ok ? "ok" : errorTypeOf(parsed) ?? `http_${response.status}`,
+      status,
+      outcome: failure ?? (response.ok ? "ok" : errorTypeOf(parsed) ?? `http_${response.status}`),
       ttftMs: endedAt - startedAt,
       totalMs: endedAt - startedAt,
       upstreamTtftMs: endedAt - upstreamStartedAt,
@@ -104,7 +142,7 @@ export async function startCall(options: CallOptions): Promise<Call> {
       headers.set("content-type", contentType || "application/json");
     }
     return {
-      status: response.status,
+      status,
       headers,
       retries,
       kind: "json",
@@ -140,23 +178,36 @@ export async function startCall(options: CallOptions): Promise<Call> {
       events: result.events,
     });
   };
-  const stream = tapStream(response.body!, {
-    onChunk: (chunk) => decoder.feed(chunk),
-    onClose: () => finish(),
-    onCancel: () => {
-      controller.abort();
-      finish("client_aborted");
+  const stream = tapStream(
+    response.body!,
+    {
+      onChunk: (chunk) => decoder.feed(chunk),
+      onClose: () => finish(),
+      onCancel: (reason) => {
+        // Abort first: the upstream stops generating (and billing) before anything else runs.
+        controller.abort();
+        finish(reason instanceof ServerShutdownError ? "incomplete" : "client_aborted");
+      },
+      onError: (error, state) => {
+        controller.abort();
+        const idle = error instanceof UpstreamIdleError;
+        options.logger.warn("upstream stream failed", { id, error: String(error) });
+        finish("incomplete");
+        // The client must not mistake a cut stream for a finished one: end with an error event.
+        // Inside an event, a blank line first ends it (two line feeds work after any ending).
+        const prefix = state.atEventBoundary ? "" : "\n\n";
+        const message = idle
+          ? `the upstream sent nothing for ${error.idleMs} ms; the answer is incomplete`
+          : "the upstream connection dropped mid-stream; the answer is incomplete";
+        return new TextEncoder().encode(prefix + sseErrorEvent("api_error", message));
+      },
     },
-    onError: (error, state) => {
-      options.logger.warn("upstream stream failed", { id, error: String(error) });
-      finish("incomplete");
-      // The client must not mistake a cut stream for a finished one: end with an error event.
-      const prefix = state.atEventBoundary ? "" : "\n";
-      return new TextEncoder().encode(
-        prefix + sseErrorEvent("api_error", "the upstream stream ended unexpectedly"),
-      );
+    (error) => options.logger.error("stream observer failed", { id, error: String(error) }),
+    {
+      idleTimeoutMs: policy.idleTimeoutMs,
+      keepAliveMs: policy.keepAliveMs,
     },
-  }, (error) => options.logger.error("stream observer failed", { id, error: String(error) }));
+  );
   headers.set("content-type", contentType);
   return {
     status: response.status,
@@ -168,6 +219,40 @@ export async function startCall(options: CallOptions): Promise<Call> {
     finished,
     abort: (reason) => controller.abort(reason),
   };
+}
+
+/** Reads a whole body, giving up after `idleTimeoutMs` of silence (0: never). */
+async function readBody(
+  body: ReadableStream<Uint8Array> | null,
+  idleTimeoutMs = 0,
+): Promise<Uint8Array<ArrayBuffer>> {
+  if (!body) return new Uint8Array(0);
+  const chunks: Uint8Array[] = [];
+  let failure: unknown;
+  // The tap brings the idle timeout; its onError only notes the failure (nothing is sent).
+  const tapped = tapStream(
+    body,
+    {
+      onChunk: () => {},
+      onClose: () => {},
+      onCancel: () => {},
+      onError: (error) => {
+        failure = error;
+        return undefined;
+      },
+    },
+    undefined,
+    { idleTimeoutMs },
+  );
+  for await (const chunk of tapped) chunks.push(chunk);
+  if (failure !== undefined) throw failure;
+  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+  let offset = 0;
+  for (const chunk of chunks) {
+    out.set(chunk, offset);
+    offset += chunk.length;
+  }
+  return out;
 }
 
 function safeParse(body: Uint8Array): Record<string, unknown> | null {

@@ -40,9 +40,19 @@ export interface UpstreamResult {
   retries: number;
 }
 
+/** How long a streamed answer may stay silent, and how the client is kept company meanwhile. */
+export interface StreamPolicy {
+  /** Silence from the upstream (ms) after which the stream is cut with an error event; 0: never. */
+  idleTimeoutMs: number;
+  /** Silence towards the client (ms) after which an SSE comment is sent; 0: never. */
+  keepAliveMs: number;
+}
+
 /** Sends Messages requests upstream. */
 export interface Upstream {
   readonly mode: "live" | "replay";
+  /** Applied to every streamed answer this upstream gives (see messages_call.ts). */
+  readonly streamPolicy: StreamPolicy;
   send(request: UpstreamRequest): Promise<UpstreamResult>;
 }
 
@@ -55,8 +65,15 @@ export interface UpstreamOptions {
   fetch?: typeof fetch;
   /** Retries before the first byte (the SDK's policy: 408, 409, 429, 5xx, connection errors). */
   maxRetries?: number;
-  /** Time limit for an attempt to get response headers, in ms. */
+  /** Time limit for an attempt to get response headers, in ms (then retried; finally 504). */
   timeoutMs?: number;
+  /**
+   * Longest wait between attempts, in ms. The SDK honours `retry-after-ms`/`retry-after` up to
+   * 24 days; a gateway holding its caller's connection must not. Default 10 000.
+   */
+  retryMaxWaitMs?: number;
+  /** Idle timeout and keep-alives of streamed answers; both off unless given. */
+  streamPolicy?: Partial<StreamPolicy>;
 }
 
 /** Response headers an SDK client acts on; kept when an upstream error is passed back. */
@@ -69,23 +86,38 @@ export function createUpstream(options: UpstreamOptions): Upstream {
   // The SDK numbers its attempts in `x-stainless-retry-count`; remember it per response so the
   // route can report retries. Keyed by the Headers object, which APIError also carries.
   const attempts = new WeakMap<Headers, number>();
+  // Headers as the upstream sent them, for responses whose retry-after was clamped.
+  const original = new WeakMap<Headers, Headers>();
+  const maxRetries = options.maxRetries ?? 2;
+  const maxWaitMs = options.retryMaxWaitMs ?? 10_000;
   const countingFetch: typeof fetch = async (input, init) => {
-    const response = await baseFetch(input, init);
-    const retry = new Headers(init?.headers).get("x-stainless-retry-count");
-    attempts.set(response.headers, Number(retry ?? 0) || 0);
+    let response = await baseFetch(input, init);
+    const attempt = Number(new Headers(init?.headers).get("x-stainless-retry-count") ?? 0) || 0;
+    // Only an attempt that may be followed by another has its wait clamped; the last answer
+    // reaches the client with the upstream's own retry-after.
+    if (!response.ok && attempt < maxRetries) {
+      const clamped = clampRetryAfter(response, maxWaitMs);
+      if (clamped !== response) original.set(clamped.headers, response.headers);
+      response = clamped;
+    }
+    attempts.set(response.headers, attempt);
     return response;
   };
   const client = new Anthropic({
     apiKey: options.apiKey,
     baseURL: options.baseURL,
     fetch: countingFetch,
-    maxRetries: options.maxRetries ?? 2,
+    maxRetries,
     timeout: options.timeoutMs ?? 600_000,
     logLevel: "off",
   });
 
   return {
     mode: options.mode,
+    streamPolicy: {
+      idleTimeoutMs: options.streamPolicy?.idleTimeoutMs ?? 0,
+      keepAliveMs: options.streamPolicy?.keepAliveMs ?? 0,
+    },
     async send(request) {
       const headers: Record<string, string | null> = { "content-type": "application/json" };
       if (request.anthropicVersion) headers["anthropic-version"] = request.anthropicVersion;
@@ -107,7 +139,7 @@ export function createUpstream(options: UpstreamOptions): Upstream {
         return { response, retries: attempts.get(response.headers) ?? 0 };
       } catch (error) {
         if (error instanceof APIUserAbortError) throw error;
-        const failed = upstreamFailure(error);
+        const failed = upstreamFailure(error, original);
         if (!failed) throw error;
         return failed(attempts);
       }
@@ -118,6 +150,7 @@ export function createUpstream(options: UpstreamOptions): Upstream {
 /** Turns an SDK error into the response the client should get, or undefined to rethrow. */
 function upstreamFailure(
   error: unknown,
+  original: WeakMap<Headers, Headers>,
 ): ((attempts: WeakMap<Headers, number>) => UpstreamResult) | undefined {
   if (error instanceof APIConnectionTimeoutError) {
     return () => ({
@@ -137,7 +170,8 @@ function upstreamFailure(
   if (error instanceof APIError && typeof error.status === "number") {
     return (attempts) => {
       const headers = new Headers();
-      const upstreamHeaders = error.headers as Headers | undefined;
+      const seen = error.headers as Headers | undefined;
+      const upstreamHeaders = seen ? original.get(seen) ?? seen : undefined;
       upstreamHeaders?.forEach((value: string, key: string) => {
         if (ERROR_HEADERS.test(key)) headers.set(key, value);
       });
@@ -148,7 +182,7 @@ function upstreamFailure(
       );
       return {
         response: jsonResponse(error.status as number, body, headers),
-        retries: upstreamHeaders ? attempts.get(upstreamHeaders) ?? 0 : 0,
+        retries: seen ? attempts.get(seen) ?? 0 : 0,
       };
     };
   }
@@ -158,4 +192,37 @@ function upstreamFailure(
 function jsonResponse(status: number, body: unknown, headers = new Headers()): Response {
   headers.set("content-type", "application/json");
   return new Response(JSON.stringify(body), { status, headers });
+}
+
+/**
+ * The wait an answer asks for, read as the SDK reads it: `retry-after-ms` (ms), else
+ * `retry-after` (seconds or an HTTP date). Undefined when neither gives a positive number.
+ */
+export function requestedWaitMs(headers: Headers, now = Date.now()): number | undefined {
+  const ms = parseFloat(headers.get("retry-after-ms") ?? "");
+  if (Number.isFinite(ms) && ms > 0) return ms;
+  const after = headers.get("retry-after");
+  if (!after) return undefined;
+  const seconds = parseFloat(after);
+  const wait = Number.isNaN(seconds) ? Date.parse(after) - now : seconds * 1000;
+  return Number.isFinite(wait) && wait > 0 ? wait : undefined;
+}
+
+/**
+ * Returns `response` with its requested wait lowered to `maxWaitMs` (as `retry-after-ms`, which
+ * the SDK reads first), or `response` itself when it asks for no more than that. Without a
+ * header the SDK's own backoff applies (0.5 s, 1 s, 2 s … at most 8 s).
+ */
+export function clampRetryAfter(response: Response, maxWaitMs: number): Response {
+  const wait = requestedWaitMs(response.headers);
+  if (wait === undefined || wait <= maxWaitMs) return response;
+  const headers = new Headers(response.headers);
+  headers.delete("retry-after");
+  // The SDK treats 0 as "no header" and backs off by itself; 1 ms is the smallest real wait.
+  headers.set("retry-after-ms", String(Math.max(1, maxWaitMs)));
+  return new Response(response.body, {
+    status: response.status,
+    statusText: response.statusText,
+    headers,
+  });
 }
