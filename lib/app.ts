@@ -17,6 +17,9 @@ import type { StatsSink } from "./request_summary.ts";
 import type { Upstream } from "./upstream.ts";
 import { healthRoute } from "../routes/health.ts";
 import { messagesRoute } from "../routes/messages.ts";
+import { chatRoute } from "../routes/chat.ts";
+import { conversationsRoute } from "../routes/conversations.ts";
+import { pageRoute } from "../routes/page.ts";
 
 /** What the app is built from. */
 export interface AppDeps {
@@ -56,8 +59,12 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   app.use(requestId({ headerName: "x-sluice-request-id" }));
 
   app.route("/", healthRoute(routeDeps));
+  // The chat page is public (it holds nothing); its API calls carry the key the user types.
+  app.route("/", pageRoute());
   app.use("*", gatewayAuth(deps.config.apiKeys));
   app.route("/", messagesRoute(routeDeps));
+  app.route("/", chatRoute(routeDeps));
+  app.route("/", conversationsRoute(routeDeps));
 
   app.notFound((c) =>
     errorResponse(404, "not_found_error", `no route for ${c.req.method} ${c.req.path}`, {

@@ -1,0 +1,33 @@
+/**
+ * `POST /chat`: thin route; the work is in lib/chat.ts.
+ */
+import { Hono } from "hono";
+import type { AppEnv, RouteDeps } from "../lib/app_env.ts";
+import { handleChat } from "../lib/chat.ts";
+import { statsRequested } from "../lib/chat_encoding.ts";
+import { conversationLimits, createConversationStore } from "../lib/conversations.ts";
+
+/** Mounts `POST /chat`. */
+export function chatRoute(deps: RouteDeps): Hono<AppEnv> {
+  const store = deps.kv
+    ? createConversationStore({
+      kv: deps.kv,
+      limits: conversationLimits(deps.config),
+      clock: deps.clock,
+    })
+    : undefined;
+  const app = new Hono<AppEnv>();
+  app.post("/chat", async (c) =>
+    await handleChat(deps, store, {
+      bodyText: await c.req.text(),
+      accept: c.req.header("accept"),
+      withStats: statsRequested(c.req.query("stats")),
+      keyId: c.get("keyId"),
+      authStyle: c.get("authStyle"),
+      requestId: c.get("requestId"),
+      startedAt: c.get("startedAt"),
+      anthropicVersion: c.req.header("anthropic-version"),
+      anthropicBeta: c.req.header("anthropic-beta"),
+    }));
+  return app;
+}

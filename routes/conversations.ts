@@ -1,0 +1,75 @@
+/**
+ * `/conversations`: create, read and delete the histories `/chat` keeps. Each is visible only to
+ * the gateway key that made it (another key gets the same 404 as for a missing one).
+ */
+import { Hono } from "hono";
+import { z } from "zod";
+import type { AppEnv, RouteDeps } from "../lib/app_env.ts";
+import { parseJsonObject } from "../lib/chat_request.ts";
+import {
+  conversationJson,
+  conversationLimits,
+  ConversationTooLargeError,
+  createConversationStore,
+} from "../lib/conversations.ts";
+import { SluiceError } from "../lib/errors.ts";
+import { describeIssues } from "../lib/validate.ts";
+
+/** `POST /conversations` body: optional defaults for every `/chat` on the conversation. */
+const createBody = z.strictObject({
+  system: z.string().optional(),
+  model: z.string().min(1).optional(),
+});
+
+/** Mounts `POST /conversations`, `GET /conversations/:id` and `DELETE /conversations/:id`. */
+export function conversationsRoute(deps: RouteDeps): Hono<AppEnv> {
+  const store = deps.kv
+    ? createConversationStore({
+      kv: deps.kv,
+      limits: conversationLimits(deps.config),
+      clock: deps.clock,
+    })
+    : undefined;
+  const need = () => {
+    if (!store) {
+      throw new SluiceError(503, "api_error", "conversations need Deno KV, which is not set up");
+    }
+    return store;
+  };
+  const notFound = (id: string) =>
+    new SluiceError(404, "not_found_error", `conversation ${JSON.stringify(id)} not found`);
+
+  const app = new Hono<AppEnv>();
+  app.post("/conversations", async (c) => {
+    // Read as JSON whatever the content type, like /chat; an empty body is `{}`.
+    const value = parseJsonObject(await c.req.text(), '{"system":"Answer briefly."}', {
+      emptyIsObject: true,
+    });
+    const parsed = createBody.safeParse(value);
+    if (!parsed.success) {
+      throw new SluiceError(400, "invalid_request_error", describeIssues(parsed.error.issues));
+    }
+    try {
+      const conversation = await need().create(c.get("keyId"), parsed.data);
+      c.header("location", `/conversations/${conversation.id}`);
+      return c.json(conversationJson(conversation), 201);
+    } catch (error) {
+      if (error instanceof ConversationTooLargeError) {
+        throw new SluiceError(413, "request_too_large", error.message);
+      }
+      throw error;
+    }
+  });
+  app.get("/conversations/:id", async (c) => {
+    const id = c.req.param("id");
+    const conversation = await need().get(c.get("keyId"), id);
+    if (!conversation) throw notFound(id);
+    return c.json(conversationJson(conversation));
+  });
+  app.delete("/conversations/:id", async (c) => {
+    const id = c.req.param("id");
+    if (!(await need().delete(c.get("keyId"), id))) throw notFound(id);
+    return c.body(null, 204);
+  });
+  return app;
+}
