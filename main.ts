@@ -8,6 +8,7 @@ import { createLogger } from "./lib/log.ts";
 import { createReplayFetch, loadFixtures } from "./lib/replay.ts";
 import { createUpstream } from "./lib/upstream.ts";
 import { openKv } from "./lib/kv.ts";
+import { createKvStats } from "./lib/stats.ts";
 
 let config;
 try {
@@ -37,7 +38,8 @@ const upstream = config.upstream === "live"
   });
 
 const kv = await openKv(config);
-const app = createApp({ config, upstream, logger, kv });
+const stats = createKvStats({ kv, logger });
+const app = createApp({ config, upstream, logger, kv, stats });
 
 Deno.serve({
   port: config.port,

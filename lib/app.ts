@@ -2,9 +2,16 @@
  * `createApp(deps)`: sluice's Hono app, with middleware and routes mounted. Everything it needs
  * is passed in, so every test builds its own app.
  */
+import type { Context } from "hono";
 import { Hono } from "hono";
 import { HTTPException } from "hono/http-exception";
 import { requestId } from "hono/request-id";
+import { bodyLimit } from "hono/body-limit";
+import { cors } from "hono/cors";
+import { secureHeaders } from "hono/secure-headers";
+import { createLimiter, kvLimitStore, limitMiddleware, memoryLimitStore } from "./limits.ts";
+import { loopbackOnly } from "./local_only.ts";
+import { type Lifecycle, lifecycleMiddleware } from "./shutdown.ts";
 import type { AppEnv, RouteDeps } from "./app_env.ts";
 import { gatewayAuth } from "./auth.ts";
 import type { Clock } from "./clock.ts";
@@ -20,6 +27,8 @@ import { messagesRoute } from "../routes/messages.ts";
 import { chatRoute } from "../routes/chat.ts";
 import { conversationsRoute } from "../routes/conversations.ts";
 import { pageRoute } from "../routes/page.ts";
+import { statsRoute } from "../routes/stats.ts";
+import { isStatsSource, refusalSummary } from "./stats.ts";
 
 /** What the app is built from. */
 export interface AppDeps {
@@ -29,6 +38,8 @@ export interface AppDeps {
   logger?: Logger;
   stats?: StatsSink;
   kv?: Deno.Kv;
+  /** Graceful shutdown: tracks stats writes, can end running streams (main.ts gives one). */
+  lifecycle?: Lifecycle;
 }
 
 /** Builds the app. */
@@ -45,9 +56,10 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     kv: deps.kv,
     record(summary) {
       // Off the response path: a slow or failing store never delays or fails a client.
-      summary
+      const work = summary
         .then((s) => stats?.record(s))
         .catch((error) => logger.warn("stats record failed", { error: String(error) }));
+      deps.lifecycle?.track(work);
     },
   };
 
@@ -57,11 +69,15 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     await next();
   });
   app.use(requestId({ headerName: "x-sluice-request-id" }));
+  mountHardening(app, deps, clock, logger);
 
   app.route("/", healthRoute(routeDeps));
   // The chat page is public (it holds nothing); its API calls carry the key the user types.
   app.route("/", pageRoute());
+  // Stats have their own key (SLUICE_ADMIN_KEY), not a gateway key: mounted before gatewayAuth.
+  app.route("/", statsRoute(routeDeps, isStatsSource(stats) ? stats : undefined));
   app.use("*", gatewayAuth(deps.config.apiKeys));
+  mountLimits(app, deps, clock, logger);
   app.route("/", messagesRoute(routeDeps));
   app.route("/", chatRoute(routeDeps));
   app.route("/", conversationsRoute(routeDeps));
@@ -71,8 +87,32 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
       requestId: c.get("requestId"),
     })
   );
+  /** Records a request sluice answered itself with an error (see refusalSummary). */
+  const recordRefusal = (c: Context<AppEnv>, status: number, errorType: string) => {
+    const info = {
+      method: c.req.method,
+      path: c.req.path,
+      status,
+      errorType,
+      requestId: c.get("requestId"),
+      startedAt: c.get("startedAt"),
+    };
+    if (!refusalSummary({ ...info, endedAt: info.startedAt })) return;
+    const endedAt = clock.now();
+    // Only a body the validator already parsed: an error path never reads a body itself.
+    const parsed = c.req.bodyCache.json ?? Promise.resolve(undefined);
+    routeDeps.record(
+      Promise.resolve(parsed).catch(() => undefined).then((body) =>
+        refusalSummary({ ...info, endedAt, body })!
+      ),
+    );
+  };
   app.onError((error, c) => {
     const id = c.get("requestId");
+    if (error instanceof SluiceError) recordRefusal(c, error.status, error.type);
+    else if (error instanceof HTTPException) {
+      recordRefusal(c, error.status, errorTypeForStatus(error.status));
+    } else recordRefusal(c, 500, "api_error");
     if (error instanceof SluiceError) {
       return errorResponse(error.status, error.type, error.message, {
         requestId: id,
@@ -89,4 +129,63 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     return errorResponse(500, "api_error", "internal error in sluice", { requestId: id });
   });
   return app;
+}
+
+/**
+ * Middleware every request passes before any route: secure headers (a route's own value wins,
+ * so the page keeps its CSP), CORS for the configured origins (preflights answered here, before
+ * authentication), loopback-only serving in live mode without gateway keys, the body limit and
+ * the shutdown guard on streamed responses.
+ */
+function mountHardening(app: Hono<AppEnv>, deps: AppDeps, clock: Clock, logger: Logger) {
+  const { config } = deps;
+  app.use(secureHeaders({ overwrite: false }));
+  if (config.corsOrigins.length > 0) {
+    app.use(cors({
+      origin: config.corsOrigins.includes("*") ? "*" : config.corsOrigins,
+      allowMethods: ["GET", "POST", "DELETE", "OPTIONS"],
+      allowHeaders: [
+        "content-type",
+        "x-api-key",
+        "authorization",
+        "anthropic-version",
+        "anthropic-beta",
+        "anthropic-dangerous-direct-browser-access",
+        "accept",
+      ],
+      exposeHeaders: ["request-id", "x-sluice-request-id", "retry-after", "retry-after-ms"],
+      maxAge: 600,
+    }));
+  }
+  if (config.upstream === "live" && config.apiKeys.length === 0) app.use(loopbackOnly());
+  app.use(bodyLimit({
+    maxSize: config.maxBodyBytes,
+    onError: () => {
+      throw new SluiceError(
+        413,
+        "request_too_large",
+        `request body is larger than ${config.maxBodyBytes} bytes (SLUICE_MAX_BODY_BYTES)`,
+      );
+    },
+  }));
+  if (deps.lifecycle) app.use(lifecycleMiddleware(deps.lifecycle));
+  void clock;
+  void logger;
+}
+
+/** Per-key limits on the routes that call the upstream (after authentication: keyed by key). */
+function mountLimits(app: Hono<AppEnv>, deps: AppDeps, clock: Clock, logger: Logger) {
+  const { config } = deps;
+  if (config.rateLimitRpm <= 0 && config.maxConcurrentStreams <= 0) return;
+  if (!deps.kv) logger.warn("no KV: rate limits are held in memory, per isolate");
+  const limiter = createLimiter({
+    store: deps.kv ? kvLimitStore(deps.kv) : memoryLimitStore(clock),
+    rpm: config.rateLimitRpm,
+    maxConcurrent: config.maxConcurrentStreams,
+    clock,
+  });
+  const limit = limitMiddleware({ limiter, logger });
+  for (const path of ["/v1/*", "/chat"]) {
+    app.on("POST", path, limit);
+  }
 }

@@ -1,0 +1,61 @@
+/**
+ * `GET /stats`, `GET /stats/recent` and `GET /metrics`: what sluice has measured, from Deno KV.
+ * They need the admin key once sluice has keys (see lib/admin_auth.ts), and show figures only:
+ * never a prompt, an answer or a key.
+ */
+import { Hono } from "hono";
+import { zValidator } from "@hono/zod-validator";
+import { z } from "zod";
+import { adminAuth } from "../lib/admin_auth.ts";
+import type { AppEnv, RouteDeps } from "../lib/app_env.ts";
+import { SluiceError } from "../lib/errors.ts";
+import { PROMETHEUS_CONTENT_TYPE, renderPrometheus } from "../lib/prometheus.ts";
+import type { StatsSource } from "../lib/stats.ts";
+import { describeIssues } from "../lib/validate.ts";
+
+const recentQuery = z.object({
+  limit: z.coerce.number().int().min(1).max(1000).default(50),
+});
+
+/** Mounts the stats routes; without a readable stats store they answer 404 with a hint. */
+export function statsRoute(deps: RouteDeps, stats: StatsSource | undefined): Hono<AppEnv> {
+  const app = new Hono<AppEnv>();
+  const noStore = { "cache-control": "no-store" };
+  app.use("/stats", adminAuth(deps.config));
+  app.use("/stats/*", adminAuth(deps.config));
+  app.use("/metrics", adminAuth(deps.config));
+  app.use("/stats", requireStats(stats));
+  app.use("/stats/*", requireStats(stats));
+  app.use("/metrics", requireStats(stats));
+  app.get("/stats", async (c) => c.json(await stats!.report(), 200, noStore));
+  app.get(
+    "/stats/recent",
+    zValidator("query", recentQuery, (result) => {
+      if (!result.success) {
+        throw new SluiceError(400, "invalid_request_error", describeIssues(result.error.issues));
+      }
+    }),
+    async (c) => {
+      const { limit } = c.req.valid("query");
+      return c.json({ requests: await stats!.recent(limit) }, 200, noStore);
+    },
+  );
+  app.get("/metrics", async (c) => {
+    const text = renderPrometheus(await stats!.rows(), { writeFailures: stats!.writeFailures });
+    return c.body(text, 200, { ...noStore, "content-type": PROMETHEUS_CONTENT_TYPE });
+  });
+  return app;
+}
+
+function requireStats(stats: StatsSource | undefined) {
+  return async (_c: unknown, next: () => Promise<void>) => {
+    if (!stats) {
+      throw new SluiceError(
+        404,
+        "not_found_error",
+        "stats are off: this sluice was started without a KV stats store",
+      );
+    }
+    await next();
+  };
+}
