@@ -9,6 +9,7 @@ import { createReplayFetch, loadFixtures } from "./lib/replay.ts";
 import { createUpstream } from "./lib/upstream.ts";
 import { openKv } from "./lib/kv.ts";
 import { createKvStats } from "./lib/stats.ts";
+import { createLifecycle, installShutdown } from "./lib/shutdown.ts";
 
 let config;
 try {
@@ -28,6 +29,9 @@ const upstream = config.upstream === "live"
     apiKey: config.anthropicApiKey!,
     baseURL: config.anthropicBaseUrl,
     maxRetries: config.maxRetries,
+    retryMaxWaitMs: config.retryMaxWaitMs,
+    timeoutMs: config.firstByteTimeoutMs,
+    streamPolicy: { idleTimeoutMs: config.idleTimeoutMs, keepAliveMs: config.keepAliveMs },
   })
   : createUpstream({
     mode: "replay",
@@ -35,13 +39,17 @@ const upstream = config.upstream === "live"
     baseURL: "http://replay.sluice.invalid",
     fetch: createReplayFetch(await loadFixtures(config.fixturesDir), { pace: config.replay }),
     maxRetries: 0,
+    streamPolicy: { idleTimeoutMs: config.idleTimeoutMs, keepAliveMs: config.keepAliveMs },
   });
 
 const kv = await openKv(config);
 const stats = createKvStats({ kv, logger });
-const app = createApp({ config, upstream, logger, kv, stats });
+const lifecycle = createLifecycle();
+const app = createApp({ config, upstream, logger, kv, stats, lifecycle });
 
-Deno.serve({
+// `app.fetch` gets Deno.serve's handler info as Hono's `c.env`; the loopback-only rule reads the
+// caller's address from it.
+const server = Deno.serve({
   port: config.port,
   hostname: config.hostname,
   onListen: ({ hostname, port }) => {
@@ -49,5 +57,22 @@ Deno.serve({
     if (config.upstream === "replay") {
       logger.info("no ANTHROPIC_API_KEY: answering from recorded fixtures (replay mode)");
     }
+    if (config.upstream === "live" && config.apiKeys.length === 0) {
+      logger.warn(
+        "live mode without SLUICE_API_KEYS: answering only callers on this machine (loopback); " +
+          "set SLUICE_API_KEYS to serve others",
+      );
+    }
   },
 }, app.fetch);
+
+installShutdown({
+  server,
+  lifecycle,
+  logger,
+  graceMs: config.shutdownGraceMs,
+  close: async () => {
+    await stats.flush();
+    kv.close();
+  },
+});

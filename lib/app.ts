@@ -69,7 +69,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     await next();
   });
   app.use(requestId({ headerName: "x-sluice-request-id" }));
-  mountHardening(app, deps, clock, logger);
+  mountHardening(app, deps);
 
   app.route("/", healthRoute(routeDeps));
   // The chat page is public (it holds nothing); its API calls carry the key the user types.
@@ -137,7 +137,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
  * authentication), loopback-only serving in live mode without gateway keys, the body limit and
  * the shutdown guard on streamed responses.
  */
-function mountHardening(app: Hono<AppEnv>, deps: AppDeps, clock: Clock, logger: Logger) {
+function mountHardening(app: Hono<AppEnv>, deps: AppDeps) {
   const { config } = deps;
   app.use(secureHeaders({ overwrite: false }));
   if (config.corsOrigins.length > 0) {
@@ -169,8 +169,6 @@ function mountHardening(app: Hono<AppEnv>, deps: AppDeps, clock: Clock, logger: 
     },
   }));
   if (deps.lifecycle) app.use(lifecycleMiddleware(deps.lifecycle));
-  void clock;
-  void logger;
 }
 
 /** Per-key limits on the routes that call the upstream (after authentication: keyed by key). */
