@@ -12,6 +12,8 @@ import type { AccumulatorObserver, Message } from "./accumulator.ts";
 import type { ChatDone } from "./chat_encoding.ts";
 import { errorLine, errorPayload, sseEvent, statsLine } from "./chat_encoding.ts";
 import type { Call } from "./messages_call.ts";
+import type { SseEvent } from "./sse.ts";
+import { decodeAll, KEEP_ALIVE_COMMENT } from "./sse.ts";
 
 /** Options for {@link createChatView}. */
 export interface ChatViewOptions {
@@ -42,6 +44,15 @@ export function messageText(message: Pick<Message, "content"> | null | undefined
   return (message?.content ?? [])
     .map((block) => (block.type === "text" ? block.text : ""))
     .join("");
+}
+
+function errorOf(data: string): { type: string; message: string } | null {
+  try {
+    const error = JSON.parse(data)?.error;
+    return typeof error?.type === "string" && typeof error?.message === "string" ? error : null;
+  } catch {
+    return null;
+  }
 }
 
 /** Builds the `done` payload from a finished call. */
@@ -90,12 +101,17 @@ export function createChatView(options: ChatViewOptions): ChatView {
     const reader = call.stream!.getReader();
     let cancelled = false;
     let ended = false;
+    let tapError: SseEvent | undefined;
 
     async function finish(): Promise<string> {
       const result = call.result?.();
       if (result?.error) return failure(result.error.type, result.error.message);
       if (!result?.complete || !result.message) {
-        return failure("api_error", "the upstream stream ended before the answer was complete");
+        const reported = tapError ? errorOf(tapError.data) : null;
+        return failure(
+          reported?.type ?? "api_error",
+          reported?.message ?? "the upstream stream ended before the answer was complete",
+        );
       }
       const done = await chatDone(
         call,
@@ -129,11 +145,19 @@ export function createChatView(options: ChatViewOptions): ChatView {
       },
       async pull(controller) {
         while (pending.length === 0 && !ended) {
-          const { done } = await reader.read();
+          const { done, value } = await reader.read();
           if (cancelled) return;
           if (done) {
             ended = true;
             pending.push(await finish());
+          } else if (value === KEEP_ALIVE_COMMENT && options.format === "sse") {
+            // The tap's keep-alive while the upstream is silent: pass it on, so proxies keep
+            // the browser's stream open too. (Plain text has no comment to send.)
+            pending.push(": keep-alive\n\n");
+          } else if (call.result?.() && !call.result()!.complete) {
+            // The tap ended a cut or silent stream with its own error event (not part of the
+            // upstream's answer, so the accumulator never saw it): keep its explanation.
+            tapError = decodeAll(value).find((event) => event.event === "error");
           }
         }
         if (cancelled) return;

@@ -1,0 +1,309 @@
+import assert from "node:assert/strict";
+import { manualClock } from "../lib/clock.ts";
+import type { Conversation, ConversationLimits, Turn } from "../lib/conversations.ts";
+import {
+  ConversationTooLargeError,
+  createConversationStore,
+  encodeConversation,
+  fitConversation,
+  isConversationId,
+} from "../lib/conversations.ts";
+import { replayApp, testConfig } from "./helpers.ts";
+
+const HOUR = 3_600_000;
+const LIMITS: ConversationLimits = { maxTurns: 6, maxBytes: 60_000, ttlMs: HOUR };
+
+function exchange(n: number, size = 1): [Turn, Turn] {
+  return [
+    { role: "user", content: `question ${n} ${"q".repeat(size)}` },
+    { role: "assistant", content: `answer ${n} ${"a".repeat(size)}` },
+  ];
+}
+
+async function withStore(
+  limits: ConversationLimits,
+  fn: (
+    store: ReturnType<typeof createConversationStore>,
+    clock: ReturnType<typeof manualClock>,
+    kv: Deno.Kv,
+  ) => Promise<void>,
+) {
+  const kv = await Deno.openKv(":memory:");
+  const clock = manualClock(Date.UTC(2026, 0, 1));
+  try {
+    await fn(createConversationStore({ kv, limits, clock }), clock, kv);
+  } finally {
+    kv.close();
+  }
+}
+
+Deno.test("the conversation store keeps, bounds and forgets histories", async (t) => {
+  await t.step("create then get returns an empty conversation with its defaults", async () => {
+    await withStore(LIMITS, async (store, clock) => {
+      const created = await store.create("owner-a", { system: "Be brief.", model: "m" });
+      assert.ok(isConversationId(created.id));
+      assert.equal(created.expiresAt, clock.now() + HOUR);
+      assert.deepEqual(await store.get("owner-a", created.id), created);
+      assert.equal(created.system, "Be brief.");
+      assert.deepEqual(created.turns, []);
+    });
+  });
+
+  await t.step("ids are random and well-formed; junk ids are simply not found", async () => {
+    await withStore(LIMITS, async (store) => {
+      const a = await store.create("o");
+      const b = await store.create("o");
+      assert.notEqual(a.id, b.id);
+      assert.equal(await store.get("o", "../../etc"), null);
+      assert.equal(await store.get("o", ""), null);
+    });
+  });
+
+  await t.step("append adds exchanges in order and refreshes the expiry", async () => {
+    await withStore(LIMITS, async (store, clock) => {
+      const { id } = await store.create("o");
+      clock.advance(10 * 60_000);
+      const result = await store.append("o", id, exchange(1));
+      assert.equal(result.status, "stored");
+      await store.append("o", id, exchange(2));
+      const conversation = (await store.get("o", id))!;
+      assert.deepEqual(conversation.turns, [...exchange(1), ...exchange(2)]);
+      assert.equal(conversation.expiresAt, clock.now() + HOUR);
+      assert.equal(conversation.updatedAt, clock.now());
+    });
+  });
+
+  await t.step("over the turn bound, the oldest exchanges are dropped in pairs", async () => {
+    await withStore(LIMITS, async (store) => {
+      const { id } = await store.create("o");
+      for (let n = 1; n <= 5; n++) await store.append("o", id, exchange(n));
+      const conversation = (await store.get("o", id))!;
+      assert.deepEqual(conversation.turns, [...exchange(3), ...exchange(4), ...exchange(5)]);
+      assert.equal(conversation.droppedTurns, 4);
+      assert.equal(conversation.turns[0].role, "user");
+    });
+  });
+
+  await t.step("over the byte bound, the oldest exchanges are dropped until it fits", async () => {
+    const limits = { ...LIMITS, maxTurns: 100, maxBytes: 2_000 };
+    await withStore(limits, async (store) => {
+      const { id } = await store.create("o");
+      for (let n = 1; n <= 6; n++) await store.append("o", id, exchange(n, 300));
+      const conversation = (await store.get("o", id))!;
+      assert.ok(encodeConversation(conversation).length <= 2_000);
+      // Each exchange is ~650 bytes, so two fit with the envelope, not three.
+      assert.deepEqual(conversation.turns, [...exchange(5, 300), ...exchange(6, 300)]);
+      assert.equal(conversation.droppedTurns, 8);
+    });
+  });
+
+  await t.step("an exchange too big even alone is refused and the history kept", async () => {
+    const limits = { ...LIMITS, maxBytes: 1_500 };
+    await withStore(limits, async (store) => {
+      const { id } = await store.create("o");
+      await store.append("o", id, exchange(1));
+      const result = await store.append("o", id, exchange(2, 2_000));
+      assert.equal(result.status, "too_large");
+      assert.deepEqual((await store.get("o", id))!.turns, exchange(1));
+    });
+  });
+
+  await t.step("multi-byte text is counted in UTF-8 bytes", () => {
+    const conversation: Conversation = {
+      id: "conv_x",
+      createdAt: 0,
+      updatedAt: 0,
+      expiresAt: 1,
+      turns: [...exchange(1), { role: "user", content: "🙂".repeat(100) }, {
+        role: "assistant",
+        content: "é".repeat(100),
+      }],
+      droppedTurns: 0,
+    };
+    const size = encodeConversation(conversation).length;
+    // 100 emoji are 200 UTF-16 units but 400 bytes; 100 "é" are 100 units but 200 bytes.
+    assert.equal(size, JSON.stringify(conversation).length + 300);
+    assert.equal(fitConversation(conversation, { maxTurns: 10, maxBytes: size })!.turns.length, 4);
+    const fitted = fitConversation(conversation, { maxTurns: 10, maxBytes: size - 1 })!;
+    assert.deepEqual(fitted.turns, conversation.turns.slice(2));
+  });
+
+  await t.step("a conversation is invisible to other owners", async () => {
+    await withStore(LIMITS, async (store) => {
+      const { id } = await store.create("alice");
+      assert.equal(await store.get("bob", id), null);
+      assert.deepEqual(await store.append("bob", id, exchange(1)), { status: "missing" });
+      assert.equal(await store.delete("bob", id), false);
+      assert.notEqual(await store.get("alice", id), null);
+    });
+  });
+
+  await t.step("delete removes it, then it is missing", async () => {
+    await withStore(LIMITS, async (store) => {
+      const { id } = await store.create("o");
+      assert.equal(await store.delete("o", id), true);
+      assert.equal(await store.get("o", id), null);
+      assert.equal(await store.delete("o", id), false);
+      assert.deepEqual(await store.append("o", id, exchange(1)), { status: "missing" });
+    });
+  });
+
+  await t.step("past its expiry a conversation is gone, even before KV deletes it", async () => {
+    await withStore(LIMITS, async (store, clock) => {
+      const { id } = await store.create("o");
+      clock.advance(HOUR - 1);
+      assert.notEqual(await store.get("o", id), null);
+      clock.advance(1);
+      assert.equal(await store.get("o", id), null);
+      assert.deepEqual(await store.append("o", id, exchange(1)), { status: "missing" });
+    });
+  });
+
+  await t.step("every write sets KV's expireIn to the time to live", async () => {
+    const kv = await Deno.openKv(":memory:");
+    try {
+      const options: unknown[] = [];
+      // A KV whose atomic operations report the options of each `set`.
+      const spy = new Proxy(kv, {
+        get(target, property) {
+          if (property === "atomic") {
+            return () => {
+              const op = target.atomic();
+              const set = op.set.bind(op);
+              op.set = (key, value, setOptions) => {
+                options.push(setOptions);
+                return set(key, value, setOptions);
+              };
+              return op;
+            };
+          }
+          const value = Reflect.get(target, property);
+          return typeof value === "function" ? value.bind(target) : value;
+        },
+      });
+      const store = createConversationStore({ kv: spy, limits: LIMITS });
+      const { id } = await store.create("o");
+      await store.append("o", id, exchange(1));
+      assert.deepEqual(options, [{ expireIn: HOUR }, { expireIn: HOUR }]);
+    } finally {
+      kv.close();
+    }
+  });
+
+  await t.step("concurrent appends all land (optimistic retries)", async () => {
+    await withStore({ ...LIMITS, maxTurns: 100 }, async (store) => {
+      const { id } = await store.create("o");
+      const results = await Promise.all(
+        [1, 2, 3, 4, 5].map((n) => store.append("o", id, exchange(n))),
+      );
+      assert.ok(results.every((r) => r.status === "stored"));
+      const turns = (await store.get("o", id))!.turns;
+      assert.equal(turns.length, 10);
+      for (let i = 0; i < turns.length; i += 2) {
+        assert.equal(turns[i].role, "user");
+        const n = /^question (\d+) /.exec(turns[i].content)![1];
+        assert.equal(turns[i + 1].content, `answer ${n} a`);
+      }
+    });
+  });
+
+  await t.step("a system prompt too big for the byte bound is refused at create", async () => {
+    await withStore({ ...LIMITS, maxBytes: 1_024 }, async (store) => {
+      await assert.rejects(
+        () => store.create("o", { system: "x".repeat(2_000) }),
+        ConversationTooLargeError,
+      );
+    });
+  });
+});
+
+Deno.test("the /conversations routes create, show and delete conversations", async (t) => {
+  const kv = await Deno.openKv(":memory:");
+  try {
+    const app = await replayApp({
+      kv,
+      config: testConfig({ SLUICE_CONVERSATION_MAX_BYTES: "1024" }),
+    });
+    let id = "";
+
+    await t.step("POST with no body creates one: 201, its id and a Location", async () => {
+      const response = await app.request("/conversations", { method: "POST" });
+      assert.equal(response.status, 201);
+      const body = await response.json();
+      id = body.id;
+      assert.ok(isConversationId(id));
+      assert.equal(response.headers.get("location"), `/conversations/${id}`);
+      assert.deepEqual(body.messages, []);
+      assert.ok(Date.parse(body.expires_at) > Date.parse(body.created_at));
+    });
+
+    await t.step(
+      "POST takes a system prompt and model, read as JSON like curl sends it",
+      async () => {
+        const response = await app.request("/conversations", {
+          method: "POST",
+          headers: { "content-type": "application/x-www-form-urlencoded" },
+          body: '{"system":"Be brief.","model":"claude-x"}',
+        });
+        assert.equal(response.status, 201);
+        const body = await response.json();
+        assert.equal(body.system, "Be brief.");
+        assert.equal(body.model, "claude-x");
+      },
+    );
+
+    await t.step("POST refuses bad bodies with a 400 in Anthropic's shape", async () => {
+      for (const body of ["{", '{"sytem":"x"}', '{"model":""}', "[]"]) {
+        const response = await app.request("/conversations", { method: "POST", body });
+        assert.equal(response.status, 400, body);
+        const error = await response.json();
+        assert.equal(error.type, "error");
+        assert.equal(error.error.type, "invalid_request_error");
+      }
+    });
+
+    await t.step("POST with a system prompt over the byte bound is a 413", async () => {
+      const response = await app.request("/conversations", {
+        method: "POST",
+        body: JSON.stringify({ system: "x".repeat(2_000) }),
+      });
+      assert.equal(response.status, 413);
+      assert.equal((await response.json()).error.type, "request_too_large");
+    });
+
+    await t.step("GET returns it", async () => {
+      const response = await app.request(`/conversations/${id}`);
+      assert.equal(response.status, 200);
+      const body = await response.json();
+      assert.equal(body.id, id);
+      assert.deepEqual(body.messages, []);
+      assert.equal(body.dropped_turns, 0);
+    });
+
+    await t.step("DELETE removes it (204), then GET and DELETE are 404", async () => {
+      const deleted = await app.request(`/conversations/${id}`, { method: "DELETE" });
+      assert.equal(deleted.status, 204);
+      assert.equal(await deleted.text(), "");
+      for (const method of ["GET", "DELETE"]) {
+        const response = await app.request(`/conversations/${id}`, { method });
+        assert.equal(response.status, 404);
+        assert.equal((await response.json()).error.type, "not_found_error");
+      }
+    });
+
+    await t.step("an id of the wrong shape is a 404 too", async () => {
+      const response = await app.request("/conversations/not-an-id");
+      assert.equal(response.status, 404);
+      await response.body?.cancel();
+    });
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("without KV, /conversations says so with a 503", async () => {
+  const app = await replayApp();
+  const response = await app.request("/conversations", { method: "POST" });
+  assert.equal(response.status, 503);
+  assert.equal((await response.json()).error.type, "api_error");
+});
