@@ -44,7 +44,8 @@ export function bucketIndex(valueMs: number): number {
   if (!(valueMs > 0)) return ZERO_INDEX; // also NaN: never a reason to lose a count
   if (valueMs <= MIN_MS) return 0;
   if (valueMs > MAX_MS) return OVERFLOW_INDEX;
-  const k = Math.ceil(Math.log10(valueMs / MIN_MS) * BUCKETS_PER_DECADE);
+  // log10(v) + 3 rather than log10(v / MIN_MS): no division, so powers of ten land exactly.
+  const k = Math.ceil((Math.log10(valueMs) + 3) * BUCKETS_PER_DECADE);
   // Floating point may put a value sitting exactly on an edge one bucket off; the estimate
   // is then still within the stated error (the value is at that bucket's edge too).
   return Math.min(MAX_INDEX, Math.max(1, k));
