@@ -139,7 +139,7 @@ export function createUpstream(options: UpstreamOptions): Upstream {
         return { response, retries: attempts.get(response.headers) ?? 0 };
       } catch (error) {
         if (error instanceof APIUserAbortError) throw error;
-        const failed = upstreamFailure(error, original);
+        const failed = upstreamFailure(error, original, options.apiKey);
         if (!failed) throw error;
         return failed(attempts);
       }
@@ -151,6 +151,7 @@ export function createUpstream(options: UpstreamOptions): Upstream {
 function upstreamFailure(
   error: unknown,
   original: WeakMap<Headers, Headers>,
+  apiKey: string,
 ): ((attempts: WeakMap<Headers, number>) => UpstreamResult) | undefined {
   if (error instanceof APIConnectionTimeoutError) {
     return () => ({
@@ -181,7 +182,7 @@ function upstreamFailure(
         `upstream answered ${error.status} without a JSON error body`,
       );
       return {
-        response: jsonResponse(error.status as number, body, headers),
+        response: jsonResponse(error.status as number, redactKey(body, apiKey), headers),
         retries: seen ? attempts.get(seen) ?? 0 : 0,
       };
     };
@@ -225,4 +226,15 @@ export function clampRetryAfter(response: Response, maxWaitMs: number): Response
     statusText: response.statusText,
     headers,
   });
+}
+
+/**
+ * `body` without the server's key: an upstream or proxy error that echoes the credential it
+ * was sent (some do, for authentication failures) must not hand it to the caller.
+ */
+function redactKey(body: unknown, apiKey: string): unknown {
+  if (apiKey.length < 4) return body;
+  const json = JSON.stringify(body);
+  if (!json.includes(apiKey)) return body;
+  return JSON.parse(json.split(apiKey).join("[redacted]"));
 }
