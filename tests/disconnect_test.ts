@@ -1,0 +1,204 @@
+/**
+ * Client disconnects over real sockets: a fake upstream and sluice, each a `Deno.serve` on
+ * 127.0.0.1. When the client cancels mid-stream, the upstream request must be aborted at once
+ * and the request recorded as `client_aborted` with the tokens seen so far.
+ *
+ * The delay from the client's cancel to the upstream seeing its connection close is measured
+ * and printed (not asserted: speed belongs in figures, not in pass/fail).
+ */
+import assert from "node:assert/strict";
+import { createApp } from "../lib/app.ts";
+import { silentLogger } from "../lib/log.ts";
+import { memorySink } from "../lib/request_summary.ts";
+import { createLifecycle } from "../lib/shutdown.ts";
+import { createUpstream } from "../lib/upstream.ts";
+import { testConfig } from "./helpers.ts";
+
+const enc = (s: string) => new TextEncoder().encode(s);
+const event = (name: string, data: unknown) =>
+  enc(`event: ${name}\ndata: ${JSON.stringify(data)}\n\n`);
+
+const MESSAGE_START = event("message_start", {
+  type: "message_start",
+  message: {
+    id: "msg_fake",
+    type: "message",
+    role: "assistant",
+    model: "claude-test",
+    content: [],
+    stop_reason: null,
+    stop_sequence: null,
+    usage: { input_tokens: 12, output_tokens: 1 },
+  },
+});
+const BLOCK_START = event("content_block_start", {
+  type: "content_block_start",
+  index: 0,
+  content_block: { type: "text", text: "" },
+});
+const delta = (text: string) =>
+  event("content_block_delta", {
+    type: "content_block_delta",
+    index: 0,
+    delta: { type: "text_delta", text },
+  });
+const ENDING = [
+  event("content_block_stop", { type: "content_block_stop", index: 0 }),
+  event("message_delta", {
+    type: "message_delta",
+    delta: { stop_reason: "end_turn", stop_sequence: null },
+    usage: { output_tokens: 7 },
+  }),
+  event("message_stop", { type: "message_stop" }),
+];
+
+/**
+ * A fake Anthropic API that streams a text delta every `intervalMs` for ever (or `deltas` of
+ * them, then ends), and notes when each request's connection goes away.
+ */
+function endlessUpstream(options: { intervalMs: number; deltas?: number }) {
+  const closedAt: number[] = [];
+  let onClosed: () => void = () => {};
+  // The body's cancel is the signal: Deno.serve cancels it as soon as the connection closes.
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, () => {
+    let timer: ReturnType<typeof setInterval> | undefined;
+    let sent = 0;
+    let closed = false;
+    const close = () => {
+      if (closed) return;
+      closed = true;
+      closedAt.push(performance.now());
+      clearInterval(timer);
+      onClosed();
+    };
+    const body = new ReadableStream<Uint8Array>({
+      start(controller) {
+        controller.enqueue(MESSAGE_START);
+        controller.enqueue(BLOCK_START);
+        timer = setInterval(() => {
+          if (options.deltas !== undefined && sent >= options.deltas) {
+            clearInterval(timer);
+            for (const chunk of ENDING) controller.enqueue(chunk);
+            controller.close();
+            closed = true; // a normal end, not a disconnect
+            return;
+          }
+          controller.enqueue(delta(` word${sent++}`));
+        }, options.intervalMs);
+      },
+      cancel: close,
+    });
+    return new Response(body, {
+      headers: { "content-type": "text/event-stream", "request-id": "req_endless" },
+    });
+  });
+  return {
+    url: `http://127.0.0.1:${server.addr.port}`,
+    closedAt,
+    /** Resolves when the next upstream connection closes. */
+    nextClose: () => new Promise<void>((resolve) => (onClosed = resolve)),
+    close: () => server.shutdown(),
+  };
+}
+
+/** sluice on 127.0.0.1 in front of `upstreamUrl`, built as main.ts builds it. */
+function sluiceServer(upstreamUrl: string) {
+  const stats = memorySink();
+  const upstream = createUpstream({
+    mode: "live",
+    apiKey: "sk-ant-test",
+    baseURL: upstreamUrl,
+    maxRetries: 0,
+    streamPolicy: { idleTimeoutMs: 60_000, keepAliveMs: 15_000 },
+  });
+  const app = createApp({
+    config: testConfig(),
+    upstream,
+    logger: silentLogger,
+    stats,
+    lifecycle: createLifecycle(),
+  });
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, app.fetch);
+  return { url: `http://127.0.0.1:${server.addr.port}`, stats, close: () => server.shutdown() };
+}
+
+const streamRequest = (url: string) =>
+  fetch(`${url}/v1/messages`, {
+    method: "POST",
+    headers: { "content-type": "application/json", "x-api-key": "caller" },
+    body: JSON.stringify({
+      model: "claude-test",
+      max_tokens: 64,
+      stream: true,
+      messages: [{ role: "user", content: "go on for ever" }],
+    }),
+  });
+
+async function waitFor(check: () => boolean, what: string) {
+  for (let i = 0; i < 2000 && !check(); i++) await new Promise((r) => setTimeout(r, 1));
+  assert.ok(check(), `timed out waiting for ${what}`);
+}
+
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor((sorted.length - 1) * p))];
+}
+
+Deno.test("a client that goes away mid-stream aborts the upstream request at once and is recorded as client_aborted", async () => {
+  const upstream = endlessUpstream({ intervalMs: 5 });
+  const sluice = sluiceServer(upstream.url);
+  const rounds = 25;
+  const delays: number[] = [];
+  try {
+    for (let round = 0; round < rounds; round++) {
+      const response = await streamRequest(sluice.url);
+      assert.equal(response.status, 200);
+      const reader = response.body!.getReader();
+      let text = "";
+      while (!text.includes("word3")) {
+        const { value, done } = await reader.read();
+        assert.equal(done, false, "the stream goes on until the client leaves");
+        text += new TextDecoder().decode(value);
+      }
+      const closed = upstream.nextClose();
+      const cancelledAt = performance.now();
+      await reader.cancel();
+      await closed;
+      delays.push(upstream.closedAt.at(-1)! - cancelledAt);
+      await waitFor(() => sluice.stats.records.length === round + 1, "the summary");
+      const summary = sluice.stats.records[round];
+      assert.equal(summary.outcome, "client_aborted");
+      assert.equal(summary.usage.input_tokens, 12, "tokens seen so far are kept");
+      assert.ok((summary.events.content_block_delta ?? 0) >= 4, "the deltas sent were counted");
+    }
+  } finally {
+    await sluice.close();
+    await upstream.close();
+  }
+  assert.equal(upstream.closedAt.length, rounds, "every upstream request was ended");
+  const sorted = [...delays].sort((a, b) => a - b);
+  console.log(
+    `disconnect → upstream abort on loopback over ${rounds} streams: ` +
+      `median ${percentile(sorted, 0.5).toFixed(2)} ms, p90 ${
+        percentile(sorted, 0.9).toFixed(2)
+      } ms, ` +
+      `max ${sorted.at(-1)!.toFixed(2)} ms`,
+  );
+});
+
+Deno.test("a stream the client reads to the end is recorded as ok, not as a disconnect", async () => {
+  const upstream = endlessUpstream({ intervalMs: 1, deltas: 5 });
+  const sluice = sluiceServer(upstream.url);
+  try {
+    const response = await streamRequest(sluice.url);
+    const text = await response.text();
+    assert.ok(text.includes("event: message_stop"));
+    await waitFor(() => sluice.stats.records.length === 1, "the summary");
+    const summary = sluice.stats.records[0];
+    assert.equal(summary.outcome, "ok");
+    assert.equal(summary.usage.output_tokens, 7);
+    assert.equal(upstream.closedAt.length, 0, "the upstream was not aborted");
+  } finally {
+    await sluice.close();
+    await upstream.close();
+  }
+});
