@@ -115,12 +115,28 @@ export async function streamChat(
       failure = new ChatApiError(response.status, data.error.type, data.error.message);
     }
   });
-  for await (const chunk of response.body) {
-    decoder.feed(chunk);
-    if (failure) break;
+  // Stop reading at once on abort: a real fetch's body would fail by itself, but a fetch that
+  // is not a network call (an in-process app) only sees the body cancelled.
+  const reader = response.body.getReader();
+  const onAbort = () => reader.cancel(handlers.signal?.reason).catch(() => {});
+  handlers.signal?.addEventListener("abort", onAbort, { once: true });
+  try {
+    for (;;) {
+      const { value, done: ended } = await reader.read();
+      handlers.signal?.throwIfAborted();
+      if (ended) break;
+      decoder.feed(value);
+      if (failure) break;
+    }
+  } finally {
+    handlers.signal?.removeEventListener("abort", onAbort);
+    reader.releaseLock();
   }
   decoder.end();
-  if (failure) throw failure;
+  if (failure) {
+    await response.body.cancel().catch(() => {});
+    throw failure;
+  }
   if (!done) {
     throw new ChatApiError(response.status, "incomplete", "the answer ended before it was done");
   }

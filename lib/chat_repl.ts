@@ -28,7 +28,11 @@ export interface RunChatOptions extends ChatClientOptions {
   system?: string;
   /** Spinner frame interval, in ms. */
   spinnerMs?: number;
+  /** Milliseconds for telling signals apart; `performance.now` by default. */
+  now?: () => number;
 }
+
+const DOUBLE_SIGNAL_MS = 250;
 
 /**
  * Runs the chat until the user leaves. Returns the exit code: 0 after quit/exit/Ctrl-D, 1 when
@@ -57,7 +61,14 @@ export async function runChat(options: RunChatOptions): Promise<number> {
   let current: AbortController | null = null;
   let interruptsAtPrompt = 0;
   let wake: (() => void) | null = null;
+  const now = options.now ?? (() => performance.now());
+  let lastInterrupt = -Infinity;
   const stop = io.onInterrupt(() => {
+    // One Ctrl-C can arrive twice: the terminal signals the whole foreground group, and
+    // `deno task` also forwards it to its child. Signals this close together are one key press.
+    const at = now();
+    if (at - lastInterrupt < DOUBLE_SIGNAL_MS) return;
+    lastInterrupt = at;
     if (current) {
       current.abort();
       return;
