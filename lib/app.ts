@@ -99,8 +99,9 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     };
     if (!refusalSummary({ ...info, endedAt: info.startedAt })) return;
     const endedAt = clock.now();
-    // Only a body the validator already parsed: an error path never reads a body itself.
-    const parsed = c.req.bodyCache.json ?? Promise.resolve(undefined);
+    // Only a body already read (Hono caches it): an error path never reads a body itself.
+    const cached = Object.keys(c.req.bodyCache).length > 0;
+    const parsed = cached ? c.req.json() : Promise.resolve(undefined);
     routeDeps.record(
       Promise.resolve(parsed).catch(() => undefined).then((body) =>
         refusalSummary({ ...info, endedAt, body })!
