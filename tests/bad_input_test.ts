@@ -1,0 +1,198 @@
+/**
+ * Bad input: every malformed request gets a 4xx in Anthropic's error shape that names the
+ * problem, costs no upstream call, and never shows a 500 or a stack trace.
+ */
+import assert from "node:assert/strict";
+import { createApp } from "../lib/app.ts";
+import { silentLogger } from "../lib/log.ts";
+import { createUpstream } from "../lib/upstream.ts";
+import { readFixture, testConfig } from "./helpers.ts";
+
+const valid = {
+  model: "claude-test",
+  max_tokens: 16,
+  messages: [{ role: "user", content: "hi" }],
+};
+
+/** An app whose fake upstream counts the calls that got through. */
+async function countingApp(env: Record<string, string> = {}) {
+  const fixture = await readFixture("three-words.json");
+  let calls = 0;
+  const upstream = createUpstream({
+    mode: "live",
+    apiKey: "sk-ant-test",
+    baseURL: "http://upstream.test",
+    maxRetries: 0,
+    fetch: () => {
+      calls++;
+      return Promise.resolve(
+        new Response(fixture as BodyInit, { headers: { "content-type": "application/json" } }),
+      );
+    },
+  });
+  const app = createApp({ config: testConfig(env), upstream, logger: silentLogger });
+  return { app, calls: () => calls };
+}
+
+/** Asserts an Anthropic-shaped error with `status` and `type` whose message matches. */
+async function assertError(
+  response: Response,
+  status: number,
+  type: string,
+  message: RegExp,
+) {
+  const text = await response.text();
+  assert.equal(response.status, status, text);
+  assert.match(response.headers.get("content-type") ?? "", /^application\/json/);
+  const body = JSON.parse(text);
+  assert.equal(body.type, "error");
+  assert.equal(body.error.type, type);
+  assert.match(body.error.message, message);
+  assert.equal(typeof body.request_id, "string");
+  assert.doesNotMatch(text, /\bat .+:\d+:\d+|file:\/\/|\.ts\b/, "no stack trace");
+}
+
+const post = (body: BodyInit | null, headers: Record<string, string> = {}) =>
+  new Request("http://sluice.test/v1/messages", {
+    method: "POST",
+    headers: { "content-type": "application/json", ...headers },
+    body,
+  });
+
+Deno.test("malformed bodies get a 400 invalid_request_error that names the problem, and no upstream call", async (t) => {
+  const { app, calls } = await countingApp();
+  const cases: [string, BodyInit | null, RegExp, Record<string, string>?][] = [
+    ["invalid JSON", '{"model": "claude-test", ', /JSON/i],
+    ["an empty body", "", /JSON|body/i],
+    ["JSON that is an array", "[]", /body|object|expected/i],
+    ["JSON null", "null", /body|object|expected/i],
+    ["a JSON number", "42", /body|object|expected/i],
+    ["a missing model", JSON.stringify({ ...valid, model: undefined }), /model/],
+    ["a missing max_tokens", JSON.stringify({ ...valid, max_tokens: undefined }), /max_tokens/],
+    [
+      "a max_tokens that is a string",
+      JSON.stringify({ ...valid, max_tokens: "ten" }),
+      /max_tokens/,
+    ],
+    ["a negative max_tokens", JSON.stringify({ ...valid, max_tokens: -1 }), /max_tokens/],
+    ["no messages", JSON.stringify({ ...valid, messages: [] }), /messages/],
+    ["messages that are not a list", JSON.stringify({ ...valid, messages: "hi" }), /messages/],
+    [
+      "a message with an unknown role",
+      JSON.stringify({ ...valid, messages: [{ role: "system", content: "x" }] }),
+      /messages\.0\.role/,
+    ],
+    [
+      "a message without content",
+      JSON.stringify({ ...valid, messages: [{ role: "user" }] }),
+      /messages\.0\.content/,
+    ],
+    ["a stream flag that is a string", JSON.stringify({ ...valid, stream: "yes" }), /stream/],
+    ["invalid UTF-8", new Uint8Array([0x7b, 0xff, 0xfe, 0x7d]) as BodyInit, /JSON|body/i],
+    ["a text content type", JSON.stringify(valid), /content-type/, {
+      "content-type": "text/plain",
+    }],
+    [
+      "a form content type",
+      "model=x",
+      /content-type/,
+      { "content-type": "application/x-www-form-urlencoded" },
+    ],
+  ];
+  for (const [name, body, message, headers] of cases) {
+    await t.step(name, async () => {
+      await assertError(
+        await app.request(post(body, headers)),
+        400,
+        "invalid_request_error",
+        message,
+      );
+    });
+  }
+  await t.step("no content type at all", async () => {
+    const request = new Request("http://sluice.test/v1/messages", {
+      method: "POST",
+      body: new TextEncoder().encode(JSON.stringify(valid)),
+    });
+    assert.equal(request.headers.get("content-type"), null);
+    await assertError(await app.request(request), 400, "invalid_request_error", /content-type/);
+  });
+  assert.equal(calls(), 0, "no bad request reached the upstream");
+  await t.step("while a valid request still goes through", async () => {
+    const response = await app.request(post(JSON.stringify(valid)));
+    assert.equal(response.status, 200);
+    assert.equal(calls(), 1);
+  });
+});
+
+Deno.test("a body over SLUICE_MAX_BODY_BYTES is refused with 413 request_too_large, whether or not its length is declared", async (t) => {
+  const { app, calls } = await countingApp({ SLUICE_MAX_BODY_BYTES: "2048" });
+  const big = JSON.stringify({ ...valid, messages: [{ role: "user", content: "x".repeat(4096) }] });
+  await t.step("with content-length", async () => {
+    const request = post(big);
+    await assertError(await app.request(request), 413, "request_too_large", /2048 bytes/);
+  });
+  await t.step("streamed without content-length", async () => {
+    const bytes = new TextEncoder().encode(big);
+    const body = new ReadableStream<Uint8Array>({
+      start(controller) {
+        for (let i = 0; i < bytes.length; i += 500) controller.enqueue(bytes.subarray(i, i + 500));
+        controller.close();
+      },
+    });
+    const request = new Request("http://sluice.test/v1/messages", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body,
+      // @ts-ignore: `duplex` is required for a streamed request body but not yet typed
+      duplex: "half",
+    });
+    assert.equal(request.headers.get("content-length"), null);
+    await assertError(await app.request(request), 413, "request_too_large", /2048 bytes/);
+  });
+  await t.step("a body under the limit passes", async () => {
+    const small = JSON.stringify(valid);
+    assert.ok(small.length < 2048);
+    assert.equal((await app.request(post(small))).status, 200);
+  });
+  assert.equal(calls(), 1, "only the small request reached the upstream");
+});
+
+Deno.test("unknown routes and methods get a 404 not_found_error naming them", async (t) => {
+  const { app } = await countingApp();
+  const cases: [string, string][] = [
+    ["GET", "/v1/messages"],
+    ["PUT", "/v1/messages"],
+    ["POST", "/v1/complete"],
+    ["GET", "/no/such/page"],
+    ["DELETE", "/health"],
+  ];
+  for (const [method, path] of cases) {
+    await t.step(`${method} ${path}`, async () => {
+      const response = await app.request(`http://sluice.test${path}`, { method });
+      await assertError(
+        response,
+        404,
+        "not_found_error",
+        new RegExp(`${method} ${path.replaceAll("/", "\\/")}`),
+      );
+    });
+  }
+});
+
+Deno.test("a deeply nested or very wide body is answered, not crashed on", async (t) => {
+  const { app } = await countingApp();
+  await t.step("nesting 100 000 levels deep inside content", async () => {
+    const deep = "[".repeat(100_000) + "]".repeat(100_000);
+    const body = `{"model":"m","max_tokens":1,"messages":[{"role":"user","content":[${deep}]}]}`;
+    const response = await app.request(post(body));
+    assert.ok(response.status < 500, `status ${response.status}`);
+    await response.body?.cancel();
+  });
+  await t.step("100 000 messages", async () => {
+    const messages = Array.from({ length: 100_000 }, () => ({ role: "user", content: "x" }));
+    const response = await app.request(post(JSON.stringify({ ...valid, messages })));
+    assert.ok(response.status < 500, `status ${response.status}`);
+    await response.body?.cancel();
+  });
+});
