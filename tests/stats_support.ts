@@ -3,7 +3,9 @@
  * sleeping (so every time figure is exactly what the fixture's schedule says), and the figures
  * each request should leave, computed from the fixture bytes and what the client received.
  */
+import type { Hono } from "hono";
 import type { AppDeps } from "../lib/app.ts";
+import type { AppEnv } from "../lib/app_env.ts";
 import { createApp } from "../lib/app.ts";
 import { EventAccumulator } from "../lib/accumulator.ts";
 import { manualClock } from "../lib/clock.ts";
@@ -98,7 +100,7 @@ export function fixtureRequest(
 
 /** Sends `fixture` through `app`, reads the whole answer, and says what stats should record. */
 export async function sendFixture(
-  app: { request(request: Request): Response | Promise<Response> },
+  app: Hono<AppEnv>,
   fixture: string,
   streaming: boolean,
 ): Promise<Expected> {

@@ -1,4 +1,6 @@
 import assert from "node:assert/strict";
+import type { Hono } from "hono";
+import type { AppEnv } from "../lib/app_env.ts";
 import { manualClock } from "../lib/clock.ts";
 import { RELATIVE_ERROR } from "../lib/histogram.ts";
 import { createLogger } from "../lib/log.ts";
@@ -18,7 +20,7 @@ import {
   timedStatsApp,
 } from "./stats_support.ts";
 
-type App = { request(input: Request | string, init?: RequestInit): Response | Promise<Response> };
+type App = Hono<AppEnv>;
 
 async function getJson<T>(app: App, path: string, headers: Record<string, string> = {}) {
   const response = await app.request(`http://sluice.test${path}`, { headers });
