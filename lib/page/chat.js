@@ -188,7 +188,10 @@ async function send(text) {
     for await (const { event, data } of readEvents(response.body)) {
       if (event === "text") {
         if (answer.item.dataset.state === "waiting") answer.item.dataset.state = "streaming";
+        // Follow the answer as it grows, unless the reader scrolled up to read something else.
+        const following = innerHeight + scrollY >= document.body.scrollHeight - 48;
         textNode.appendData(data.text);
+        if (following) answer.item.scrollIntoView({ block: "end" });
         received += data.text;
       } else if (event === "done") {
         answer.item.dataset.state = "done";
