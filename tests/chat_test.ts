@@ -552,3 +552,60 @@ Deno.test("chat request helpers", async (t) => {
     );
   });
 });
+
+Deno.test("the chat page is served at / without a key, locked to its own origin", async (t) => {
+  const { app, kv } = await chatApp({ env: { SLUICE_API_KEYS: "secret-key" } });
+  try {
+    await t.step("GET / is the page, public even when keys are required", async () => {
+      const response = await app.request("/");
+      assert.equal(response.status, 200);
+      assert.equal(response.headers.get("content-type"), "text/html; charset=utf-8");
+      const html = await response.text();
+      assert.match(html, /<label for="prompt"/);
+      assert.match(html, /src="\/page\/chat\.js"/);
+      const csp = response.headers.get("content-security-policy")!;
+      assert.match(csp, /default-src 'none'/);
+      assert.match(csp, /connect-src 'self'/);
+    });
+
+    await t.step("its script and style are served, and nothing else under /page", async () => {
+      const js = await app.request("/page/chat.js");
+      assert.equal(js.status, 200);
+      assert.equal(js.headers.get("content-type"), "text/javascript; charset=utf-8");
+      assert.match(await js.text(), /fetch\("\/chat"/);
+      const css = await app.request("/page/chat.css");
+      assert.equal(css.headers.get("content-type"), "text/css; charset=utf-8");
+      await css.body?.cancel();
+      const other = await app.request("/page/../deno.json");
+      assert.notEqual(other.status, 200);
+      await other.body?.cancel();
+    });
+
+    await t.step("an unchanged page revalidates with 304", async () => {
+      const first = await app.request("/");
+      await first.body?.cancel();
+      const etag = first.headers.get("etag")!;
+      assert.ok(etag);
+      const again = await app.request("/", { headers: { "if-none-match": etag } });
+      assert.equal(again.status, 304);
+    });
+
+    await t.step("the page's files reference no other origin", async () => {
+      for (const name of ["index.html", "chat.js", "chat.css"]) {
+        const text = await Deno.readTextFile(new URL(`../lib/page/${name}`, import.meta.url));
+        // A namespace inside the inline SVG icon is not a request; anything else would be.
+        const urls = (text.match(/https?:\/\/[^\s"'<>)]+/g) ?? [])
+          .filter((url) => url !== "http://www.w3.org/2000/svg");
+        assert.deepEqual(urls, [], name);
+      }
+    });
+
+    await t.step("the API behind it still needs the key", async () => {
+      const response = await app.request("/chat", { method: "POST", body: '{"message":"hi"}' });
+      assert.equal(response.status, 401);
+      await response.body?.cancel();
+    });
+  } finally {
+    kv.close();
+  }
+});
