@@ -193,7 +193,11 @@ export interface KvStatsOptions {
 
 /** The KV sink and reader. */
 export interface KvStats extends StatsSink, StatsSource {
-  record(summary: RequestSummary): void;
+  /**
+   * Adds a summary in memory and schedules a write; never throws. The promise settles when that
+   * write is over (written, or failed and kept), so a graceful shutdown can wait for it.
+   */
+  record(summary: RequestSummary): Promise<void>;
   /** Resolves once every record handed over so far has been written (or failed). */
   flush(): Promise<void>;
 }
@@ -382,9 +386,9 @@ export function createKvStats(options: KvStatsOptions): KvStats {
       } catch (error) {
         writeFailures++;
         logger.warn("stats record failed", { error: String(error) });
-        return;
+        return Promise.resolve();
       }
-      void schedule();
+      return schedule();
     },
     async flush() {
       // Summaries travel through already-resolved promise chains before `record` sees them; one
