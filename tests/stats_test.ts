@@ -532,3 +532,22 @@ Deno.test("without a KV stats store the stats endpoints answer 404 and say why",
     assert.match((await response.json()).error.message, /stats are off/);
   }
 });
+
+Deno.test("an admin key alone closes the stats endpoints but not the model endpoints", async () => {
+  const kv = await Deno.openKv(":memory:");
+  try {
+    const { app } = await timedStatsApp({ kv, env: { SLUICE_ADMIN_KEY: "adm-1" } });
+    const stats = async (headers: Record<string, string>) => {
+      const response = await app.request("http://sluice.test/stats", { headers });
+      await response.body?.cancel();
+      return response.status;
+    };
+    assert.equal(await stats({}), 401);
+    assert.equal(await stats({ "x-api-key": "adm-1" }), 200);
+    const answer = await app.request(fixtureRequest("three-words", false));
+    await answer.body?.cancel();
+    assert.equal(answer.status, 200);
+  } finally {
+    kv.close();
+  }
+});
