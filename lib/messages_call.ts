@@ -14,7 +14,7 @@ import { errorBody, ServerShutdownError, sseErrorEvent } from "./errors.ts";
 import type { Logger } from "./log.ts";
 import type { RequestSummary } from "./request_summary.ts";
 import { tokenUsage } from "./request_summary.ts";
-import { createSseDecoder, tapStream, UpstreamIdleError } from "./sse.ts";
+import { createSseDecoder, readBody, tapStream, UpstreamIdleError } from "./sse.ts";
 import type { StreamPolicy, Upstream, UpstreamRequest } from "./upstream.ts";
 
 /** Options for {@link startCall}. */
@@ -139,7 +139,13 @@ export async function startCall(options: CallOptions): Promise<Call> {
       events: {},
     };
     if (!headers.has("content-type")) {
-      headers.set("content-type", contentType || "application/json");
+      // A body sluice parsed as JSON is labelled so (the SDKs pick their parser by this header).
+      headers.set(
+        "content-type",
+        parsed && !/json/i.test(contentType)
+          ? "application/json"
+          : contentType || "application/json",
+      );
     }
     return {
       status,
@@ -219,40 +225,6 @@ export async function startCall(options: CallOptions): Promise<Call> {
     finished,
     abort: (reason) => controller.abort(reason),
   };
-}
-
-/** Reads a whole body, giving up after `idleTimeoutMs` of silence (0: never). */
-async function readBody(
-  body: ReadableStream<Uint8Array> | null,
-  idleTimeoutMs = 0,
-): Promise<Uint8Array<ArrayBuffer>> {
-  if (!body) return new Uint8Array(0);
-  const chunks: Uint8Array[] = [];
-  let failure: unknown;
-  // The tap brings the idle timeout; its onError only notes the failure (nothing is sent).
-  const tapped = tapStream(
-    body,
-    {
-      onChunk: () => {},
-      onClose: () => {},
-      onCancel: () => {},
-      onError: (error) => {
-        failure = error;
-        return undefined;
-      },
-    },
-    undefined,
-    { idleTimeoutMs },
-  );
-  for await (const chunk of tapped) chunks.push(chunk);
-  if (failure !== undefined) throw failure;
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-  let offset = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, offset);
-    offset += chunk.length;
-  }
-  return out;
 }
 
 function safeParse(body: Uint8Array): Record<string, unknown> | null {

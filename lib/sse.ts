@@ -257,6 +257,43 @@ export function tapStream(
 }
 
 /**
+ * Reads a whole body, giving up after `idleTimeoutMs` of silence (0: never): the upstream's
+ * JSON answers and error bodies, which must not hang a request for ever either.
+ */
+export async function readBody(
+  body: ReadableStream<Uint8Array> | null,
+  idleTimeoutMs = 0,
+): Promise<Uint8Array<ArrayBuffer>> {
+  if (!body) return new Uint8Array(0);
+  const chunks: Uint8Array[] = [];
+  let failure: unknown;
+  // The tap brings the idle timeout; its onError only notes the failure (nothing is sent).
+  const tapped = tapStream(
+    body,
+    {
+      onChunk: () => {},
+      onClose: () => {},
+      onCancel: () => {},
+      onError: (error) => {
+        failure = error;
+        return undefined;
+      },
+    },
+    undefined,
+    { idleTimeoutMs },
+  );
+  for await (const chunk of tapped) chunks.push(chunk);
+  if (failure !== undefined) throw failure;
+  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+  let offset = 0;
+  for (const chunk of chunks) {
+    out.set(chunk, offset);
+    offset += chunk.length;
+  }
+  return out;
+}
+
+/**
  * Tracks whether the bytes seen so far end exactly at an event boundary (a blank line), so a
  * stream that must be ended early knows whether a clean `event: error` can follow.
  */

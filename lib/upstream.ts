@@ -13,7 +13,8 @@ import Anthropic, {
   APIError,
   APIUserAbortError,
 } from "@anthropic-ai/sdk";
-import { errorBody } from "./errors.ts";
+import { errorBody, errorTypeForStatus } from "./errors.ts";
+import { readBody } from "./sse.ts";
 
 /** One request to the upstream. */
 export interface UpstreamRequest {
@@ -90,6 +91,10 @@ export function createUpstream(options: UpstreamOptions): Upstream {
   const original = new WeakMap<Headers, Headers>();
   const maxRetries = options.maxRetries ?? 2;
   const maxWaitMs = options.retryMaxWaitMs ?? 10_000;
+  const idleTimeoutMs = options.streamPolicy?.idleTimeoutMs ?? 0;
+  // The SDK reads an error body with no time limit of its own; a stalled one must not hang
+  // the request, so sluice reads it first, within the idle timeout (or the attempt's limit).
+  const errorBodyLimitMs = idleTimeoutMs > 0 ? idleTimeoutMs : options.timeoutMs ?? 600_000;
   const countingFetch: typeof fetch = async (input, init) => {
     let response = await baseFetch(input, init);
     const attempt = Number(new Headers(init?.headers).get("x-stainless-retry-count") ?? 0) || 0;
@@ -99,6 +104,17 @@ export function createUpstream(options: UpstreamOptions): Upstream {
       const clamped = clampRetryAfter(response, maxWaitMs);
       if (clamped !== response) original.set(clamped.headers, response.headers);
       response = clamped;
+    }
+    if (!response.ok && response.body) {
+      const body = await readBody(response.body, errorBodyLimitMs).catch(() => null);
+      const buffered = new Response(body, {
+        status: response.status,
+        statusText: response.statusText,
+        headers: response.headers,
+      });
+      const upstreamHeaders = original.get(response.headers);
+      if (upstreamHeaders) original.set(buffered.headers, upstreamHeaders);
+      response = buffered;
     }
     attempts.set(response.headers, attempt);
     return response;
@@ -176,10 +192,14 @@ function upstreamFailure(
       upstreamHeaders?.forEach((value: string, key: string) => {
         if (ERROR_HEADERS.test(key)) headers.set(key, value);
       });
-      // The SDK parsed the body; a non-JSON body (an HTML page from a proxy) becomes one.
-      const body = error.error && typeof error.error === "object" ? error.error : errorBody(
-        `${error.status >= 500 ? "api_error" : "invalid_request_error"}`,
-        `upstream answered ${error.status} without a JSON error body`,
+      // The SDK parsed the body. Anthropic's error shape passes as is; anything else (an HTML
+      // page or a foreign JSON shape from a proxy) becomes one, so clients can rely on it.
+      const type = errorTypeForStatus(error.status);
+      const body = isErrorShape(error.error) ? error.error : errorBody(
+        type,
+        error.error && typeof error.error === "object"
+          ? `upstream answered ${error.status}: ${JSON.stringify(error.error).slice(0, 300)}`
+          : `upstream answered ${error.status} without a JSON error body`,
       );
       return {
         response: jsonResponse(error.status as number, redactKey(body, apiKey), headers),
@@ -237,4 +257,11 @@ function redactKey(body: unknown, apiKey: string): unknown {
   const json = JSON.stringify(body);
   if (!json.includes(apiKey)) return body;
   return JSON.parse(json.split(apiKey).join("[redacted]"));
+}
+
+/** Whether `body` has Anthropic's error shape: `{type: "error", error: {type, message}}`. */
+function isErrorShape(body: unknown): boolean {
+  const b = body as { type?: unknown; error?: { type?: unknown; message?: unknown } } | null;
+  return !!b && typeof b === "object" && b.type === "error" && typeof b.error === "object" &&
+    b.error !== null && typeof b.error.type === "string" && typeof b.error.message === "string";
 }

@@ -197,6 +197,43 @@ Deno.test("the final failure reaches the client with the upstream's status, body
   });
 });
 
+Deno.test("an error body that is not in Anthropic's shape, or never ends, still gives the client one", async (t) => {
+  const cases: [string, () => Response, number, RegExp][] = [
+    [
+      "a proxy's JSON",
+      () => Response.json({ message: "Bad gateway" }, { status: 502 }),
+      502,
+      /upstream answered 502: \{"message":"Bad gateway"\}/,
+    ],
+    [
+      "an HTML page",
+      () => new Response("<html>413</html>", { status: 413 }),
+      413,
+      /without a JSON error body/,
+    ],
+    [
+      "a body that stalls",
+      () => new Response(stallAfter([enc('{"type":"err')]), { status: 429 }),
+      429,
+      /without a JSON error body/,
+    ],
+  ];
+  for (const [name, respond, status, message] of cases) {
+    await t.step(name, async () => {
+      const fake = faultyApp(() => Promise.resolve(respond()), {
+        maxRetries: 0,
+        streamPolicy: { idleTimeoutMs: 20 },
+      });
+      const response = await fake.app.request(post());
+      assert.equal(response.status, status);
+      const body = await response.json();
+      assert.equal(body.type, "error");
+      assert.equal(typeof body.error.type, "string");
+      assert.match(body.error.message, message);
+    });
+  }
+});
+
 Deno.test("the wait the upstream asks for is read like the SDK reads it and lowered to the cap", () => {
   const h = (init: Record<string, string>) => new Headers(init);
   assert.equal(requestedWaitMs(h({ "retry-after-ms": "250" })), 250);
@@ -221,9 +258,11 @@ Deno.test("a retry-after beyond the cap makes the SDK wait only the cap, and the
   // Observe the waits the SDK asks the timer for (its sleep uses the global setTimeout).
   const realSetTimeout = globalThis.setTimeout;
   const waits: number[] = [];
-  const requestTimeoutMs = 987_654; // the SDK's per-attempt timer, told apart and left alone
+  // The per-attempt limit (the SDK's timer, and sluice's for reading error bodies) is told
+  // apart by its size and left alone.
+  const requestTimeoutMs = 987_654;
   globalThis.setTimeout = ((fn: () => void, ms?: number) => {
-    if (ms === requestTimeoutMs) return realSetTimeout(fn, ms);
+    if (ms !== undefined && ms > requestTimeoutMs - 1000) return realSetTimeout(fn, ms);
     if (typeof ms === "number" && ms >= 1) waits.push(ms);
     return realSetTimeout(fn, ms !== undefined && ms >= 1 ? 0 : ms);
   }) as typeof setTimeout;
