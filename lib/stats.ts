@@ -25,8 +25,7 @@
 import type { Clock } from "./clock.ts";
 import { systemClock } from "./clock.ts";
 import type { Histogram } from "./histogram.ts";
-import { emptyHistogram, merge, quantile, RELATIVE_ERROR } from "./histogram.ts";
-import { bucketIndex } from "./histogram.ts";
+import { bucketIndex, emptyHistogram, merge, quantile, RELATIVE_ERROR } from "./histogram.ts";
 import type { Logger } from "./log.ts";
 import { silentLogger } from "./log.ts";
 import type { RequestSummary, StatsSink } from "./request_summary.ts";
