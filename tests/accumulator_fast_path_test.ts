@@ -5,38 +5,50 @@
  */
 import assert from "node:assert/strict";
 import { partialParse } from "@anthropic-ai/sdk/_vendor/partial-json-parser/parser";
-import { EventAccumulator, parseTextDelta } from "../lib/accumulator.ts";
+import { EventAccumulator, parseDeltaEvent } from "../lib/accumulator.ts";
 import { createSseDecoder } from "../lib/sse.ts";
 import { seededRandom } from "./helpers.ts";
 
 const delta = (index: string, text: string) =>
   `{"type":"content_block_delta","index":${index},"delta":{"type":"text_delta","text":"${text}"}}`;
+const jsonDelta = (index: string, json: string) =>
+  `{"type":"content_block_delta","index":${index},"delta":{"type":"input_json_delta","partial_json":"${json}"}}`;
 
-Deno.test("the text_delta fast path builds what JSON.parse builds, keys in the same order", () => {
-  for (const [index, text] of [["0", "Hello"], ["12", " world, naïve café 🌱"], ["3", ""]]) {
-    const data = delta(index, text);
-    const fast = parseTextDelta(data);
+Deno.test("the delta fast path builds what JSON.parse builds, keys in the same order", () => {
+  const cases = [
+    delta("0", "Hello"),
+    delta("12", " world, naïve café 🌱"),
+    delta("3", ""),
+    delta("0", 'line\\nbreak and \\"quotes\\" and \\u00e9'),
+    jsonDelta("1", '{\\"rows\\": [1, 2'),
+    jsonDelta("2", ""),
+    jsonDelta("0", "plain"),
+  ];
+  for (const data of cases) {
+    const fast = parseDeltaEvent(data);
     assert.deepEqual(fast, JSON.parse(data));
     assert.equal(JSON.stringify(fast), JSON.stringify(JSON.parse(data)));
   }
 });
 
-Deno.test("the text_delta fast path steps aside for escapes, other shapes and invalid JSON", () => {
+Deno.test("the delta fast path steps aside for other shapes and for invalid JSON", () => {
   const declined = [
-    delta("0", "line\\nbreak"), // an escape: JSON.parse must unescape it
-    delta("0", 'say \\"hi\\"'),
+    delta("0", 'an "unescaped" quote'),
+    delta("0", "a trailing backslash \\"),
+    delta("0", "a bad escape \\x"),
+    jsonDelta("0", '{"a'),
     delta("01", "x"), // a leading zero is not JSON
     delta("-1", "x"),
     delta("", "x"),
     delta("0", "tab\there"), // a raw control character is not JSON
     '{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"x","extra":1}}',
-    '{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{"}}',
+    '{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"x"}}',
     '{"type":"content_block_delta", "index":0,"delta":{"type":"text_delta","text":"x"}}',
     '{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"x"}} ',
     '{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"x"}',
     '{"type":"content_block_delta","index":1234567890,"delta":{"type":"text_delta","text":"x"}}',
   ];
-  for (const data of declined) assert.equal(parseTextDelta(data), undefined, data);
+  for (const data of declined) assert.equal(parseDeltaEvent(data), undefined, data);
 });
 
 Deno.test("random text deltas: the fast path either matches JSON.parse or declines", () => {
@@ -50,7 +62,7 @@ Deno.test("random text deltas: the fast path either matches JSON.parse or declin
       text += alphabet[Math.floor(random() * alphabet.length)];
     }
     const data = delta(String(Math.floor(random() * 20)), text);
-    const fast = parseTextDelta(data);
+    const fast = parseDeltaEvent(data);
     if (fast === undefined) {
       declined++;
       continue;
