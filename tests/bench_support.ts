@@ -22,11 +22,13 @@ export interface BenchStream {
   bytes: number;
 }
 
-function sse(event: string, data: unknown): string {
+/** One SSE event as the Messages API writes it. */
+export function sse(event: string, data: unknown): string {
   return `event: ${event}\ndata: ${JSON.stringify(data)}\n\n`;
 }
 
-function messageStart(id: string) {
+/** A `message_start` event for an empty assistant message. */
+export function messageStart(id: string): string {
   return sse("message_start", {
     type: "message_start",
     message: {
@@ -48,7 +50,8 @@ function messageStart(id: string) {
   });
 }
 
-function messageEnd(outputTokens: number, stopReason: string): string[] {
+/** The closing `message_delta` and `message_stop` events. */
+export function messageEnd(outputTokens: number, stopReason: string): string[] {
   return [
     sse("message_delta", {
       type: "message_delta",
@@ -145,6 +148,16 @@ function finish(name: string, parts: string[]): BenchStream {
     chunks,
     events: parts.length,
     bytes: chunks.reduce((sum, chunk) => sum + chunk.length, 0),
+  };
+}
+
+/** The streams the accumulator benchmark runs, by bench group (shared with the report). */
+export function accumulatorStreams(): Record<string, BenchStream> {
+  return {
+    text: textStream(10_000),
+    tool: toolStream(5_000),
+    short: textStream(100),
+    long: textStream(100_000),
   };
 }
 

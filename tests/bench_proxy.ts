@@ -1,0 +1,146 @@
+/**
+ * One gateway under test, in its own process so its CPU time and memory are its own (a
+ * subprocess of tests/gateway_load.ts):
+ *
+ * - `sluice`: the real app, wired as main.ts wires it in live mode (SDK upstream pointed at the
+ *   fake, defaults for keep-alives and idle timeout, stats into an in-memory Deno KV).
+ * - `passthrough`: the floor, a proxy that copies the upstream's bytes and parses nothing.
+ * - `sdk-hono`: the usual alternative, a Hono route that wraps the SDK's `MessageStream`
+ *   (`client.messages.stream`) and re-sends each event with Hono's `streamSSE`.
+ *
+ * Besides the proxied `POST /v1/messages`, every gateway answers `GET /__bench/usage` with its
+ * process's CPU time and memory (no sampling timer: an idle gateway must cost nothing).
+ *
+ * Run: deno run --allow-net=127.0.0.1 --allow-env tests/bench_proxy.ts <gateway> <upstream URL>
+ */
+import process from "node:process";
+import Anthropic from "@anthropic-ai/sdk";
+import { Hono } from "hono";
+import { streamSSE } from "hono/streaming";
+import { createApp } from "../lib/app.ts";
+import { parseConfig } from "../lib/config.ts";
+import { openKv } from "../lib/kv.ts";
+import { createLogger } from "../lib/log.ts";
+import { createLifecycle } from "../lib/shutdown.ts";
+import { createKvStats } from "../lib/stats.ts";
+import { createUpstream } from "../lib/upstream.ts";
+
+/** What `/__bench/usage` answers. */
+export interface ProxyUsage {
+  /** User plus system CPU time of the process, in microseconds. */
+  cpuMicros: number;
+  rss: number;
+  heapUsed: number;
+}
+
+type Handler = (request: Request, info: Deno.ServeHandlerInfo) => Response | Promise<Response>;
+
+async function sluice(upstreamUrl: string): Promise<Handler> {
+  const config = parseConfig({
+    ANTHROPIC_API_KEY: "bench-key",
+    ANTHROPIC_BASE_URL: upstreamUrl,
+    SLUICE_UPSTREAM: "live",
+    SLUICE_LOG_LEVEL: "silent",
+    SLUICE_KV_PATH: ":memory:",
+    HOSTNAME: "127.0.0.1",
+    // Experiments (e.g. keep-alives off): BENCH_SLUICE_ENV='{"SLUICE_KEEPALIVE_MS":"0"}'.
+    ...JSON.parse(Deno.env.get("BENCH_SLUICE_ENV") ?? "{}"),
+  });
+  const logger = createLogger({ level: "silent" });
+  const upstream = createUpstream({
+    mode: "live",
+    apiKey: config.anthropicApiKey!,
+    baseURL: config.anthropicBaseUrl,
+    maxRetries: config.maxRetries,
+    retryMaxWaitMs: config.retryMaxWaitMs,
+    timeoutMs: config.firstByteTimeoutMs,
+    streamPolicy: { idleTimeoutMs: config.idleTimeoutMs, keepAliveMs: config.keepAliveMs },
+  });
+  const kv = await openKv(config);
+  const stats = createKvStats({ kv, logger });
+  const app = createApp({ config, upstream, logger, kv, stats, lifecycle: createLifecycle() });
+  return (request, info) => app.fetch(request, info);
+}
+
+function passthrough(upstreamUrl: string): Handler {
+  return async (request) => {
+    const upstream = await fetch(new URL(new URL(request.url).pathname, upstreamUrl), {
+      method: request.method,
+      headers: { "content-type": request.headers.get("content-type") ?? "application/json" },
+      body: await request.arrayBuffer(),
+      signal: request.signal,
+    });
+    return new Response(upstream.body, { status: upstream.status, headers: upstream.headers });
+  };
+}
+
+/**
+ * Not a path of the comparison, a yardstick for the analysis: like `passthrough`, but every chunk
+ * goes through JavaScript (a pull-based ReadableStream), as it must in any gateway that looks at
+ * the bytes. The gap between the two is what touching a chunk in JS costs in Deno.
+ */
+function jsCopy(upstreamUrl: string): Handler {
+  const forward = passthrough(upstreamUrl);
+  return async (request, info) => {
+    const response = await forward(request, info);
+    const reader = response.body!.getReader();
+    const body = new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        const { value, done } = await reader.read();
+        if (done) controller.close();
+        else controller.enqueue(value);
+      },
+      cancel: (reason) => reader.cancel(reason),
+    }, { highWaterMark: 0 });
+    return new Response(body, { status: response.status, headers: response.headers });
+  };
+}
+
+function sdkHono(upstreamUrl: string): Handler {
+  const client = new Anthropic({ apiKey: "bench-key", baseURL: upstreamUrl, logLevel: "off" });
+  const app = new Hono();
+  app.post("/v1/messages", async (c) => {
+    const { stream: _stream, ...params } = await c.req.json();
+    return streamSSE(c, async (sse) => {
+      const messages = client.messages.stream(params);
+      sse.onAbort(() => messages.abort());
+      for await (const event of messages) {
+        await sse.writeSSE({ event: event.type, data: JSON.stringify(event) });
+      }
+    });
+  });
+  return (request) => app.fetch(request);
+}
+
+const [gateway, upstreamUrl] = Deno.args;
+const handler = gateway === "sluice"
+  ? await sluice(upstreamUrl)
+  : gateway === "passthrough"
+  ? passthrough(upstreamUrl)
+  : gateway === "js-copy"
+  ? jsCopy(upstreamUrl)
+  : gateway === "sdk-hono"
+  ? sdkHono(upstreamUrl)
+  : undefined;
+if (!handler || !upstreamUrl) {
+  console.error("usage: bench_proxy.ts sluice|passthrough|sdk-hono <upstream URL>");
+  Deno.exit(2);
+}
+
+Deno.serve({
+  hostname: "127.0.0.1",
+  port: 0,
+  onListen: ({ port }) => console.log(JSON.stringify({ port })),
+}, (request, info) => {
+  if (new URL(request.url).pathname === "/__bench/usage") {
+    const cpu = process.cpuUsage();
+    const memory = Deno.memoryUsage();
+    const usage: ProxyUsage = {
+      cpuMicros: cpu.user + cpu.system,
+      rss: memory.rss,
+      heapUsed: memory.heapUsed,
+    };
+    return Response.json(usage);
+  }
+  return handler(request, info);
+});

@@ -1,0 +1,478 @@
+/**
+ * Gateway overhead on loopback: the same load client, the same paced fake upstream, four paths
+ * side by side in one run, at 1, 100 and 1,000 concurrent streams.
+ *
+ * - `direct`: client → fake upstream (what the network and the client cost by themselves);
+ * - `passthrough`: through a proxy that copies bytes and parses nothing (the floor);
+ * - `sluice`: through sluice (createApp, live upstream pointed at the fake);
+ * - `sdk-hono`: through a Hono route re-sending the SDK's MessageStream events with streamSSE.
+ *
+ * The upstream and each gateway run in their own process (tests/bench_upstream.ts,
+ * tests/bench_proxy.ts) so a gateway's CPU time and memory are its own. The upstream writes its
+ * send time into every text delta; the client converts it to its own clock (offset measured
+ * with `GET /clock`) and so measures, for every stream, the latency the path added to its first
+ * and last text deltas.
+ *
+ * Run alone: deno run --allow-net=127.0.0.1 --allow-run --allow-read --allow-env
+ *   tests/gateway_load.ts [--levels 1,100,1000] [--deltas 100] [--json]
+ * (`deno task bench` runs it after the accumulator benchmarks.)
+ */
+import { parseArgs } from "node:util";
+import { markdownTable, percentile } from "./bench_support.ts";
+import type { ProxyUsage } from "./bench_proxy.ts";
+
+/** The paths, in the order they run at each level. */
+export const PATHS = ["direct", "passthrough", "sluice", "sdk-hono"] as const;
+/** `js-copy` is a yardstick for the analysis (see bench_proxy.ts), run only when asked for. */
+export type PathName = typeof PATHS[number] | "js-copy";
+
+/** Options for {@link runGatewayBench}. */
+export interface GatewayBenchOptions {
+  /** Levels: concurrent streams, each at `intervalMs` unless given (`{ streams, intervalMs }`). */
+  levels?: Level[];
+  /** Text deltas per stream. */
+  deltas?: number;
+  /** Upstream time to first text delta, ms. */
+  ttftMs?: number;
+  /** Upstream time between deltas, ms. */
+  intervalMs?: number;
+  /** Streams run one after another at level 1 (for percentiles). */
+  sequentialRuns?: number;
+  /** Give up on a level (per path) after this long, ms. */
+  levelTimeoutMs?: number;
+  /** Which paths to run (all by default). */
+  paths?: PathName[];
+  /** Extra `deno run` flags for the gateway processes (e.g. `--v8-flags=--prof` to profile). */
+  proxyFlags?: string[];
+  /** Progress lines go here. */
+  log?: (line: string) => void;
+}
+
+/** One load level: how many streams at once, and their pace. */
+export interface Level {
+  streams: number;
+  intervalMs?: number;
+}
+
+/** Parses `1000` or `1000@100` (1,000 streams, a delta every 100 ms). */
+export function parseLevel(text: string): Level {
+  const [streams, interval] = text.split("@").map(Number);
+  return interval === undefined ? { streams } : { streams, intervalMs: interval };
+}
+
+/** One path at one level. */
+export interface LevelResult {
+  path: PathName;
+  streams: number;
+  /** Upstream time between deltas at this level, ms. */
+  intervalMs: number;
+  ok: number;
+  failed: number;
+  /** First text delta: client receipt minus upstream write, ms. */
+  addedTtft: { p50: number; p99: number };
+  /** Last text delta: client receipt minus upstream write, ms. */
+  addedLast: { p50: number; p99: number };
+  /** What the client saw: request sent to first text delta, ms (includes the upstream's TTFT). */
+  clientTtftP50: number;
+  /** The gateway process's CPU time per 1,000 SSE events carried; null for `direct`. */
+  cpuMsPer1kEvents: number | null;
+  /**
+   * RSS growth of the gateway process from before the level to the middle of it (every stream
+   * open), per stream, KiB; null for `direct`. Allocator noise dominates at 1 stream.
+   */
+  kibPerStream: number | null;
+  wallMs: number;
+}
+
+interface StreamSample {
+  ok: boolean;
+  error?: string;
+  addedFirst?: number;
+  addedLast?: number;
+  clientTtft?: number;
+}
+
+const now = () => performance.timeOrigin + performance.now();
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+const CONFIG = new URL("../deno.json", import.meta.url).pathname;
+
+interface Child {
+  url: string;
+  process: Deno.ChildProcess;
+}
+
+/** Starts a bench subprocess and waits for the `{"port":N}` line it prints when listening. */
+async function spawn(script: string, args: string[], permissions: string[]): Promise<Child> {
+  const process = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--config",
+      CONFIG,
+      ...permissions,
+      new URL(script, import.meta.url).pathname,
+      ...args,
+    ],
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const reader = process.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let buffered = "";
+  while (!buffered.includes("\n")) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`${script} exited before listening`);
+    buffered += value;
+  }
+  const { port } = JSON.parse(buffered.slice(0, buffered.indexOf("\n")));
+  // Keep draining, so a chatty child never blocks on a full pipe.
+  (async () => {
+    while (!(await reader.read().catch(() => ({ done: true }))).done) { /* discard */ }
+  })();
+  return { url: `http://127.0.0.1:${port}`, process };
+}
+
+/** The upstream's clock minus ours, from the exchange with the shortest round trip. */
+async function clockOffset(upstreamUrl: string): Promise<number> {
+  let best = { rtt: Infinity, offset: 0 };
+  for (let i = 0; i < 40; i++) {
+    const sent = now();
+    const theirs = Number(await (await fetch(`${upstreamUrl}/clock`)).text());
+    const received = now();
+    if (received - sent < best.rtt) {
+      best = { rtt: received - sent, offset: theirs - (sent + received) / 2 };
+    }
+  }
+  return best.offset;
+}
+
+/**
+ * One streamed request. Stamps (`|<ms>|` in the text) are read straight from the bytes, so the
+ * client spends as little as possible per event and measures every path the same way.
+ */
+async function runStream(
+  url: string,
+  deltas: number,
+  offset: number,
+  signal: AbortSignal,
+  intervalMs?: number,
+): Promise<StreamSample> {
+  const sentAt = now();
+  try {
+    const response = await fetch(`${url}/v1/messages`, {
+      method: "POST",
+      headers: {
+        "content-type": "application/json",
+        "x-api-key": "bench-key",
+        "anthropic-version": "2023-06-01",
+      },
+      body: JSON.stringify({
+        // Not a real model id: the SDK warns on the console for deprecated ones, which would
+        // charge the SDK route for a log line per request.
+        model: "claude-bench",
+        max_tokens: 1024,
+        stream: true,
+        metadata: {
+          user_id: `deltas=${deltas}` + (intervalMs === undefined ? "" : `;interval=${intervalMs}`),
+        },
+        messages: [{ role: "user", content: "Benchmark me." }],
+      }),
+      signal,
+    });
+    if (!response.ok || !response.body) {
+      await response.body?.cancel();
+      return { ok: false, error: `HTTP ${response.status}` };
+    }
+    const reader = response.body.getReader();
+    let inStamp = false;
+    let partial = "";
+    let seen = 0;
+    let addedFirst: number | undefined;
+    let addedLast: number | undefined;
+    let firstAt = 0;
+    while (true) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      const receivedAt = now();
+      let from = 0;
+      while (true) {
+        const bar = value.indexOf(124, from); // "|"
+        if (bar === -1) {
+          if (inStamp) partial += String.fromCharCode(...value.subarray(from));
+          break;
+        }
+        if (inStamp) {
+          const stamp = Number(partial + String.fromCharCode(...value.subarray(from, bar)));
+          const added = receivedAt - (stamp - offset);
+          if (seen === 0) {
+            addedFirst = added;
+            firstAt = receivedAt;
+          }
+          addedLast = added;
+          seen++;
+          partial = "";
+        }
+        inStamp = !inStamp;
+        from = bar + 1;
+      }
+    }
+    if (seen !== deltas) return { ok: false, error: `${seen} of ${deltas} deltas arrived` };
+    return { ok: true, addedFirst, addedLast, clientTtft: firstAt - sentAt };
+  } catch (error) {
+    return { ok: false, error: String(error) };
+  }
+}
+
+async function usage(url: string): Promise<ProxyUsage> {
+  return await (await fetch(`${url}/__bench/usage`)).json();
+}
+
+/**
+ * Runs `streams` concurrent streams (one after another `sequentialRuns` times at level 1), and
+ * calls `midway` once while every stream of the level is open.
+ */
+async function runLevel(
+  url: string,
+  level: Level,
+  options: Required<GatewayBenchOptions>,
+  offset: number,
+  midway: () => Promise<void>,
+): Promise<StreamSample[]> {
+  const signal = AbortSignal.timeout(options.levelTimeoutMs);
+  const { streams } = level;
+  const intervalMs = level.intervalMs ?? options.intervalMs;
+  const streamMs = options.ttftMs + options.deltas * intervalMs;
+  if (streams === 1) {
+    const samples = [];
+    for (let i = 0; i < options.sequentialRuns; i++) {
+      const probe = i === 0 ? sleep(streamMs / 2).then(midway) : undefined;
+      samples.push(await runStream(url, options.deltas, offset, signal, intervalMs));
+      await probe;
+    }
+    return samples;
+  }
+  // Starts are spread over a fifth of a stream's length, so every stream is open at once while
+  // the upstream's writes are not all in lockstep.
+  const rampMs = streamMs / 5;
+  const probe = sleep(rampMs + (streamMs - rampMs) / 2).then(midway);
+  const samples = await Promise.all(
+    Array.from({ length: streams }, async (_, i) => {
+      await sleep((i * rampMs) / streams);
+      return await runStream(url, options.deltas, offset, signal, intervalMs);
+    }),
+  );
+  await probe;
+  return samples;
+}
+
+/** Runs the whole comparison and returns one result per path and level. */
+export async function runGatewayBench(options: GatewayBenchOptions = {}): Promise<LevelResult[]> {
+  const opts: Required<GatewayBenchOptions> = {
+    levels: [{ streams: 1 }, { streams: 100 }, { streams: 1000 }],
+    deltas: 100,
+    ttftMs: 100,
+    intervalMs: 10,
+    sequentialRuns: 10,
+    levelTimeoutMs: 120_000,
+    paths: [...PATHS],
+    proxyFlags: [],
+    log: (line) => console.error(line),
+    ...options,
+  };
+  const children: Child[] = [];
+  try {
+    const upstream = await spawn("./bench_upstream.ts", [
+      "--ttft",
+      String(opts.ttftMs),
+      "--interval",
+      String(opts.intervalMs),
+      "--deltas",
+      String(opts.deltas),
+    ], ["--allow-net=127.0.0.1"]);
+    children.push(upstream);
+    const urls: Record<PathName, string> = { direct: upstream.url } as Record<PathName, string>;
+    const proxies = opts.paths.filter((path) => path !== "direct");
+    for (const path of proxies) {
+      const child = await spawn("./bench_proxy.ts", [path, upstream.url], [
+        "--allow-net=127.0.0.1",
+        "--allow-env",
+        ...opts.proxyFlags,
+      ]);
+      children.push(child);
+      urls[path] = child.url;
+    }
+    const offset = await clockOffset(upstream.url);
+    opts.log(`upstream clock offset ${offset.toFixed(3)} ms; warming up every path`);
+    for (const path of opts.paths) {
+      for (let round = 0; round < 3; round++) {
+        await Promise.all(
+          Array.from(
+            { length: 50 },
+            () => runStream(urls[path], 20, offset, AbortSignal.timeout(opts.levelTimeoutMs)),
+          ),
+        );
+      }
+    }
+
+    const results: LevelResult[] = [];
+    const eventsPerStream = opts.deltas + 6; // start, block start, ping, deltas, stop, delta, stop
+    for (const level of opts.levels) {
+      const streams = level.streams;
+      const intervalMs = level.intervalMs ?? opts.intervalMs;
+      for (const path of opts.paths) {
+        await sleep(300); // let the previous run's sockets close
+        const proxy = path === "direct" ? undefined : urls[path];
+        const before = proxy ? await usage(proxy) : undefined;
+        let middle: ProxyUsage | undefined;
+        const started = performance.now();
+        const samples = await runLevel(urls[path], level, opts, offset, async () => {
+          if (proxy) middle = await usage(proxy);
+        });
+        const wallMs = performance.now() - started;
+        const after = proxy ? await usage(proxy) : undefined;
+        const ok = samples.filter((s) => s.ok);
+        const carried = samples.length * eventsPerStream;
+        const result: LevelResult = {
+          path,
+          streams,
+          intervalMs,
+          ok: ok.length,
+          failed: samples.length - ok.length,
+          addedTtft: {
+            p50: percentile(ok.map((s) => s.addedFirst!), 50),
+            p99: percentile(ok.map((s) => s.addedFirst!), 99),
+          },
+          addedLast: {
+            p50: percentile(ok.map((s) => s.addedLast!), 50),
+            p99: percentile(ok.map((s) => s.addedLast!), 99),
+          },
+          clientTtftP50: percentile(ok.map((s) => s.clientTtft!), 50),
+          cpuMsPer1kEvents: before && after
+            ? ((after.cpuMicros - before.cpuMicros) / 1000) / (carried / 1000)
+            : null,
+          kibPerStream: before && middle ? (middle.rss - before.rss) / 1024 / streams : null,
+          wallMs,
+        };
+        const errors = [...new Set(samples.filter((s) => !s.ok).map((s) => s.error))];
+        opts.log(
+          `${String(streams).padStart(5)} streams @${intervalMs} ms  ${
+            path.padEnd(11)
+          } ok ${result.ok}/${samples.length}` +
+            `  TTFT +${fmt(result.addedTtft.p50)}/${fmt(result.addedTtft.p99)} ms` +
+            `  last +${fmt(result.addedLast.p50)}/${fmt(result.addedLast.p99)} ms` +
+            (errors.length ? `  errors: ${errors.slice(0, 3).join("; ")}` : ""),
+        );
+        results.push(result);
+      }
+    }
+    return results;
+  } finally {
+    for (const child of children) {
+      try {
+        child.process.kill("SIGTERM");
+      } catch {
+        // already gone
+      }
+      await child.process.status;
+    }
+  }
+}
+
+function fmt(value: number | null, digits = 2): string {
+  if (value === null || Number.isNaN(value)) return "—";
+  return value >= 100 ? value.toFixed(0) : value.toFixed(digits);
+}
+
+function ratio(value: number, floor: number): string {
+  if (!Number.isFinite(value) || !Number.isFinite(floor) || floor <= 0) return "—";
+  return `${(value / floor).toFixed(2)}x`;
+}
+
+/** The side-by-side table, with ratios to the pass-through floor at the same level. */
+export function gatewayTable(results: LevelResult[]): string {
+  const rows = results.map((r) => {
+    const floor = results.find((f) =>
+      f.streams === r.streams && f.intervalMs === r.intervalMs && f.path === "passthrough"
+    );
+    return [
+      `${r.streams} @${r.intervalMs} ms`,
+      r.path,
+      `${r.ok}/${r.ok + r.failed}`,
+      fmt(r.addedTtft.p50),
+      fmt(r.addedTtft.p99),
+      floor ? ratio(r.addedTtft.p50, floor.addedTtft.p50) : "—",
+      floor ? ratio(r.addedTtft.p99, floor.addedTtft.p99) : "—",
+      fmt(r.addedLast.p50),
+      fmt(r.addedLast.p99),
+      fmt(r.clientTtftP50, 1),
+      fmt(r.cpuMsPer1kEvents),
+      fmt(r.kibPerStream, 1),
+    ];
+  });
+  return markdownTable([
+    "streams @ delta interval",
+    "path",
+    "ok",
+    "added TTFT p50 ms",
+    "p99 ms",
+    "p50 ÷ floor",
+    "p99 ÷ floor",
+    "last delta p50 ms",
+    "p99 ms",
+    "client TTFT p50 ms",
+    "CPU ms / 1k events",
+    "KiB / stream",
+  ], rows);
+}
+
+/** The targets of issue 6, checked against one run. */
+export function gatewayVerdicts(results: LevelResult[]): string[] {
+  const lines: string[] = [];
+  const levels = [...new Set(results.map((r) => `${r.streams}@${r.intervalMs}`))];
+  for (const level of levels) {
+    const [streams, interval] = level.split("@").map(Number);
+    if (streams < 100) continue;
+    const get = (path: PathName) =>
+      results.find((r) => r.path === path && r.streams === streams && r.intervalMs === interval);
+    const sluice = get("sluice");
+    const floor = get("passthrough");
+    const sdk = get("sdk-hono");
+    if (!sluice || !floor || !sdk) continue;
+    for (const p of ["p50", "p99"] as const) {
+      const vsFloor = sluice.addedTtft[p] / floor.addedTtft[p];
+      const vsSdk = sdk.addedTtft[p] / sluice.addedTtft[p];
+      lines.push(
+        `${streams} streams @${interval} ms, added TTFT ${p}: sluice ${
+          fmt(sluice.addedTtft[p])
+        } ms = ` +
+          `${vsFloor.toFixed(2)}x the floor (target <= 1.5x: ${
+            vsFloor <= 1.5 ? "met" : "NOT met"
+          }); ` +
+          `the SDK+streamSSE route is ${vsSdk.toFixed(1)}x sluice (target >= 10x: ${
+            vsSdk >= 10 ? "met" : "NOT met"
+          })`,
+      );
+    }
+  }
+  return lines;
+}
+
+if (import.meta.main) {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      levels: { type: "string", default: "1,100,1000" },
+      deltas: { type: "string", default: "100" },
+      runs: { type: "string", default: "10" },
+      paths: { type: "string", default: PATHS.join(",") },
+      json: { type: "boolean", default: false },
+    },
+  });
+  const results = await runGatewayBench({
+    levels: values.levels.split(",").map(parseLevel),
+    deltas: Number(values.deltas),
+    sequentialRuns: Number(values.runs),
+    paths: values.paths.split(",") as PathName[],
+    proxyFlags: Deno.env.get("BENCH_PROXY_FLAGS")?.split(" ").filter(Boolean) ?? [],
+  });
+  if (values.json) console.log(JSON.stringify(results));
+  else console.log(gatewayTable(results) + "\n\n" + gatewayVerdicts(results).join("\n"));
+}
