@@ -53,52 +53,122 @@ const ENDING = [
 ];
 
 /**
- * A fake Anthropic API that streams a text delta every `intervalMs` for ever (or `deltas` of
- * them, then ends), and notes when each request's connection goes away.
+ * A fake Anthropic API on a raw TCP socket that streams a text delta every `intervalMs` for
+ * ever (or `deltas` of them, then ends), and notes when each connection is closed by its
+ * client. Raw TCP rather than `Deno.serve`: a pending read on the socket sees the close the
+ * moment it arrives, whereas an HTTP server may notice only at its next write, which would
+ * measure the fake, not sluice.
  */
 function endlessUpstream(options: { intervalMs: number; deltas?: number }) {
   const closedAt: number[] = [];
   let onClosed: () => void = () => {};
-  // The body's cancel is the signal: Deno.serve cancels it as soon as the connection closes.
-  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, () => {
-    let timer: ReturnType<typeof setInterval> | undefined;
-    let sent = 0;
-    let closed = false;
-    const close = () => {
-      if (closed) return;
-      closed = true;
-      closedAt.push(performance.now());
-      clearInterval(timer);
-      onClosed();
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns = new Set<Deno.Conn>();
+  const tasks = new Set<Promise<void>>();
+  const serving = (async () => {
+    for await (const conn of listener) {
+      conns.add(conn);
+      const task = serveOne(conn).finally(() => {
+        conns.delete(conn);
+        tasks.delete(task);
+      });
+      tasks.add(task);
+    }
+  })();
+
+  async function serveOne(conn: Deno.Conn) {
+    await readRequest(conn);
+    let done = false;
+    const write = async (bytes: Uint8Array) => {
+      const framed = concat(
+        enc(`${bytes.length.toString(16)}\r\n`),
+        bytes,
+        enc("\r\n"),
+      );
+      for (let n = 0; n < framed.length;) n += await conn.write(framed.subarray(n));
     };
-    const body = new ReadableStream<Uint8Array>({
-      start(controller) {
-        controller.enqueue(MESSAGE_START);
-        controller.enqueue(BLOCK_START);
-        timer = setInterval(() => {
-          if (options.deltas !== undefined && sent >= options.deltas) {
-            clearInterval(timer);
-            for (const chunk of ENDING) controller.enqueue(chunk);
-            controller.close();
-            closed = true; // a normal end, not a disconnect
-            return;
-          }
-          controller.enqueue(delta(` word${sent++}`));
-        }, options.intervalMs);
-      },
-      cancel: close,
+    // The pending read that notices the client's close (EOF or reset) at once.
+    const closed = conn.read(new Uint8Array(1)).catch(() => null).then(() => {
+      if (done) return;
+      done = true;
+      closedAt.push(performance.now());
+      onClosed();
     });
-    return new Response(body, {
-      headers: { "content-type": "text/event-stream", "request-id": "req_endless" },
-    });
-  });
+    try {
+      await conn.write(enc(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nrequest-id: req_endless\r\n" +
+          "transfer-encoding: chunked\r\nconnection: close\r\n\r\n",
+      ));
+      await write(MESSAGE_START);
+      await write(BLOCK_START);
+      for (let sent = 0; !done; sent++) {
+        await new Promise((r) => setTimeout(r, options.intervalMs));
+        if (done) break;
+        if (options.deltas !== undefined && sent >= options.deltas) {
+          for (const chunk of ENDING) await write(chunk);
+          await conn.write(enc("0\r\n\r\n"));
+          done = true; // a normal end, not a disconnect
+          break;
+        }
+        await write(delta(` word${sent}`));
+      }
+    } catch {
+      // A write after the client left; the read above has noted the close.
+    } finally {
+      try {
+        conn.close();
+      } catch { /* already closed */ }
+      await closed;
+    }
+  }
+
   return {
-    url: `http://127.0.0.1:${server.addr.port}`,
+    url: `http://127.0.0.1:${listener.addr.port}`,
     closedAt,
-    /** Resolves when the next upstream connection closes. */
+    /** Resolves when the next upstream connection is closed by its client. */
     nextClose: () => new Promise<void>((resolve) => (onClosed = resolve)),
-    close: () => server.shutdown(),
+    async close() {
+      listener.close();
+      for (const conn of conns) {
+        try {
+          conn.close();
+        } catch { /* closed */ }
+      }
+      await serving.catch(() => {});
+      await Promise.all([...tasks]);
+    },
   };
+}
+
+/** Reads one HTTP request (headers, then a content-length body). */
+async function readRequest(conn: Deno.Conn) {
+  let buffered: Uint8Array = new Uint8Array(0);
+  const buf = new Uint8Array(16 * 1024);
+  let headerEnd = -1;
+  while (headerEnd < 0) {
+    const n = await conn.read(buf);
+    if (n === null) return;
+    buffered = concat(buffered, buf.subarray(0, n));
+    headerEnd = new TextDecoder().decode(buffered).indexOf("\r\n\r\n");
+  }
+  const head = new TextDecoder().decode(buffered.subarray(0, headerEnd));
+  const length = Number(/content-length:\s*(\d+)/i.exec(head)?.[1] ?? 0);
+  let have = buffered.length - headerEnd - 4;
+  while (have < length) {
+    const n = await conn.read(buf);
+    if (n === null) return;
+    have += n;
+  }
+}
+
+function concat(...parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let offset = 0;
+  for (const p of parts) {
+    out.set(p, offset);
+    offset += p.length;
+  }
+  return out;
 }
 
 /** sluice on 127.0.0.1 in front of `upstreamUrl`, built as main.ts builds it. */
