@@ -22,6 +22,9 @@ import { createUpstream } from "../lib/upstream.ts";
 import { projectFixtures, testConfig } from "./helpers.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
+// The deno running the tests, not whatever `deno` is on PATH: npm's `deno` is a Node.js wrapper
+// that dies on Ctrl-C itself, which would end the pane whatever the client does.
+const DENO = Deno.execPath();
 const ESC = "\x1b";
 // deno-lint-ignore no-control-regex -- an ANSI colour code starts with ESC
 const SGR = /\x1b\[[0-9;]*m/;
@@ -366,7 +369,7 @@ Deno.test("deno task chat in a terminal: colour, streaming, Ctrl-C, history, qui
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, app.fetch);
   const pane = await startPane(
     { NO_COLOR: "", SLUICE_KEY: "" },
-    `deno task chat --url http://127.0.0.1:${server.addr.port}`,
+    `${DENO} task chat --url http://127.0.0.1:${server.addr.port}`,
   );
   try {
     await t.step("it greets and prompts", async () => {
@@ -430,7 +433,7 @@ Deno.test("deno task chat with NO_COLOR: no colour codes, and Ctrl-D leaves", as
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, app.fetch);
   const pane = await startPane(
     { NO_COLOR: "1" },
-    `deno task chat --url http://127.0.0.1:${server.addr.port}`,
+    `${DENO} task chat --url http://127.0.0.1:${server.addr.port}`,
   );
   try {
     await pane.waitFor((s) => s.includes("You:"), "the prompt");
