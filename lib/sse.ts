@@ -126,6 +126,38 @@ export interface TapOptions {
   keepAliveMs?: number;
   /** The keep-alive bytes; an SSE comment by default, which every SSE parser skips. */
   keepAlive?: Uint8Array;
+  /**
+   * Size of the buffer each read of a byte stream (a `fetch` body) fills. Deno's own reads
+   * allocate 64 KiB per pending read, which an open but quiet stream holds all along; with
+   * buffers of ours an open stream holds less (measured in tests/load_test.ts: about 60 KiB of
+   * buffers and 25 KiB of RSS less per open stream). Chunks larger than this arrive in several
+   * reads, unchanged otherwise. Default 4096.
+   */
+  readBufferBytes?: number;
+}
+
+/** The part of a stream reader the tap uses. */
+interface ChunkReader {
+  read(): Promise<ReadableStreamReadResult<Uint8Array>>;
+  cancel(reason?: unknown): Promise<void>;
+}
+
+/**
+ * Reads `stream` chunk by chunk: with a BYOB reader and fresh buffers of `size` bytes when it is
+ * a byte stream (fetch bodies are), else with its default reader.
+ */
+function chunkReader(stream: ReadableStream<Uint8Array>, size: number): ChunkReader {
+  let byob: ReadableStreamBYOBReader;
+  try {
+    byob = stream.getReader({ mode: "byob" });
+  } catch {
+    return stream.getReader();
+  }
+  return {
+    // A fresh buffer per read: the one filled is handed on to the client as the chunk.
+    read: () => byob.read(new Uint8Array(size)) as Promise<ReadableStreamReadResult<Uint8Array>>,
+    cancel: (reason) => byob.cancel(reason),
+  };
 }
 
 /** The default keep-alive: an SSE comment line and a blank line (a no-op for SSE parsers). */
@@ -163,7 +195,7 @@ export function tapStream(
   onHookError: (error: unknown) => void = () => {},
   options: TapOptions = {},
 ): ReadableStream<Uint8Array> {
-  const reader = upstream.getReader();
+  const reader = chunkReader(upstream, options.readBufferBytes ?? 4096);
   const boundary = createBoundaryTracker();
   const idleMs = options.idleTimeoutMs ?? 0;
   const keepAliveMs = options.keepAliveMs ?? 0;
