@@ -25,11 +25,22 @@ export function callerKey(
   return { key: match ? match[1].trim() : null, style: "bearer" };
 }
 
+// Recent key ids: hashing is an async crypto op that was about an eighth of a request's CPU time
+// in the gateway benchmark's profile, and callers send the same key again and again. Bounded,
+// because with no gateway keys configured any key is accepted.
+const keyIds = new Map<string, string>();
+const KEY_ID_CACHE_SIZE = 1024;
+
 /** A short, stable, non-reversible id for a key. */
 export async function keyIdOf(key: string): Promise<string> {
+  const cached = keyIds.get(key);
+  if (cached !== undefined) return cached;
   const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(key));
-  return Array.from(new Uint8Array(digest).slice(0, 8), (b) => b.toString(16).padStart(2, "0"))
+  const id = Array.from(new Uint8Array(digest).slice(0, 8), (b) => b.toString(16).padStart(2, "0"))
     .join("");
+  if (keyIds.size >= KEY_ID_CACHE_SIZE) keyIds.clear();
+  keyIds.set(key, id);
+  return id;
 }
 
 /**
