@@ -34,6 +34,7 @@ async function chatApp(
     env?: Record<string, string>;
     pace?: Pace;
     sleep?: (ms: number, signal?: AbortSignal) => Promise<void>;
+    keepAliveMs?: number;
   } = {},
 ) {
   const replay = createReplayFetch(await loadFixtures(FIXTURES_DIR), {
@@ -47,6 +48,7 @@ async function chatApp(
     apiKey: "replay",
     baseURL: "http://replay.test",
     maxRetries: 0,
+    streamPolicy: { keepAliveMs: options.keepAliveMs ?? 0 },
     fetch: async (input, init) => {
       sent.push(await new Request(input, init).json());
       if (init?.signal) signals.push(init.signal);
@@ -404,6 +406,31 @@ Deno.test("a client that leaves mid-answer aborts the upstream and stores nothin
       const conversation = await (await app.request(`/conversations/${created.id}`)).json();
       assert.deepEqual(conversation.messages, []);
     });
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("/chat's SSE view passes the tap's keep-alives on while the upstream is silent", async () => {
+  const { kv, chat } = await chatApp({
+    pace: { ttftMs: 0, tokensPerSecond: 1, speed: 1 },
+    sleep: stallingSleep,
+    keepAliveMs: 5,
+  });
+  try {
+    const response = await chat({ message: "Tell me about sluice" }, {
+      accept: "text/event-stream",
+    });
+    const reader = response.body!.getReader();
+    let seen = "";
+    while (!seen.includes(": keep-alive\n\n")) {
+      const { value, done } = await reader.read();
+      assert.equal(done, false);
+      seen += new TextDecoder().decode(value);
+    }
+    await reader.cancel();
+    // The comment came after the text so far, between events.
+    assert.match(seen, /event: text\ndata: .*\n\n: keep-alive\n\n$/s);
   } finally {
     kv.close();
   }
