@@ -154,7 +154,8 @@ async function send(text) {
   addTurn("user", text);
   const answer = addTurn("assistant", "");
   answer.item.dataset.state = "waiting";
-  answer.item.setAttribute("aria-busy", "true");
+  // Screen readers announce the answer once it is whole, not every piece of it.
+  log.setAttribute("aria-busy", "true");
   const controller = new AbortController();
   setRunning(controller);
   const textNode = document.createTextNode("");
@@ -221,7 +222,7 @@ async function send(text) {
       setStatus(error.message);
     }
   } finally {
-    answer.item.removeAttribute("aria-busy");
+    log.setAttribute("aria-busy", "false");
     setRunning(null);
     prompt.focus();
   }
