@@ -110,6 +110,7 @@ Deno.test(`${STREAMS} concurrent streams through a real sluice on loopback arriv
     const rss = during.rss - before.rss;
     const heap = during.heapUsed - before.heapUsed;
     const external = during.external - before.external;
+    const heapTotal = during.heapTotal - before.heapTotal;
     console.log(
       `load: ${STREAMS} concurrent streams held open by sluice (Deno ${Deno.version.deno}); ` +
         `all opened in ${(open.openMs as number).toFixed(0)} ms, drained in ` +
@@ -118,7 +119,8 @@ Deno.test(`${STREAMS} concurrent streams through a real sluice on loopback arriv
           kib(rss / STREAMS)
         } KiB per stream), ` +
         `JS heap +${mib(heap)} MiB (${kib(heap / STREAMS)} KiB per stream), ` +
-        `external (buffers) +${mib(external)} MiB (${kib(external / STREAMS)} KiB per stream)` +
+        `external (buffers) +${mib(external)} MiB (${kib(external / STREAMS)} KiB per stream), ` +
+        `V8 heap reserved +${mib(heapTotal)} MiB` +
         (gc ? " (after a forced GC)" : " (no forced GC: run with --v8-flags=--expose-gc)"),
     );
   } finally {
