@@ -34,6 +34,14 @@ export interface CallOptions {
   observer?: AccumulatorObserver;
   /** Overrides the upstream's idle timeout and keep-alive interval for this call. */
   streamPolicy?: Partial<StreamPolicy>;
+  /**
+   * Aborts when the client goes away before its answer is handed over (while sluice waits for
+   * the upstream's headers, its retries, or a whole non-streamed body): the upstream call is
+   * aborted and the request recorded as `client_aborted`. Routes pass `c.req.raw.signal`. Once
+   * a stream is handed over it is no longer watched: the stream's own cancel takes over (under
+   * `Deno.serve` the request signal also fires after a successful response).
+   */
+  clientSignal?: AbortSignal;
 }
 
 /** The upstream's answer, ready for the client. */
@@ -64,10 +72,23 @@ export async function startCall(options: CallOptions): Promise<Call> {
   const { clock, startedAt } = options;
   const controller = new AbortController();
   const upstreamStartedAt = clock.now();
-  const { response, retries } = await options.upstream.send({
-    ...options.request,
-    signal: controller.signal,
-  });
+  let clientLeft = false;
+  const onClientGone = () => {
+    clientLeft = true;
+    controller.abort();
+  };
+  options.clientSignal?.addEventListener("abort", onClientGone, { once: true });
+  const unwatch = () => options.clientSignal?.removeEventListener("abort", onClientGone);
+  if (options.clientSignal?.aborted) onClientGone();
+  let sent: Awaited<ReturnType<Upstream["send"]>>;
+  try {
+    sent = await options.upstream.send({ ...options.request, signal: controller.signal });
+  } catch (error) {
+    unwatch();
+    if (!clientLeft) throw error;
+    return clientGone(options, clock.now());
+  }
+  const { response, retries } = sent;
   const headers = new Headers();
   response.headers.forEach((value, key) => {
     if (PASS_HEADERS.test(key)) headers.set(key, value);
@@ -95,6 +116,8 @@ export async function startCall(options: CallOptions): Promise<Call> {
     try {
       body = await readBody(response.body, policy.idleTimeoutMs);
     } catch (error) {
+      unwatch();
+      if (clientLeft) return clientGone(options, clock.now());
       // The headers came but the body did not: the client gets a clear 5xx, never a 500 or a
       // truncated JSON document.
       const idle = error instanceof UpstreamIdleError;
@@ -147,6 +170,7 @@ export async function startCall(options: CallOptions): Promise<Call> {
           : contentType || "application/json",
       );
     }
+    unwatch();
     return {
       status,
       headers,
@@ -215,6 +239,7 @@ export async function startCall(options: CallOptions): Promise<Call> {
     },
   );
   headers.set("content-type", contentType);
+  unwatch();
   return {
     status: response.status,
     headers,
@@ -224,6 +249,40 @@ export async function startCall(options: CallOptions): Promise<Call> {
     result: () => (done ? accumulator.end() : undefined),
     finished,
     abort: (reason) => controller.abort(reason),
+  };
+}
+
+/** The answer for a client that left before sluice could answer (nobody reads it). */
+function clientGone(options: CallOptions, endedAt: number): Call {
+  const body = new TextEncoder().encode(JSON.stringify(
+    errorBody("invalid_request_error", "the client closed the request", options.requestId),
+  ));
+  const summary: RequestSummary = {
+    id: options.requestId,
+    endpoint: options.endpoint,
+    streaming: options.request.stream,
+    model: options.model,
+    outcome: "client_aborted",
+    status: 499, // nginx's "client closed request"
+
+    retries: 0,
+    startedAt: options.startedAt,
+    ttftMs: null,
+    totalMs: endedAt - options.startedAt,
+    upstreamTtftMs: null,
+    usage: tokenUsage(undefined),
+    stopReason: null,
+    events: {},
+    keyId: options.keyId,
+  };
+  return {
+    status: 499,
+    headers: new Headers({ "content-type": "application/json" }),
+    retries: 0,
+    kind: "json",
+    body,
+    finished: Promise.resolve(summary),
+    abort: () => {},
   };
 }
 

@@ -8,6 +8,8 @@
  */
 import assert from "node:assert/strict";
 import { createApp } from "../lib/app.ts";
+import { systemClock } from "../lib/clock.ts";
+import { startCall } from "../lib/messages_call.ts";
 import { silentLogger } from "../lib/log.ts";
 import { memorySink } from "../lib/request_summary.ts";
 import { createLifecycle } from "../lib/shutdown.ts";
@@ -271,4 +273,130 @@ Deno.test("a stream the client reads to the end is recorded as ok, not as a disc
     await sluice.close();
     await upstream.close();
   }
+});
+
+Deno.test("a client that leaves before its answer is handed over stops the upstream call", async (t) => {
+  const base = {
+    clock: systemClock,
+    logger: silentLogger,
+    startedAt: systemClock.now(),
+    endpoint: "/v1/messages",
+    requestId: "req_local",
+    model: "claude-test",
+  };
+  const request = (stream: boolean) => ({
+    body: new TextEncoder().encode("{}"),
+    stream,
+  });
+  /** An upstream fetch that answers with `respond`, noting the signal of each attempt. */
+  const fake = (respond: (signal: AbortSignal, attempt: number) => Promise<Response>) => {
+    const signals: AbortSignal[] = [];
+    const upstream = createUpstream({
+      mode: "live",
+      apiKey: "sk-ant-test",
+      baseURL: "http://upstream.test",
+      maxRetries: 2,
+      retryMaxWaitMs: 60_000,
+      fetch: (_input, init) => {
+        signals.push(init!.signal!);
+        return respond(init!.signal!, signals.length - 1);
+      },
+    });
+    return { upstream, signals };
+  };
+  const never = (signal: AbortSignal) =>
+    new Promise<Response>((_resolve, reject) =>
+      signal.addEventListener("abort", () => reject(signal.reason), { once: true })
+    );
+
+  await t.step("while the upstream has not answered", async () => {
+    const { upstream, signals } = fake(never);
+    const client = new AbortController();
+    const call = startCall({
+      ...base,
+      upstream,
+      request: request(true),
+      clientSignal: client.signal,
+    });
+    await waitFor(() => signals.length === 1, "the upstream call");
+    client.abort();
+    const result = await call;
+    assert.equal(result.status, 499);
+    assert.equal(signals[0].aborted, true, "the upstream call was aborted");
+    assert.equal((await result.finished).outcome, "client_aborted");
+  });
+
+  await t.step("while sluice waits to retry", async () => {
+    const { upstream, signals } = fake(() =>
+      Promise.resolve(
+        Response.json({ type: "error", error: { type: "overloaded_error", message: "o" } }, {
+          status: 529,
+          headers: { "retry-after": "30" },
+        }),
+      )
+    );
+    const client = new AbortController();
+    const call = startCall({
+      ...base,
+      upstream,
+      request: request(true),
+      clientSignal: client.signal,
+    });
+    await waitFor(() => signals.length === 1, "the first attempt");
+    await new Promise((r) => setTimeout(r, 5)); // into the 30 s wait
+    client.abort();
+    const result = await call;
+    assert.equal(result.status, 499);
+    assert.equal(signals.length, 1, "no attempt after the client left");
+    assert.equal((await result.finished).outcome, "client_aborted");
+  });
+
+  await t.step("while a non-streamed body is on its way", async () => {
+    const { upstream, signals } = fake((signal) => {
+      const body = new ReadableStream<Uint8Array>({
+        start(controller) {
+          controller.enqueue(new TextEncoder().encode('{"id":"msg_'));
+          signal.addEventListener("abort", () => controller.error(signal.reason), { once: true });
+        },
+      });
+      return Promise.resolve(
+        new Response(body, { headers: { "content-type": "application/json" } }),
+      );
+    });
+    const client = new AbortController();
+    const call = startCall({
+      ...base,
+      upstream,
+      request: request(false),
+      clientSignal: client.signal,
+    });
+    await waitFor(() => signals.length === 1, "the upstream call");
+    await new Promise((r) => setTimeout(r, 5));
+    client.abort();
+    const result = await call;
+    assert.equal(result.status, 499);
+    assert.equal(signals[0].aborted, true);
+    assert.equal((await result.finished).outcome, "client_aborted");
+  });
+
+  await t.step("a stream handed over is no longer watched by the request signal", async () => {
+    const { upstream, signals } = fake(() =>
+      Promise.resolve(
+        new Response(new Blob([MESSAGE_START, BLOCK_START, ...ENDING]).stream(), {
+          headers: { "content-type": "text/event-stream" },
+        }),
+      )
+    );
+    const client = new AbortController();
+    const call = await startCall({
+      ...base,
+      upstream,
+      request: request(true),
+      clientSignal: client.signal,
+    });
+    client.abort(); // as Deno.serve does once a response is delivered
+    assert.equal(signals[0].aborted, false);
+    await new Response(call.stream).arrayBuffer();
+    assert.equal((await call.finished).outcome, "ok");
+  });
 });
