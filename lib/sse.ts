@@ -211,8 +211,41 @@ export function tapStream(
       onHookError(error);
     }
   };
+  // Keep-alives and the idle deadline share one timer per stream, armed when a wait begins and
+  // no timer is armed, re-armed only when it fires early. (A timer set and cleared on every read
+  // was 2.6 µs of sluice's 6 µs of CPU per event, measured in-process; see the README.)
+  let waiting = false;
+  let waitStart = 0;
+  let lastSent = 0;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let wake: ((tick: typeof TICK) => void) | undefined;
+  const stopTimer = () => {
+    if (timer !== undefined) clearTimeout(timer);
+    timer = undefined;
+  };
+  const arm = (controller: ReadableStreamDefaultController<Uint8Array>) => {
+    let due = Infinity;
+    if (idleMs > 0) due = waitStart + idleMs;
+    if (keepAliveMs > 0) due = Math.min(due, lastSent + keepAliveMs);
+    timer = setTimeout(() => {
+      timer = undefined;
+      if (finished || !waiting) return; // between reads: the next wait arms it again
+      const now = performance.now();
+      if (idleMs > 0 && now - waitStart >= idleMs) {
+        wake?.(TICK);
+        return;
+      }
+      if (keepAliveMs > 0 && now - lastSent >= keepAliveMs) {
+        // Inside an event a comment would corrupt it; wait for the event to end instead.
+        if (boundary.atBoundary()) controller.enqueue(keepAlive);
+        lastSent = now;
+      }
+      arm(controller);
+    }, Math.max(0, due - performance.now()));
+  };
   const fail = (controller: ReadableStreamDefaultController<Uint8Array>, error: unknown) => {
     finished = true;
+    stopTimer();
     let last: Uint8Array | undefined;
     safely(() => {
       last = hooks.onError(error, { atEventBoundary: boundary.atBoundary() });
@@ -227,28 +260,15 @@ export function tapStream(
   ): Promise<ReadOutcome | typeof TICK> {
     const read = pending ??= reader.read().then((result) => ({ result }), (error) => ({ error }));
     if (!timed) return await read;
-    const waitStart = performance.now();
-    let lastSent = waitStart;
-    while (true) {
-      const now = performance.now();
-      const deadlines: number[] = [];
-      if (idleMs > 0) deadlines.push(waitStart + idleMs);
-      if (keepAliveMs > 0) deadlines.push(lastSent + keepAliveMs);
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const tick = new Promise<typeof TICK>((resolve) => {
-        timer = setTimeout(() => resolve(TICK), Math.max(0, Math.min(...deadlines) - now));
-      });
-      const first = await Promise.race([read, tick]);
-      clearTimeout(timer);
-      if (first !== TICK || finished) return first;
-      const then = performance.now();
-      if (idleMs > 0 && then - waitStart >= idleMs) return TICK;
-      if (keepAliveMs > 0 && then - lastSent >= keepAliveMs) {
-        // Inside an event a comment would corrupt it; wait for the event to end instead.
-        if (boundary.atBoundary()) controller.enqueue(keepAlive);
-        lastSent = then;
-      }
-    }
+    waiting = true;
+    waitStart = lastSent = performance.now();
+    // A timer left from an earlier wait fires before this wait's deadlines and re-arms itself.
+    if (timer === undefined) arm(controller);
+    const tick = new Promise<typeof TICK>((resolve) => (wake = resolve));
+    const first = await Promise.race([read, tick]);
+    waiting = false;
+    wake = undefined;
+    return first;
   }
 
   return new ReadableStream<Uint8Array>({
@@ -270,6 +290,7 @@ export function tapStream(
       const result = outcome.result;
       if (result.done) {
         finished = true;
+        stopTimer();
         controller.close();
         safely(() => hooks.onClose());
         return;
@@ -282,6 +303,7 @@ export function tapStream(
     cancel(reason) {
       if (finished) return;
       finished = true;
+      stopTimer();
       safely(() => hooks.onCancel(reason));
       return reader.cancel(reason).catch(() => {});
     },
