@@ -69,7 +69,9 @@ export function resultJson(result: StreamResult): Record<string, unknown> {
 
 /** The tutorial-style summary printed after the text. */
 export function summaryLines(result: StreamResult): string[] {
-  const seconds = (ms: number | null) => (ms === null ? "n/a" : `${(ms / 1000).toFixed(3)} seconds`);
+  const seconds = (
+    ms: number | null,
+  ) => (ms === null ? "n/a" : `${(ms / 1000).toFixed(3)} seconds`);
   const usage = (result.message?.usage ?? {}) as unknown as Record<string, unknown>;
   const lines = [
     `Time to first token: ${seconds(result.metrics.ttftMs)}`,
