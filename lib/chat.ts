@@ -30,6 +30,10 @@ export interface ChatInput {
   startedAt: number;
   anthropicVersion?: string;
   anthropicBeta?: string;
+  /** Replay only: the fixture to serve (`x-sluice-fixture`). */
+  fixture?: string;
+  /** The request's signal: lets a client that leaves before its answer starts stop the call. */
+  clientSignal?: AbortSignal;
 }
 
 /** Response headers that keep proxies from buffering or rewriting a streamed answer. */
@@ -120,7 +124,9 @@ export async function handleChat(
       anthropicVersion: input.anthropicVersion,
       anthropicBeta: input.anthropicBeta,
       authStyle: input.authStyle,
+      fixture: input.fixture,
     },
+    clientSignal: input.clientSignal,
   });
   deps.record(call.finished);
 

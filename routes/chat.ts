@@ -28,6 +28,8 @@ export function chatRoute(deps: RouteDeps): Hono<AppEnv> {
       startedAt: c.get("startedAt"),
       anthropicVersion: c.req.header("anthropic-version"),
       anthropicBeta: c.req.header("anthropic-beta"),
+      fixture: c.req.header("x-sluice-fixture"),
+      clientSignal: c.req.raw.signal,
     }));
   return app;
 }

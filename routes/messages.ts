@@ -53,6 +53,8 @@ export function messagesRoute(deps: RouteDeps): Hono<AppEnv> {
         authStyle: c.get("authStyle"),
         fixture: c.req.header("x-sluice-fixture"),
       },
+      // Watched only until the answer is handed over; the stream's cancel takes over then.
+      clientSignal: c.req.raw.signal,
     });
     deps.record(call.finished);
     if (call.kind === "stream") {
