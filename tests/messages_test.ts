@@ -234,3 +234,42 @@ Deno.test("health answers without a key and names the upstream mode", async () =
   assert.equal(response.status, 200);
   assert.deepEqual(await response.json(), { status: "ok", upstream: "live" });
 });
+
+Deno.test("a client that leaves before the answer starts aborts the upstream call", async () => {
+  let upstreamAborted!: () => void;
+  const aborted = new Promise<void>((resolve) => (upstreamAborted = resolve));
+  let upstreamCalled!: () => void;
+  const called = new Promise<void>((resolve) => (upstreamCalled = resolve));
+  const stats = memorySink();
+  const upstream = createUpstream({
+    mode: "live",
+    apiKey: "sk-ant-server-secret",
+    baseURL: "http://upstream.test",
+    maxRetries: 0,
+    // An upstream that is still thinking: it answers only when its request is aborted.
+    fetch: (_input, init) =>
+      new Promise((_resolve, reject) => {
+        upstreamCalled();
+        init?.signal?.addEventListener("abort", () => {
+          upstreamAborted();
+          reject(init.signal!.reason);
+        });
+      }),
+  });
+  const app = createApp({ config: testConfig(), upstream, logger: silentLogger, stats });
+  const client = new AbortController();
+  const request = new Request("http://sluice.test/v1/messages", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: body(),
+    signal: client.signal,
+  });
+  const pending = app.request(request);
+  await called;
+  client.abort();
+  await aborted;
+  const response = await pending;
+  await response.body?.cancel();
+  await new Promise((r) => setTimeout(r, 0));
+  assert.equal(stats.records[0]?.outcome, "client_aborted");
+});
