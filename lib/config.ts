@@ -46,6 +46,9 @@ const envSchema = z.object({
   SLUICE_LOG_LEVEL: z.enum(["debug", "info", "warn", "error", "silent"]).default("info"),
 });
 
+/** Every environment variable sluice reads (the README and .env.example list each one). */
+export const ENV_VARIABLES: readonly string[] = Object.keys(envSchema.shape);
+
 /** sluice's validated configuration. */
 export interface Config {
   port: number;

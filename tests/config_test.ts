@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { ConfigError, parseConfig } from "../lib/config.ts";
+import { ConfigError, ENV_VARIABLES, parseConfig } from "../lib/config.ts";
 
 Deno.test("with nothing set, sluice listens on 8000 and replays fixtures", () => {
   const config = parseConfig({});
@@ -63,4 +63,14 @@ Deno.test("a trailing slash on the base URL is dropped", () => {
 Deno.test("Deno Deploy is detected from its environment", () => {
   assert.equal(parseConfig({}).onDeploy, false);
   assert.equal(parseConfig({ DENO_DEPLOYMENT_ID: "abc" }).onDeploy, true);
+});
+
+Deno.test("every variable sluice reads is documented in the README and in .env.example", async () => {
+  const readme = await Deno.readTextFile(new URL("../README.md", import.meta.url));
+  const example = await Deno.readTextFile(new URL("../.env.example", import.meta.url));
+  assert.ok(ENV_VARIABLES.length >= 20);
+  for (const name of ENV_VARIABLES) {
+    assert.ok(readme.includes(`\`${name}\``), `README.md does not list ${name}`);
+    assert.match(example, new RegExp(`^# ${name}=`, "m"), `.env.example does not list ${name}`);
+  }
 });
