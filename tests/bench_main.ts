@@ -4,7 +4,7 @@
  *
  * Options: --levels 1,100,1000,1000@100 (gateway levels; `N@MS` = N streams, a delta every MS
  * ms), --deltas 100, --runs 10 (sequential streams at level 1), --skip-accumulator,
- * --skip-gateway, --out FILE (also write the report there, as markdown).
+ * --skip-gateway. The report is markdown on stdout; progress goes to stderr.
  */
 import { parseArgs } from "node:util";
 import { accumulatorStreams, type BenchStream, markdownTable } from "./bench_support.ts";
@@ -18,7 +18,6 @@ const { values } = parseArgs({
     runs: { type: "string", default: "10" },
     "skip-accumulator": { type: "boolean", default: false },
     "skip-gateway": { type: "boolean", default: false },
-    out: { type: "string" },
   },
 });
 
@@ -143,13 +142,11 @@ function accumulatorReport(results: BenchResult[]): string {
   return table + "\n\n" + verdicts.map((v) => `- ${v}`).join("\n");
 }
 
-const sections: string[] = [`Machine: ${await machine()}`];
-console.log(sections[0] + "\n");
+console.log(`Machine: ${await machine()}\n`);
 if (!values["skip-accumulator"]) {
   console.error("accumulator benchmarks (deno bench) …");
   const section = "### Accumulator throughput\n\n" + accumulatorReport(await accumulatorBench());
   console.log(section + "\n");
-  sections.push(section);
 }
 if (!values["skip-gateway"]) {
   console.error("gateway comparison on loopback …");
@@ -161,6 +158,4 @@ if (!values["skip-gateway"]) {
   const section = "### Gateway overhead on loopback\n\n" + gatewayTable(results) + "\n\n" +
     gatewayVerdicts(results).map((v) => `- ${v}`).join("\n");
   console.log(section + "\n");
-  sections.push(section);
 }
-if (values.out) await Deno.writeTextFile(values.out, sections.join("\n\n") + "\n");

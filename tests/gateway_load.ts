@@ -72,6 +72,8 @@ export interface LevelResult {
   addedTtft: { p50: number; p99: number };
   /** Last text delta: client receipt minus upstream write, ms. */
   addedLast: { p50: number; p99: number };
+  /** The worst delta of each stream, ms (p50 over streams). */
+  addedMaxP50: number;
   /** What the client saw: request sent to first text delta, ms (includes the upstream's TTFT). */
   clientTtftP50: number;
   /** The gateway process's CPU time per 1,000 SSE events carried; null for `direct`. */
@@ -89,6 +91,8 @@ interface StreamSample {
   error?: string;
   addedFirst?: number;
   addedLast?: number;
+  /** The largest added latency of any delta of the stream. */
+  addedMax?: number;
   clientTtft?: number;
 }
 
@@ -187,6 +191,7 @@ async function runStream(
     let seen = 0;
     let addedFirst: number | undefined;
     let addedLast: number | undefined;
+    let addedMax = -Infinity;
     let firstAt = 0;
     while (true) {
       const { value, done } = await reader.read();
@@ -207,6 +212,7 @@ async function runStream(
             firstAt = receivedAt;
           }
           addedLast = added;
+          if (added > addedMax) addedMax = added;
           seen++;
           partial = "";
         }
@@ -215,7 +221,7 @@ async function runStream(
       }
     }
     if (seen !== deltas) return { ok: false, error: `${seen} of ${deltas} deltas arrived` };
-    return { ok: true, addedFirst, addedLast, clientTtft: firstAt - sentAt };
+    return { ok: true, addedFirst, addedLast, addedMax, clientTtft: firstAt - sentAt };
   } catch (error) {
     return { ok: false, error: String(error) };
   }
@@ -344,6 +350,7 @@ export async function runGatewayBench(options: GatewayBenchOptions = {}): Promis
             p50: percentile(ok.map((s) => s.addedLast!), 50),
             p99: percentile(ok.map((s) => s.addedLast!), 99),
           },
+          addedMaxP50: percentile(ok.map((s) => s.addedMax!), 50),
           clientTtftP50: percentile(ok.map((s) => s.clientTtft!), 50),
           cpuMsPer1kEvents: before && after
             ? ((after.cpuMicros - before.cpuMicros) / 1000) / (carried / 1000)
@@ -358,6 +365,7 @@ export async function runGatewayBench(options: GatewayBenchOptions = {}): Promis
           } ok ${result.ok}/${samples.length}` +
             `  TTFT +${fmt(result.addedTtft.p50)}/${fmt(result.addedTtft.p99)} ms` +
             `  last +${fmt(result.addedLast.p50)}/${fmt(result.addedLast.p99)} ms` +
+            `  worst +${fmt(result.addedMaxP50)} ms` +
             (errors.length ? `  errors: ${errors.slice(0, 3).join("; ")}` : ""),
         );
         results.push(result);
