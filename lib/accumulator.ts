@@ -135,6 +135,8 @@ export class EventAccumulator {
   #deltas = new Map<string, number>();
   #unknown = 0;
   #firstDeltaAt: number | null = null;
+  #textDeltas = 0;
+  #flattenAt = 64;
   // Text blocks whose `citations` array this accumulator created (and so may append to).
   #ownCitations = new WeakSet<Block>();
 
@@ -310,7 +312,17 @@ export class EventAccumulator {
     switch (deltaType) {
       case "text_delta": {
         const text = String(delta.text ?? "");
-        if (block?.type === "text") block.text = ((block.text as string) || "") + text;
+        if (block?.type === "text") {
+          block.text = ((block.text as string) || "") + text;
+          // Each delta adds a rope node whose piece may be a slice of the whole event's text.
+          // Now and then (64, 128, 256… deltas: amortised O(1) per delta) flatten the rope in
+          // place (`| 0` makes V8 flatten it), so pieces and their events become garbage: less
+          // live data per stream, and less for the GC to carry on long streams.
+          if (++this.#textDeltas >= this.#flattenAt) {
+            this.#flattenAt = this.#textDeltas * 2;
+            (block.text as unknown as number) | 0;
+          }
+        }
         // The SDK reports text against the last block, whatever the delta's index.
         const last = snapshot.content.at(-1);
         if (last?.type === "text") this.#observer.onText?.(text, (last.text as string) || "");
