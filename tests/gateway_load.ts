@@ -1,9 +1,11 @@
 /**
- * Gateway overhead on loopback: the same load client, the same paced fake upstream, four paths
+ * Gateway overhead on loopback: the same load client, the same paced fake upstream, five paths
  * side by side in one run, at 1, 100 and 1,000 concurrent streams.
  *
  * - `direct`: client → fake upstream (what the network and the client cost by themselves);
  * - `passthrough`: through a proxy that copies bytes and parses nothing (the floor);
+ * - `js-copy`: the same, but every chunk passes through JavaScript (a yardstick: the floor of a
+ *   gateway that must look at the bytes, in Deno);
  * - `sluice`: through sluice (createApp, live upstream pointed at the fake);
  * - `sdk-hono`: through a Hono route re-sending the SDK's MessageStream events with streamSSE.
  *
@@ -22,9 +24,13 @@ import { markdownTable, percentile } from "./bench_support.ts";
 import type { ProxyUsage } from "./bench_proxy.ts";
 
 /** The paths, in the order they run at each level. */
-export const PATHS = ["direct", "passthrough", "sluice", "sdk-hono"] as const;
-/** `js-copy` is a yardstick for the analysis (see bench_proxy.ts), run only when asked for. */
-export type PathName = typeof PATHS[number] | "js-copy";
+/**
+ * The paths, in the order they run at each level. `js-copy` is a yardstick, not a contender: a
+ * pass-through whose chunks go through JavaScript (see bench_proxy.ts), the floor for any
+ * gateway that looks at the bytes in Deno.
+ */
+export const PATHS = ["direct", "passthrough", "js-copy", "sluice", "sdk-hono"] as const;
+export type PathName = typeof PATHS[number];
 
 /** Options for {@link runGatewayBench}. */
 export interface GatewayBenchOptions {
@@ -443,6 +449,7 @@ export function gatewayVerdicts(results: LevelResult[]): string[] {
     const sluice = get("sluice");
     const floor = get("passthrough");
     const sdk = get("sdk-hono");
+    const jsCopy = get("js-copy");
     if (!sluice || !floor || !sdk) continue;
     for (const p of ["p50", "p99"] as const) {
       const vsFloor = sluice.addedTtft[p] / floor.addedTtft[p];
@@ -456,7 +463,12 @@ export function gatewayVerdicts(results: LevelResult[]): string[] {
           }); ` +
           `the SDK+streamSSE route is ${vsSdk.toFixed(1)}x sluice (target >= 10x: ${
             vsSdk >= 10 ? "met" : "NOT met"
-          })`,
+          })` +
+          (jsCopy
+            ? `; vs the JS-copy yardstick ${
+              (sluice.addedTtft[p] / jsCopy.addedTtft[p]).toFixed(2)
+            }x`
+            : ""),
       );
     }
   }
