@@ -3,7 +3,8 @@
  * gateway comparison on loopback, printed as two tables with ratios and the targets of issue 6.
  *
  * Options: --levels 1,100,1000,1000@100 (gateway levels; `N@MS` = N streams, a delta every MS
- * ms), --deltas 100, --runs 10 (sequential streams at level 1), --skip-accumulator,
+ * ms), --deltas 100, --runs 10 (sequential streams at level 1), --rounds 2 (each level runs that
+ * many times, paths interleaved, samples pooled), --skip-accumulator,
  * --skip-gateway. The report is markdown on stdout; progress goes to stderr.
  */
 import { parseArgs } from "node:util";
@@ -16,6 +17,7 @@ const { values } = parseArgs({
     levels: { type: "string", default: "1,100,1000,1000@100" },
     deltas: { type: "string", default: "100" },
     runs: { type: "string", default: "10" },
+    rounds: { type: "string", default: "2" },
     "skip-accumulator": { type: "boolean", default: false },
     "skip-gateway": { type: "boolean", default: false },
   },
@@ -154,6 +156,7 @@ if (!values["skip-gateway"]) {
     levels: values.levels.split(",").map(parseLevel),
     deltas: Number(values.deltas),
     sequentialRuns: Number(values.runs),
+    rounds: Number(values.rounds),
   });
   const section = "### Gateway overhead on loopback\n\n" + gatewayTable(results) + "\n\n" +
     gatewayVerdicts(results).map((v) => `- ${v}`).join("\n");

@@ -44,6 +44,8 @@ export interface GatewayBenchOptions {
   intervalMs?: number;
   /** Streams run one after another at level 1 (for percentiles). */
   sequentialRuns?: number;
+  /** How many times every level runs (paths interleaved in each round); samples are pooled. */
+  rounds?: number;
   /** Give up on a level (per path) after this long, ms. */
   levelTimeoutMs?: number;
   /** Which paths to run (all by default). */
@@ -283,6 +285,7 @@ export async function runGatewayBench(options: GatewayBenchOptions = {}): Promis
     ttftMs: 100,
     intervalMs: 10,
     sequentialRuns: 10,
+    rounds: 2,
     levelTimeoutMs: 120_000,
     paths: [...PATHS],
     proxyFlags: [],
@@ -324,30 +327,71 @@ export async function runGatewayBench(options: GatewayBenchOptions = {}): Promis
       }
     }
 
-    const results: LevelResult[] = [];
+    // Every level runs `rounds` times, paths interleaved within each round, and the samples are
+    // pooled: this machine's background noise comes and goes, and should hit all paths alike.
+    interface Pool {
+      samples: StreamSample[];
+      cpuMicros: number;
+      events: number;
+      kib: number[];
+      wallMs: number;
+    }
+    const pools = new Map<string, Pool>();
     const eventsPerStream = opts.deltas + 6; // start, block start, ping, deltas, stop, delta, stop
+    for (let round = 1; round <= opts.rounds; round++) {
+      for (const level of opts.levels) {
+        const streams = level.streams;
+        const intervalMs = level.intervalMs ?? opts.intervalMs;
+        for (const path of opts.paths) {
+          await sleep(300); // let the previous run's sockets close
+          const proxy = path === "direct" ? undefined : urls[path];
+          const before = proxy ? await usage(proxy) : undefined;
+          let middle: ProxyUsage | undefined;
+          const started = performance.now();
+          const samples = await runLevel(urls[path], level, opts, offset, async () => {
+            if (proxy) middle = await usage(proxy);
+          });
+          const wallMs = performance.now() - started;
+          const after = proxy ? await usage(proxy) : undefined;
+          const key = `${streams}@${intervalMs}/${path}`;
+          const pool = pools.get(key) ??
+            { samples: [], cpuMicros: 0, events: 0, kib: [], wallMs: 0 };
+          pools.set(key, pool);
+          pool.samples.push(...samples);
+          pool.wallMs += wallMs;
+          if (before && after) {
+            pool.cpuMicros += after.cpuMicros - before.cpuMicros;
+            pool.events += samples.length * eventsPerStream;
+          }
+          if (before && middle) pool.kib.push((middle.rss - before.rss) / 1024 / streams);
+          const ok = samples.filter((s) => s.ok);
+          const errors = [...new Set(samples.filter((s) => !s.ok).map((s) => s.error))];
+          opts.log(
+            `round ${round}: ${String(streams).padStart(5)} streams @${intervalMs} ms  ${
+              path.padEnd(11)
+            } ok ${ok.length}/${samples.length}` +
+              `  TTFT +${fmt(percentile(ok.map((s) => s.addedFirst!), 50))}/${
+                fmt(percentile(ok.map((s) => s.addedFirst!), 99))
+              } ms` +
+              `  last +${fmt(percentile(ok.map((s) => s.addedLast!), 50))} ms` +
+              (errors.length ? `  errors: ${errors.slice(0, 3).join("; ")}` : ""),
+          );
+        }
+      }
+    }
+
+    const results: LevelResult[] = [];
     for (const level of opts.levels) {
-      const streams = level.streams;
       const intervalMs = level.intervalMs ?? opts.intervalMs;
       for (const path of opts.paths) {
-        await sleep(300); // let the previous run's sockets close
-        const proxy = path === "direct" ? undefined : urls[path];
-        const before = proxy ? await usage(proxy) : undefined;
-        let middle: ProxyUsage | undefined;
-        const started = performance.now();
-        const samples = await runLevel(urls[path], level, opts, offset, async () => {
-          if (proxy) middle = await usage(proxy);
-        });
-        const wallMs = performance.now() - started;
-        const after = proxy ? await usage(proxy) : undefined;
-        const ok = samples.filter((s) => s.ok);
-        const carried = samples.length * eventsPerStream;
-        const result: LevelResult = {
+        const pool = pools.get(`${level.streams}@${intervalMs}/${path}`)!;
+        const ok = pool.samples.filter((s) => s.ok);
+        results.push({
           path,
-          streams,
+          streams: level.streams,
           intervalMs,
           ok: ok.length,
-          failed: samples.length - ok.length,
+          failed: pool.samples.length - ok.length,
           addedTtft: {
             p50: percentile(ok.map((s) => s.addedFirst!), 50),
             p99: percentile(ok.map((s) => s.addedFirst!), 99),
@@ -358,23 +402,11 @@ export async function runGatewayBench(options: GatewayBenchOptions = {}): Promis
           },
           addedMaxP50: percentile(ok.map((s) => s.addedMax!), 50),
           clientTtftP50: percentile(ok.map((s) => s.clientTtft!), 50),
-          cpuMsPer1kEvents: before && after
-            ? ((after.cpuMicros - before.cpuMicros) / 1000) / (carried / 1000)
-            : null,
-          kibPerStream: before && middle ? (middle.rss - before.rss) / 1024 / streams : null,
-          wallMs,
-        };
-        const errors = [...new Set(samples.filter((s) => !s.ok).map((s) => s.error))];
-        opts.log(
-          `${String(streams).padStart(5)} streams @${intervalMs} ms  ${
-            path.padEnd(11)
-          } ok ${result.ok}/${samples.length}` +
-            `  TTFT +${fmt(result.addedTtft.p50)}/${fmt(result.addedTtft.p99)} ms` +
-            `  last +${fmt(result.addedLast.p50)}/${fmt(result.addedLast.p99)} ms` +
-            `  worst +${fmt(result.addedMaxP50)} ms` +
-            (errors.length ? `  errors: ${errors.slice(0, 3).join("; ")}` : ""),
-        );
-        results.push(result);
+          cpuMsPer1kEvents: pool.events ? (pool.cpuMicros / 1000) / (pool.events / 1000) : null,
+          // RSS seldom shrinks, so later rounds reuse what the first grew: take the largest.
+          kibPerStream: pool.kib.length ? Math.max(...pool.kib) : null,
+          wallMs: pool.wallMs,
+        });
       }
     }
     return results;
@@ -483,6 +515,7 @@ if (import.meta.main) {
       deltas: { type: "string", default: "100" },
       runs: { type: "string", default: "10" },
       paths: { type: "string", default: PATHS.join(",") },
+      rounds: { type: "string", default: "2" },
       json: { type: "boolean", default: false },
     },
   });
@@ -490,6 +523,7 @@ if (import.meta.main) {
     levels: values.levels.split(",").map(parseLevel),
     deltas: Number(values.deltas),
     sequentialRuns: Number(values.runs),
+    rounds: Number(values.rounds),
     paths: values.paths.split(",") as PathName[],
     proxyFlags: Deno.env.get("BENCH_PROXY_FLAGS")?.split(" ").filter(Boolean) ?? [],
   });
