@@ -87,10 +87,13 @@ export interface LevelResult {
   /** The gateway process's CPU time per 1,000 SSE events carried; null for `direct`. */
   cpuMsPer1kEvents: number | null;
   /**
-   * RSS growth of the gateway process from before the level to the middle of it (every stream
-   * open), per stream, KiB; null for `direct`. Allocator noise dominates at 1 stream.
+   * Growth of the gateway's JS heap (used) from before the level to the middle of it (every
+   * stream open), per stream, KiB; null for `direct`. Includes garbage not yet collected; noise
+   * dominates at 1 stream.
    */
-  kibPerStream: number | null;
+  heapKibPerStream: number | null;
+  /** The same for the process's RSS (largest over rounds); the warm-up has grown it already. */
+  rssKibPerStream: number | null;
   wallMs: number;
 }
 
@@ -316,13 +319,16 @@ export async function runGatewayBench(options: GatewayBenchOptions = {}): Promis
     }
     const offset = await clockOffset(upstream.url);
     opts.log(`upstream clock offset ${offset.toFixed(3)} ms; warming up every path`);
+    // Warm-up: JIT, connection pools, and a heap grown to the largest level's size once (short
+    // streams, starts spread over 200 ms), so the first measured round does not pay for that.
+    const most = Math.max(...opts.levels.map((level) => level.streams));
     for (const path of opts.paths) {
-      for (let round = 0; round < 3; round++) {
+      for (const count of [50, 50, most]) {
         await Promise.all(
-          Array.from(
-            { length: 50 },
-            () => runStream(urls[path], 20, offset, AbortSignal.timeout(opts.levelTimeoutMs)),
-          ),
+          Array.from({ length: count }, async (_, i) => {
+            await sleep((i * 200) / count);
+            return runStream(urls[path], 20, offset, AbortSignal.timeout(opts.levelTimeoutMs));
+          }),
         );
       }
     }
@@ -333,7 +339,8 @@ export async function runGatewayBench(options: GatewayBenchOptions = {}): Promis
       samples: StreamSample[];
       cpuMicros: number;
       events: number;
-      kib: number[];
+      heapKib: number[];
+      rssKib: number[];
       wallMs: number;
     }
     const pools = new Map<string, Pool>();
@@ -355,7 +362,7 @@ export async function runGatewayBench(options: GatewayBenchOptions = {}): Promis
           const after = proxy ? await usage(proxy) : undefined;
           const key = `${streams}@${intervalMs}/${path}`;
           const pool = pools.get(key) ??
-            { samples: [], cpuMicros: 0, events: 0, kib: [], wallMs: 0 };
+            { samples: [], cpuMicros: 0, events: 0, heapKib: [], rssKib: [], wallMs: 0 };
           pools.set(key, pool);
           pool.samples.push(...samples);
           pool.wallMs += wallMs;
@@ -363,7 +370,11 @@ export async function runGatewayBench(options: GatewayBenchOptions = {}): Promis
             pool.cpuMicros += after.cpuMicros - before.cpuMicros;
             pool.events += samples.length * eventsPerStream;
           }
-          if (before && middle) pool.kib.push((middle.rss - before.rss) / 1024 / streams);
+          if (before && middle) {
+            // A collection between the two readings can make it negative: that reads as 0.
+            pool.heapKib.push(Math.max(0, middle.heapUsed - before.heapUsed) / 1024 / streams);
+            pool.rssKib.push((middle.rss - before.rss) / 1024 / streams);
+          }
           const ok = samples.filter((s) => s.ok);
           const errors = [...new Set(samples.filter((s) => !s.ok).map((s) => s.error))];
           opts.log(
@@ -403,8 +414,9 @@ export async function runGatewayBench(options: GatewayBenchOptions = {}): Promis
           addedMaxP50: percentile(ok.map((s) => s.addedMax!), 50),
           clientTtftP50: percentile(ok.map((s) => s.clientTtft!), 50),
           cpuMsPer1kEvents: pool.events ? (pool.cpuMicros / 1000) / (pool.events / 1000) : null,
+          heapKibPerStream: pool.heapKib.length ? percentile(pool.heapKib, 50) : null,
           // RSS seldom shrinks, so later rounds reuse what the first grew: take the largest.
-          kibPerStream: pool.kib.length ? Math.max(...pool.kib) : null,
+          rssKibPerStream: pool.rssKib.length ? Math.max(...pool.rssKib) : null,
           wallMs: pool.wallMs,
         });
       }
@@ -450,7 +462,9 @@ export function gatewayTable(results: LevelResult[]): string {
       fmt(r.addedLast.p99),
       fmt(r.clientTtftP50, 1),
       fmt(r.cpuMsPer1kEvents),
-      fmt(r.kibPerStream, 1),
+      r.heapKibPerStream === null
+        ? "—"
+        : `${fmt(r.heapKibPerStream, 1)} / ${fmt(r.rssKibPerStream, 1)}`,
     ];
   });
   return markdownTable([
@@ -465,7 +479,7 @@ export function gatewayTable(results: LevelResult[]): string {
     "p99 ms",
     "client TTFT p50 ms",
     "CPU ms / 1k events",
-    "KiB / stream",
+    "heap / RSS KiB per stream",
   ], rows);
 }
 
