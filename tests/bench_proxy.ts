@@ -11,6 +11,9 @@
  * Besides the proxied `POST /v1/messages`, every gateway answers `GET /__bench/usage` with its
  * process's CPU time and memory (no sampling timer: an idle gateway must cost nothing).
  *
+ * Experiments on the sluice gateway: BENCH_SLUICE_ENV (JSON of extra environment variables, e.g.
+ * '{"SLUICE_KEEPALIVE_MS":"0"}') and BENCH_NO_STATS=1 (no stats sink).
+ *
  * Run: deno run --allow-net=127.0.0.1 --allow-env tests/bench_proxy.ts <gateway> <upstream URL>
  */
 import process from "node:process";
