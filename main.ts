@@ -5,8 +5,7 @@
 import { createApp } from "./lib/app.ts";
 import { ConfigError, parseConfig } from "./lib/config.ts";
 import { createLogger } from "./lib/log.ts";
-import { createReplayFetch, loadFixtures } from "./lib/replay.ts";
-import { createUpstream } from "./lib/upstream.ts";
+import { createUpstreamFromConfig } from "./lib/upstream_from_config.ts";
 import { openKv } from "./lib/kv.ts";
 import { createKvStats } from "./lib/stats.ts";
 import { createLifecycle, installShutdown } from "./lib/shutdown.ts";
@@ -23,24 +22,7 @@ try {
 }
 
 const logger = createLogger({ level: config.logLevel, secrets: [config.anthropicApiKey] });
-const upstream = config.upstream === "live"
-  ? createUpstream({
-    mode: "live",
-    apiKey: config.anthropicApiKey!,
-    baseURL: config.anthropicBaseUrl,
-    maxRetries: config.maxRetries,
-    retryMaxWaitMs: config.retryMaxWaitMs,
-    timeoutMs: config.firstByteTimeoutMs,
-    streamPolicy: { idleTimeoutMs: config.idleTimeoutMs, keepAliveMs: config.keepAliveMs },
-  })
-  : createUpstream({
-    mode: "replay",
-    apiKey: "replay",
-    baseURL: "http://replay.sluice.invalid",
-    fetch: createReplayFetch(await loadFixtures(config.fixturesDir), { pace: config.replay }),
-    maxRetries: 0,
-    streamPolicy: { idleTimeoutMs: config.idleTimeoutMs, keepAliveMs: config.keepAliveMs },
-  });
+const upstream = await createUpstreamFromConfig(config);
 
 const kv = await openKv(config);
 const stats = createKvStats({ kv, logger });

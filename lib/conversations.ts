@@ -224,3 +224,19 @@ export function conversationLimits(
   const { maxTurns, maxBytes, ttlHours } = config.conversation;
   return { maxTurns, maxBytes, ttlMs: Math.round(ttlHours * 3_600_000) };
 }
+
+/** The conversation store for an app's dependencies, or undefined when the app has no KV. */
+export function conversationStoreFor(
+  deps: {
+    kv?: Deno.Kv;
+    clock: Clock;
+    config: { conversation: { maxTurns: number; maxBytes: number; ttlHours: number } };
+  },
+): ConversationStore | undefined {
+  if (!deps.kv) return undefined;
+  return createConversationStore({
+    kv: deps.kv,
+    limits: conversationLimits(deps.config),
+    clock: deps.clock,
+  });
+}

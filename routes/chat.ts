@@ -5,17 +5,11 @@ import { Hono } from "hono";
 import type { AppEnv, RouteDeps } from "../lib/app_env.ts";
 import { handleChat } from "../lib/chat.ts";
 import { statsRequested } from "../lib/chat_encoding.ts";
-import { conversationLimits, createConversationStore } from "../lib/conversations.ts";
+import { conversationStoreFor } from "../lib/conversations.ts";
 
 /** Mounts `POST /chat`. */
 export function chatRoute(deps: RouteDeps): Hono<AppEnv> {
-  const store = deps.kv
-    ? createConversationStore({
-      kv: deps.kv,
-      limits: conversationLimits(deps.config),
-      clock: deps.clock,
-    })
-    : undefined;
+  const store = conversationStoreFor(deps);
   const app = new Hono<AppEnv>();
   app.post("/chat", async (c) =>
     await handleChat(deps, store, {

@@ -8,9 +8,8 @@ import type { AppEnv, RouteDeps } from "../lib/app_env.ts";
 import { parseJsonObject } from "../lib/chat_request.ts";
 import {
   conversationJson,
-  conversationLimits,
+  conversationStoreFor,
   ConversationTooLargeError,
-  createConversationStore,
 } from "../lib/conversations.ts";
 import { SluiceError } from "../lib/errors.ts";
 import { describeIssues } from "../lib/validate.ts";
@@ -23,13 +22,7 @@ const createBody = z.strictObject({
 
 /** Mounts `POST /conversations`, `GET /conversations/:id` and `DELETE /conversations/:id`. */
 export function conversationsRoute(deps: RouteDeps): Hono<AppEnv> {
-  const store = deps.kv
-    ? createConversationStore({
-      kv: deps.kv,
-      limits: conversationLimits(deps.config),
-      clock: deps.clock,
-    })
-    : undefined;
+  const store = conversationStoreFor(deps);
   const need = () => {
     if (!store) {
       throw new SluiceError(503, "api_error", "conversations need Deno KV, which is not set up");

@@ -26,7 +26,7 @@ import { openKv } from "../lib/kv.ts";
 import { createLogger } from "../lib/log.ts";
 import { createLifecycle } from "../lib/shutdown.ts";
 import { createKvStats } from "../lib/stats.ts";
-import { createUpstream } from "../lib/upstream.ts";
+import { createUpstreamFromConfig } from "../lib/upstream_from_config.ts";
 
 /** What `/__bench/usage` answers. */
 export interface ProxyUsage {
@@ -50,15 +50,7 @@ async function sluice(upstreamUrl: string): Promise<Handler> {
     ...JSON.parse(Deno.env.get("BENCH_SLUICE_ENV") ?? "{}"),
   });
   const logger = createLogger({ level: "silent" });
-  const upstream = createUpstream({
-    mode: "live",
-    apiKey: config.anthropicApiKey!,
-    baseURL: config.anthropicBaseUrl,
-    maxRetries: config.maxRetries,
-    retryMaxWaitMs: config.retryMaxWaitMs,
-    timeoutMs: config.firstByteTimeoutMs,
-    streamPolicy: { idleTimeoutMs: config.idleTimeoutMs, keepAliveMs: config.keepAliveMs },
-  });
+  const upstream = await createUpstreamFromConfig(config);
   const kv = await openKv(config);
   const stats = Deno.env.get("BENCH_NO_STATS") ? undefined : createKvStats({ kv, logger });
   const app = createApp({ config, upstream, logger, kv, stats, lifecycle: createLifecycle() });
