@@ -78,7 +78,7 @@ Deno.test("compare measures the tutorial's prompt streaming and not, interleaved
 Deno.test("compare reports errors instead of figures when sluice refuses the requests", async () => {
   const kv = await Deno.openKv(":memory:");
   try {
-    const { app, clock } = await timedStatsApp({ kv, env: { SLUICE_API_KEYS: "gk-1" } });
+    const { app, clock, stats } = await timedStatsApp({ kv, env: { SLUICE_API_KEYS: "gk-1" } });
     const options = optionsFor(app, clock, { runs: 1 });
     const refused = await runCompare(options);
     assert.deepEqual(refused.map((r) => r.status), [401, 401]);
@@ -87,6 +87,7 @@ Deno.test("compare reports errors instead of figures when sluice refuses the req
 
     const allowed = await runCompare({ ...options, key: "gk-1" });
     assert.deepEqual(allowed.map((r) => r.error), [null, null]);
+    await stats.flush(); // the requests' stats are written before the test ends
   } finally {
     kv.close();
   }

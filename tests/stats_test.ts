@@ -536,7 +536,7 @@ Deno.test("without a KV stats store the stats endpoints answer 404 and say why",
 Deno.test("an admin key alone closes the stats endpoints but not the model endpoints", async () => {
   const kv = await Deno.openKv(":memory:");
   try {
-    const { app } = await timedStatsApp({ kv, env: { SLUICE_ADMIN_KEY: "adm-1" } });
+    const { app, stats: sink } = await timedStatsApp({ kv, env: { SLUICE_ADMIN_KEY: "adm-1" } });
     const stats = async (headers: Record<string, string>) => {
       const response = await app.request("http://sluice.test/stats", { headers });
       await response.body?.cancel();
@@ -547,6 +547,7 @@ Deno.test("an admin key alone closes the stats endpoints but not the model endpo
     const answer = await app.request(fixtureRequest("three-words", false));
     await answer.body?.cancel();
     assert.equal(answer.status, 200);
+    await sink.flush(); // the request's stats are written before the test ends
   } finally {
     kv.close();
   }
