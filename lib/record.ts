@@ -2,6 +2,7 @@
  * Recording: sends one request to the live upstream and keeps exactly what came back, with the
  * arrival time of every chunk, as a replay fixture.
  */
+import { concatBytes } from "./bytes.ts";
 import type { Clock } from "./clock.ts";
 import { systemClock } from "./clock.ts";
 import type { TimingChunk } from "./replay.ts";
@@ -53,13 +54,7 @@ export async function record(options: RecordOptions): Promise<Recording> {
     timing.push({ at_ms: Math.round((clock.now() - startedAt) * 10) / 10, bytes: chunk.length });
     parts.push(chunk);
   }
-  const body = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let offset = 0;
-  for (const part of parts) {
-    body.set(part, offset);
-    offset += part.length;
-  }
-  return { kind: "sse", status: response.status, body, timing };
+  return { kind: "sse", status: response.status, body: concatBytes(parts), timing };
 }
 
 /** Writes a recording as fixture files `NAME.*` in `dir`; returns the paths written. */

@@ -7,6 +7,7 @@
  * spec says). This module only adds streaming UTF-8 decoding, so a multi-byte character split
  * across chunks arrives whole.
  */
+import { concatBytes } from "./bytes.ts";
 import { createParser, type EventSourceMessage } from "eventsource-parser";
 
 /** One decoded SSE event: `event` is the `event:` field (undefined when absent). */
@@ -346,13 +347,7 @@ export async function readBody(
   );
   for await (const chunk of tapped) chunks.push(chunk);
   if (failure !== undefined) throw failure;
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-  let offset = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, offset);
-    offset += chunk.length;
-  }
-  return out;
+  return concatBytes(chunks);
 }
 
 /**

@@ -6,6 +6,7 @@
  * The delay from the client's cancel to the upstream seeing its connection close is measured
  * and printed (not asserted: speed belongs in figures, not in pass/fail).
  */
+import { concatBytes } from "../lib/bytes.ts";
 import assert from "node:assert/strict";
 import { createApp } from "../lib/app.ts";
 import { systemClock } from "../lib/clock.ts";
@@ -16,6 +17,7 @@ import { createLifecycle } from "../lib/shutdown.ts";
 import { createUpstream } from "../lib/upstream.ts";
 import { testConfig } from "./helpers.ts";
 
+const concat = (...parts: Uint8Array[]) => concatBytes(parts);
 const enc = (s: string) => new TextEncoder().encode(s);
 const event = (name: string, data: unknown) =>
   enc(`event: ${name}\ndata: ${JSON.stringify(data)}\n\n`);
@@ -161,16 +163,6 @@ async function readRequest(conn: Deno.Conn) {
     if (n === null) return;
     have += n;
   }
-}
-
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let offset = 0;
-  for (const p of parts) {
-    out.set(p, offset);
-    offset += p.length;
-  }
-  return out;
 }
 
 /** sluice on 127.0.0.1 in front of `upstreamUrl`, built as main.ts builds it. */

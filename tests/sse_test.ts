@@ -1,3 +1,4 @@
+import { concatBytes } from "../lib/bytes.ts";
 import assert from "node:assert/strict";
 import {
   createBoundaryTracker,
@@ -67,7 +68,7 @@ Deno.test("splitting a stream at event boundaries keeps every byte", async (t) =
       const bytes = enc(text);
       const parts = splitEvents(bytes);
       assert.ok(parts.length >= 2);
-      assert.equal(new TextDecoder().decode(concat(parts)), text);
+      assert.equal(new TextDecoder().decode(concatBytes(parts)), text);
     });
   }
 });
@@ -98,7 +99,7 @@ Deno.test("the tap forwards every chunk unchanged and in order, then tells its h
   const received: Uint8Array[] = [];
   for await (const chunk of tapped) received.push(chunk);
   assert.deepEqual(received, chunks);
-  assert.equal(seen.join(""), new TextDecoder().decode(concat(chunks)));
+  assert.equal(seen.join(""), new TextDecoder().decode(concatBytes(chunks)));
   assert.equal(closed, true);
 });
 
@@ -164,13 +165,3 @@ Deno.test("when the upstream read fails the tap ends the stream with the bytes o
   assert.equal(boundary, false);
   assert.ok(text.endsWith("\nevent: error\ndata: {}\n\n"));
 });
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let offset = 0;
-  for (const p of parts) {
-    out.set(p, offset);
-    offset += p.length;
-  }
-  return out;
-}

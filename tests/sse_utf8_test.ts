@@ -4,11 +4,13 @@
  * decoder's output on hostile bytes: multi-byte characters cut anywhere, invalid and truncated
  * sequences, and byte-order marks at and after the start.
  */
+import { concatBytes } from "../lib/bytes.ts";
 import assert from "node:assert/strict";
 import { createParser, type EventSourceMessage } from "eventsource-parser";
 import { completeUtf8Length, createSseDecoder, type SseEvent } from "../lib/sse.ts";
 import { seededRandom, splitEvery, splitRandom } from "./helpers.ts";
 
+const concat = (...parts: Uint8Array[]) => concatBytes(parts);
 const enc = (s: string) => new TextEncoder().encode(s);
 
 /** The reference: a streaming TextDecoder in front of eventsource-parser. */
@@ -27,16 +29,6 @@ function decode(chunks: Uint8Array[]): SseEvent[] {
   for (const chunk of chunks) decoder.feed(chunk);
   decoder.end();
   return events;
-}
-
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let offset = 0;
-  for (const part of parts) {
-    out.set(part, offset);
-    offset += part.length;
-  }
-  return out;
 }
 
 Deno.test("completeUtf8Length keeps back only a multi-byte character that is still missing bytes", () => {
