@@ -27,4 +27,6 @@ export interface RouteDeps {
   record(summary: Promise<RequestSummary>): void;
   /** Deno KV, when the app has one (stats, conversations, limits). */
   kv?: Deno.Kv;
+  /** Whether the process is shutting down (main.ts gives a lifecycle; tests may not). */
+  draining(): boolean;
 }

@@ -16,6 +16,10 @@ import { createBoundaryTracker } from "./sse.ts";
 export interface Lifecycle {
   /** Aborted when the grace period is over: guarded streams end at once. */
   readonly cut: AbortSignal;
+  /** True once shutdown has begun (health answers 503 so load balancers stop sending). */
+  readonly draining: boolean;
+  /** Marks the start of shutdown. */
+  beginDrain(): void;
   /** Remembers work that must finish before exit (a stats write); never rejects. */
   track(work: Promise<unknown>): void;
   /** Streams being guarded now. */
@@ -33,8 +37,15 @@ export function createLifecycle(): Lifecycle {
   const controller = new AbortController();
   const pending = new Set<Promise<unknown>>();
   let active = 0;
+  let draining = false;
   return {
     cut: controller.signal,
+    get draining() {
+      return draining;
+    },
+    beginDrain() {
+      draining = true;
+    },
     track(work) {
       const settled = work.then(() => {}, () => {}).finally(() => pending.delete(settled));
       pending.add(settled);
@@ -182,6 +193,7 @@ export function installShutdown(options: ShutdownOptions): ShutdownHandle {
       `${signal}: shutting down; no new connections, ${lifecycle.active()} running stream(s) ` +
         `have ${options.graceMs} ms to finish`,
     );
+    lifecycle.beginDrain();
     const drained = server.shutdown();
     let timer: ReturnType<typeof setTimeout> | undefined;
     const grace = new Promise<"grace">((resolve) => {

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { createApp } from "../lib/app.ts";
 import { silentLogger } from "../lib/log.ts";
 import { memorySink } from "../lib/request_summary.ts";
+import { createLifecycle } from "../lib/shutdown.ts";
 import { createUpstream } from "../lib/upstream.ts";
 import { projectFixtures, readFixture, replayApp, sseResponse, testConfig } from "./helpers.ts";
 
@@ -272,4 +273,14 @@ Deno.test("a client that leaves before the answer starts aborts the upstream cal
   await response.body?.cancel();
   await new Promise((r) => setTimeout(r, 0));
   assert.equal(stats.records[0]?.outcome, "client_aborted");
+});
+
+Deno.test("health answers 200 until shutdown begins, then 503 draining", async () => {
+  const lifecycle = createLifecycle();
+  const app = await replayApp({ lifecycle });
+  assert.equal((await app.request("/health")).status, 200);
+  lifecycle.beginDrain();
+  const response = await app.request("/health");
+  assert.equal(response.status, 503);
+  assert.equal((await response.json()).status, "draining");
 });

@@ -120,6 +120,10 @@ Deno.test("on shutdown, streams that finish within the grace period end normally
     // New connections are refused while the running stream goes on.
     await new Promise((r) => setTimeout(r, 20));
     await assert.rejects(fetch(`${url}/health`));
+    // Connections already open (and load balancers probing them) see health turn 503.
+    const health = await app.request("/health");
+    assert.equal(health.status, 503);
+    assert.equal((await health.json()).status, "draining");
     finish();
     let rest = "";
     for (let r = await reader.read(); !r.done; r = await reader.read()) {
