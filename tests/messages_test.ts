@@ -241,23 +241,16 @@ Deno.test("a client that leaves before the answer starts aborts the upstream cal
   const aborted = new Promise<void>((resolve) => (upstreamAborted = resolve));
   let upstreamCalled!: () => void;
   const called = new Promise<void>((resolve) => (upstreamCalled = resolve));
-  const stats = memorySink();
-  const upstream = createUpstream({
-    mode: "live",
-    apiKey: "sk-ant-server-secret",
-    baseURL: "http://upstream.test",
-    maxRetries: 0,
-    // An upstream that is still thinking: it answers only when its request is aborted.
-    fetch: (_input, init) =>
-      new Promise((_resolve, reject) => {
-        upstreamCalled();
-        init?.signal?.addEventListener("abort", () => {
-          upstreamAborted();
-          reject(init.signal!.reason);
-        });
-      }),
-  });
-  const app = createApp({ config: testConfig(), upstream, logger: silentLogger, stats });
+  // An upstream that is still thinking: it answers only when its request is aborted.
+  const { app, stats } = appWithFakeFetch((upstreamRequest) =>
+    new Promise((_resolve, reject) => {
+      upstreamCalled();
+      upstreamRequest.signal.addEventListener("abort", () => {
+        upstreamAborted();
+        reject(upstreamRequest.signal.reason);
+      });
+    })
+  );
   const client = new AbortController();
   const request = new Request("http://sluice.test/v1/messages", {
     method: "POST",
