@@ -124,7 +124,9 @@ export class EventAccumulator {
   #observer: AccumulatorObserver;
   #snapshot: Snapshot | undefined;
   // Tool-input JSON text per content index, for blocks whose input is still streaming.
-  #jsonBuffers = new Map<number, string>();
+  #jsonBuffers = new Map<number, Appender>();
+  // The text (or thinking) being appended to, per content index.
+  #appenders: (Appender | undefined)[] = [];
   #complete = false;
   #error: StreamError | null = null;
   #ended = false;
@@ -135,8 +137,6 @@ export class EventAccumulator {
   #deltas = new Map<string, number>();
   #unknown = 0;
   #firstDeltaAt: number | null = null;
-  #textDeltas = 0;
-  #flattenAt = 64;
   // Text blocks whose `citations` array this accumulator created (and so may append to).
   #ownCitations = new WeakSet<Block>();
 
@@ -312,17 +312,7 @@ export class EventAccumulator {
     switch (deltaType) {
       case "text_delta": {
         const text = String(delta.text ?? "");
-        if (block?.type === "text") {
-          block.text = ((block.text as string) || "") + text;
-          // Each delta adds a rope node whose piece may be a slice of the whole event's text.
-          // Now and then (64, 128, 256… deltas: amortised O(1) per delta) flatten the rope in
-          // place (`| 0` makes V8 flatten it), so pieces and their events become garbage: less
-          // live data per stream, and less for the GC to carry on long streams.
-          if (++this.#textDeltas >= this.#flattenAt) {
-            this.#flattenAt = this.#textDeltas * 2;
-            (block.text as unknown as number) | 0;
-          }
-        }
+        if (block?.type === "text") block.text = this.#append(index, block, "text", text);
         // The SDK reports text against the last block, whatever the delta's index.
         const last = snapshot.content.at(-1);
         if (last?.type === "text") this.#observer.onText?.(text, (last.text as string) || "");
@@ -343,18 +333,20 @@ export class EventAccumulator {
         break;
       case "input_json_delta":
         if (block && TOOL_INPUT_BLOCKS.has(block.type)) {
-          const previous = this.#jsonBuffers.get(index);
-          if (previous === undefined) {
+          let buffer = this.#jsonBuffers.get(index);
+          if (buffer === undefined) {
             // The SDK rebuilds the block with `input` as its last key; keep the same order.
             delete block.input;
             block.input = {};
+            buffer = new Appender("");
+            this.#jsonBuffers.set(index, buffer);
           }
-          this.#jsonBuffers.set(index, (previous ?? "") + String(delta.partial_json ?? ""));
+          buffer.append(String(delta.partial_json ?? ""));
         }
         break;
       case "thinking_delta":
         if (block?.type === "thinking") {
-          block.thinking = String(block.thinking) + String(delta.thinking ?? "");
+          block.thinking = this.#append(index, block, "thinking", String(delta.thinking ?? ""));
         }
         break;
       case "signature_delta":
@@ -364,9 +356,19 @@ export class EventAccumulator {
     }
   }
 
+  /** Appends a delta to a block's `text` or `thinking`; returns the new value. */
+  #append(index: number, block: Block, key: "text" | "thinking", piece: string): string {
+    let appender = this.#appenders[index];
+    if (appender?.block !== block) {
+      appender = new Appender(String(block[key] ?? ""), block);
+      this.#appenders[index] = appender;
+    }
+    return appender.append(piece);
+  }
+
   /** Parses a tool block's buffered JSON into `input`. `partial` allows a cut-off buffer. */
   #freezeInput(index: number, partial: boolean) {
-    const buffer = this.#jsonBuffers.get(index);
+    const buffer = this.#jsonBuffers.get(index)?.value();
     if (buffer === undefined) return;
     this.#jsonBuffers.delete(index);
     const block = this.#snapshot?.content.at(index);
@@ -385,6 +387,54 @@ export class EventAccumulator {
     }
   }
 }
+
+/**
+ * Builds a string from many small pieces, as `+=` would, while keeping little of it alive.
+ *
+ * `+=` alone keeps one rope node per delta, and each piece may be a slice that holds its whole
+ * event's text: on a 100k-delta stream that is megabytes the garbage collector copies on every
+ * scavenge, so the cost per event grew with the stream (issue 6). Here the recent pieces are
+ * flattened into one chunk every {@link CHUNK_PIECES} appends (the pieces and their events then
+ * die young), and the chunks themselves are flattened when their count doubles: amortised O(1)
+ * per append, and O(log n) live rope nodes. No library builds strings; V8 has no public flatten,
+ * so `| 0` (ToNumber, which flattens its operand) does it.
+ */
+class Appender {
+  #head: string;
+  #tail = "";
+  #pieces = 0;
+  #chunks = 0;
+  #flattenAt = 8;
+
+  constructor(initial: string, readonly block?: Block) {
+    this.#head = initial;
+  }
+
+  /** Appends a piece; returns the whole string so far. */
+  append(piece: string): string {
+    this.#tail += piece;
+    if (++this.#pieces === CHUNK_PIECES) {
+      this.#pieces = 0;
+      (this.#tail as unknown as number) | 0;
+      this.#head += this.#tail;
+      this.#tail = "";
+      if (++this.#chunks === this.#flattenAt) {
+        this.#flattenAt *= 2;
+        (this.#head as unknown as number) | 0;
+      }
+      return this.#head;
+    }
+    return this.#head + this.#tail;
+  }
+
+  /** The whole string so far. */
+  value(): string {
+    return this.#head + this.#tail;
+  }
+}
+
+/** How many appended pieces are flattened into one chunk. */
+const CHUNK_PIECES = 64;
 
 /**
  * Parses a tool's input JSON as the SDK does (`partialParse`), faster. For complete JSON whose
