@@ -55,6 +55,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     logger,
     kv: deps.kv,
     draining: () => deps.lifecycle?.draining ?? false,
+    lifecycle: deps.lifecycle,
     record(summary) {
       // Off the response path: a slow or failing store never delays or fails a client. (The KV
       // sink also waits a macrotask before its work, so the last bytes reach the socket first.)

@@ -6,6 +6,7 @@ import type { Clock } from "./clock.ts";
 import type { Config } from "./config.ts";
 import type { Logger } from "./log.ts";
 import type { RequestSummary } from "./request_summary.ts";
+import type { Lifecycle } from "./shutdown.ts";
 import type { Upstream } from "./upstream.ts";
 
 /** Hono environment of sluice's app. */
@@ -29,4 +30,6 @@ export interface RouteDeps {
   kv?: Deno.Kv;
   /** Whether the process is shutting down (main.ts gives a lifecycle; tests may not). */
   draining(): boolean;
+  /** Graceful shutdown, for streams that end themselves when it cuts them. */
+  lifecycle?: Pick<Lifecycle, "cut" | "adopt">;
 }

@@ -42,6 +42,11 @@ export interface CallOptions {
    * `Deno.serve` the request signal also fires after a successful response).
    */
   clientSignal?: AbortSignal;
+  /**
+   * Graceful shutdown's cut (`Lifecycle.cut`): when it aborts, a stream in progress ends with an
+   * SSE `error` event after the current event, and is recorded as `incomplete`.
+   */
+  cut?: AbortSignal;
 }
 
 /** The upstream's answer, ready for the client. */
@@ -221,12 +226,15 @@ export async function startCall(options: CallOptions): Promise<Call> {
       onError: (error, state) => {
         controller.abort();
         const idle = error instanceof UpstreamIdleError;
-        options.logger.warn("upstream stream failed", { id, error: String(error) });
+        const shutdown = error instanceof ServerShutdownError;
+        if (!shutdown) options.logger.warn("upstream stream failed", { id, error: String(error) });
         finish("incomplete");
         // The client must not mistake a cut stream for a finished one: end with an error event.
         // Inside an event, a blank line first ends it (two line feeds work after any ending).
         const prefix = state.atEventBoundary ? "" : "\n\n";
-        const message = idle
+        const message = shutdown
+          ? error.message
+          : idle
           ? `the upstream sent nothing for ${error.idleMs} ms; the answer is incomplete`
           : "the upstream connection dropped mid-stream; the answer is incomplete";
         return new TextEncoder().encode(prefix + sseErrorEvent("api_error", message));
@@ -236,6 +244,7 @@ export async function startCall(options: CallOptions): Promise<Call> {
     {
       idleTimeoutMs: policy.idleTimeoutMs,
       keepAliveMs: policy.keepAliveMs,
+      cut: options.cut,
     },
   );
   headers.set("content-type", contentType);

@@ -30,12 +30,20 @@ export interface Lifecycle {
   settle(timeoutMs: number): Promise<number>;
   /** Wraps a streamed body so that {@link Lifecycle.cutStreams} can end it cleanly. */
   guard(body: ReadableStream<Uint8Array>, sse: boolean): ReadableStream<Uint8Array>;
+  /**
+   * Takes in a body that ends itself when {@link Lifecycle.cut} aborts (the proxied SSE tap):
+   * counted as active until `done` settles, and never wrapped by {@link lifecycleMiddleware}.
+   */
+  adopt(body: ReadableStream<Uint8Array>, done: Promise<unknown>): void;
+  /** Whether `body` was adopted. */
+  adopted(body: ReadableStream<Uint8Array>): boolean;
 }
 
 /** Creates a lifecycle. */
 export function createLifecycle(): Lifecycle {
   const controller = new AbortController();
   const pending = new Set<Promise<unknown>>();
+  const adopted = new WeakSet<ReadableStream<Uint8Array>>();
   let active = 0;
   let draining = false;
   return {
@@ -65,6 +73,12 @@ export function createLifecycle(): Lifecycle {
       active++;
       return guardStream(body, sse, controller.signal, () => active--);
     },
+    adopt(body, done) {
+      active++;
+      adopted.add(body);
+      done.then(() => active--, () => active--);
+    },
+    adopted: (body) => adopted.has(body),
   };
 }
 
@@ -140,8 +154,11 @@ export function lifecycleMiddleware(lifecycle: Lifecycle): MiddlewareHandler {
     await next();
     const type = c.res.headers.get("content-type") ?? "";
     const sse = type.includes("text/event-stream");
-    // JSON answers are whole before they are sent; only open-ended streams need guarding.
-    if (c.res.body && (sse || type.startsWith("text/plain"))) {
+    // JSON answers are whole before they are sent; only open-ended streams need guarding, and
+    // not those that guard themselves.
+    if (
+      c.res.body && (sse || type.startsWith("text/plain")) && !lifecycle.adopted(c.res.body)
+    ) {
       c.res = new Response(lifecycle.guard(c.res.body, sse), c.res);
     }
   };

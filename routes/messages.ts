@@ -55,9 +55,12 @@ export function messagesRoute(deps: RouteDeps): Hono<AppEnv> {
       },
       // Watched only until the answer is handed over; the stream's cancel takes over then.
       clientSignal: c.req.raw.signal,
+      // The tap ends the stream itself at shutdown (no guard stream around it).
+      cut: deps.lifecycle?.cut,
     });
     deps.record(call.finished);
     if (call.kind === "stream") {
+      deps.lifecycle?.adopt(call.stream!, call.finished);
       for (const [key, value] of Object.entries(SSE_HEADERS)) call.headers.set(key, value);
       return new Response(call.stream, { status: call.status, headers: call.headers });
     }

@@ -94,6 +94,45 @@ Deno.test("cut streams end with an api_error event after the current event, are 
   assert.equal(lifecycle.active(), 0);
 });
 
+Deno.test("cut /chat streams end the same way: an error event for SSE, a failed stream for plain text", async (t) => {
+  for (const accept of ["text/event-stream", "text/plain"]) {
+    await t.step(accept, async () => {
+      const lifecycle = createLifecycle();
+      const { app, signals, records } = await setup(lifecycle);
+      const response = await app.request("http://sluice.test/chat", {
+        method: "POST",
+        headers: { "content-type": "application/json", accept },
+        body: JSON.stringify({ message: "hi" }),
+      });
+      const reader = response.body!.getReader();
+      // For SSE the first event is out; plain text has sent nothing yet (no text so far).
+      if (accept === "text/event-stream") assert.equal((await reader.read()).done, false);
+      assert.equal(lifecycle.active(), 1, "guarded once");
+      lifecycle.cutStreams();
+      let text = "";
+      let failure: unknown;
+      try {
+        for (let r = await reader.read(); !r.done; r = await reader.read()) {
+          text += new TextDecoder().decode(r.value);
+        }
+      } catch (error) {
+        failure = error;
+      }
+      if (accept === "text/event-stream") {
+        const last = decodeAll(new TextEncoder().encode(text)).at(-1)!;
+        assert.equal(last.event, "error");
+        assert.equal(JSON.parse(last.data).error.message, "sluice is shutting down");
+      } else {
+        assert.ok(failure instanceof Error, "the plain text stream fails");
+      }
+      assert.equal(signals[0].aborted, true, "the upstream request was aborted");
+      await lifecycle.settle(1000);
+      assert.equal(records[0].outcome, "incomplete");
+      assert.equal(lifecycle.active(), 0);
+    });
+  }
+});
+
 Deno.test("on shutdown, streams that finish within the grace period end normally, then stats are written, then exit", async () => {
   const lifecycle = createLifecycle();
   const { app, fixture, finish, events } = await setup(lifecycle);
