@@ -234,19 +234,24 @@ export function createKvStats(options: KvStatsOptions): KvStats {
   let writeFailures = 0;
   let inflight: Promise<void> | null = null;
 
-  const addSum = (key: Deno.KvKey, value: bigint) => {
+  // `id` names the key in memory; the key itself is built only the first time (this runs for
+  // every request, on the thread that serves streams).
+  const addSum = (id: string, key: () => Deno.KvKey, value: bigint) => {
     if (value <= 0n) return;
-    const id = JSON.stringify(key);
     const entry = pendingSums.get(id);
     if (entry) entry.value += value;
-    else pendingSums.set(id, { key, value });
+    else pendingSums.set(id, { key: key(), value });
   };
 
   function accumulate(summary: RequestSummary) {
     const labels = labelsOf(summary);
     const series = [labels.endpoint, labels.model, labels.streaming, labels.outcome];
     const parts = contributions(summary);
-    for (const [metric, value] of parts) addSum([...PREFIX, "all", ...series, ...metric], value);
+    const seriesId = JSON.stringify(series);
+    const ids = parts.map(([metric]) => JSON.stringify(metric) + seriesId);
+    parts.forEach(([metric, value], i) => {
+      addSum(ids[i], () => [...PREFIX, "all", ...series, ...metric], value);
+    });
     const endedAt = summary.startedAt + Math.max(0, summary.totalMs);
     for (const spec of WINDOWS) {
       const bucketStart = Math.floor(endedAt / spec.bucketMs) * spec.bucketMs;
@@ -256,20 +261,23 @@ export function createKvStats(options: KvStatsOptions): KvStats {
         state = { spec, bucketStart, totals: new Map(), dirty: new Set() };
         windows.set(id, state);
       }
-      for (const [metric, value] of parts) {
-        const key = [
-          ...PREFIX,
-          "w",
-          spec.granularity,
-          bucketStart,
-          instance,
-          ...series,
-          ...metric,
-        ];
-        const keyId = JSON.stringify(metric) + JSON.stringify(series);
+      for (let i = 0; i < parts.length; i++) {
+        const [metric, value] = parts[i];
+        const keyId = ids[i];
         const total = state.totals.get(keyId);
         if (total) total.value += Number(value);
-        else state.totals.set(keyId, { key, value: Number(value) });
+        else {
+          const key = [
+            ...PREFIX,
+            "w",
+            spec.granularity,
+            bucketStart,
+            instance,
+            ...series,
+            ...metric,
+          ];
+          state.totals.set(keyId, { key, value: Number(value) });
+        }
         state.dirty.add(keyId);
       }
     }
@@ -288,7 +296,7 @@ export function createKvStats(options: KvStatsOptions): KvStats {
     for (const [id, { key, value }] of pendingSums) {
       items.push({
         mutation: { type: "sum", key, value: new Deno.KvU64(value) },
-        undo: () => addSum(key, value),
+        undo: () => addSum(id, () => key, value),
       });
       pendingSums.delete(id);
     }
