@@ -23,7 +23,9 @@ import { createLogger } from "./log.ts";
 import type { StatsSink } from "./request_summary.ts";
 import type { Upstream } from "./upstream.ts";
 import { healthRoute } from "../routes/health.ts";
+import { countTokensRoute } from "../routes/count_tokens.ts";
 import { messagesRoute } from "../routes/messages.ts";
+import { modelsRoute } from "../routes/models.ts";
 import { chatRoute } from "../routes/chat.ts";
 import { conversationsRoute } from "../routes/conversations.ts";
 import { pageRoute } from "../routes/page.ts";
@@ -82,6 +84,8 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   app.use("*", gatewayAuth(deps.config.apiKeys));
   mountLimits(app, deps, clock, logger);
   app.route("/", messagesRoute(routeDeps));
+  app.route("/", countTokensRoute(routeDeps));
+  app.route("/", modelsRoute(routeDeps));
   app.route("/", chatRoute(routeDeps));
   app.route("/", conversationsRoute(routeDeps));
 

@@ -69,7 +69,8 @@ export interface Call {
   abort(reason?: unknown): void;
 }
 
-const PASS_HEADERS =
+/** Upstream response headers a client may act on; the rest stay with sluice. */
+export const PASS_HEADERS: RegExp =
   /^(request-id|retry-after|retry-after-ms|x-should-retry|anthropic-ratelimit-.*|anthropic-organization-id|anthropic-workspace-id|x-sluice-fixture)$/i;
 
 /** Sends the request upstream and prepares the answer for the client. */

@@ -3,7 +3,9 @@
  * default upstream (no `ANTHROPIC_API_KEY` needed) and the tests' network-free upstream.
  *
  * `createReplayFetch` returns a `fetch` that answers `POST /v1/messages` from a fixture set. It is
- * injected into the same SDK client live mode uses, so replay exercises the same code path.
+ * injected into the same SDK client live mode uses, so replay exercises the same code path. It
+ * also answers `GET /v1/models` (the manifest's `models`) and `POST /v1/messages/count_tokens`
+ * (an estimate: see {@link estimateInputTokens}).
  *
  * A fixture `NAME` is up to four files in the fixtures folder:
  * - `NAME.sse`: the exact bytes of a streamed response body;
@@ -47,12 +49,22 @@ export interface FixtureRule {
   max_tokens_at_most?: number;
 }
 
+/** A model as `GET /v1/models` lists it. */
+export interface ModelInfo {
+  type: "model";
+  id: string;
+  display_name: string;
+  created_at: string;
+}
+
 /** All fixtures of a folder and the manifest's rules. */
 export interface FixtureSet {
   fixtures: Map<string, Fixture>;
   rules: FixtureRule[];
   /** The fixture for a request no rule matches. */
   defaultFixture: string;
+  /** What `GET /v1/models` answers (the manifest's `models`; none without one). */
+  models: ModelInfo[];
 }
 
 /** Reads a fixtures folder. */
@@ -80,10 +92,12 @@ export async function loadFixtures(dir: string | URL): Promise<FixtureSet> {
   }
   let rules: FixtureRule[] = [];
   let defaultFixture = "default";
+  let models: ModelInfo[] = [];
   try {
     const manifest = JSON.parse(await Deno.readTextFile(new URL("manifest.json", base)));
     rules = manifest.rules ?? [];
     defaultFixture = manifest.default ?? defaultFixture;
+    models = manifest.models ?? [];
   } catch (error) {
     if (!(error instanceof Deno.errors.NotFound)) throw error;
   }
@@ -98,7 +112,7 @@ export async function loadFixtures(dir: string | URL): Promise<FixtureSet> {
     if (!first) throw new Error(`no fixtures in ${base.pathname}`);
     defaultFixture = first;
   }
-  return { fixtures, rules, defaultFixture };
+  return { fixtures, rules, defaultFixture, models };
 }
 
 /** The text of the last user message of a Messages request body. */
@@ -235,8 +249,27 @@ export function createReplayFetch(set: FixtureSet, options: ReplayOptions): type
   let counter = 0;
   return async (input, init) => {
     const request = new Request(input, init);
-    if (request.method !== "POST" || !new URL(request.url).pathname.endsWith("/v1/messages")) {
-      return json(404, errorBody("not_found_error", "replay serves only POST /v1/messages"));
+    const url = new URL(request.url);
+    const requestId = () => `req_replay_${(++counter).toString(36).padStart(6, "0")}`;
+    if (request.method === "GET" && url.pathname.startsWith("/v1/models")) {
+      return modelsAnswer(set.models, url, requestId());
+    }
+    if (request.method === "POST" && url.pathname.endsWith("/v1/messages/count_tokens")) {
+      try {
+        const input_tokens = estimateInputTokens(await request.json());
+        return json(200, { input_tokens }, { "request-id": requestId() });
+      } catch {
+        return json(400, errorBody("invalid_request_error", "request body is not valid JSON"));
+      }
+    }
+    if (request.method !== "POST" || !url.pathname.endsWith("/v1/messages")) {
+      return json(
+        404,
+        errorBody(
+          "not_found_error",
+          "replay serves POST /v1/messages, POST /v1/messages/count_tokens and GET /v1/models",
+        ),
+      );
     }
     let body: Record<string, unknown>;
     try {
@@ -246,23 +279,23 @@ export function createReplayFetch(set: FixtureSet, options: ReplayOptions): type
     }
     const requested = request.headers.get("x-sluice-fixture");
     const fixture = pickFixture(set, body, requested);
-    const requestId = `req_replay_${(++counter).toString(36).padStart(6, "0")}`;
+    const id = requestId();
     if (!fixture) {
       const names = [...set.fixtures.keys()].sort().join(", ");
       return json(
         404,
         errorBody("not_found_error", `no fixture named "${requested}"; have: ${names}`),
-        { "request-id": requestId },
+        { "request-id": id },
       );
     }
     if (fixture.http) {
       return json(fixture.http.status, fixture.http.body, {
         ...fixture.http.headers,
-        "request-id": fixture.http.headers["request-id"] ?? requestId,
+        "request-id": fixture.http.headers["request-id"] ?? id,
       });
     }
     const chunks = schedule(fixture, options.pace);
-    const headers = { "request-id": requestId, "x-sluice-fixture": fixture.name };
+    const headers = { "request-id": id, "x-sluice-fixture": fixture.name };
     if (body.stream === true) {
       return new Response(pacedStream(chunks, sleep, init?.signal ?? undefined), {
         headers: { ...headers, "content-type": "text/event-stream; charset=utf-8" },
@@ -273,6 +306,45 @@ export function createReplayFetch(set: FixtureSet, options: ReplayOptions): type
     await sleep(chunks.at(-1)?.atMs ?? 0, init?.signal ?? undefined);
     return nonStreamingAnswer(fixture, headers);
   };
+}
+
+/** `GET /v1/models` (paged with `limit`, `after_id`, `before_id`) and `GET /v1/models/{id}`. */
+function modelsAnswer(models: ModelInfo[], url: URL, requestId: string): Response {
+  const headers = { "request-id": requestId };
+  const id = decodeURIComponent(url.pathname.slice("/v1/models".length).replace(/^\//, ""));
+  if (id) {
+    const model = models.find((m) => m.id === id);
+    return model
+      ? json(200, model, headers)
+      : json(404, errorBody("not_found_error", `model: ${id}`), headers);
+  }
+  const limit = Math.min(1000, Math.max(1, Number(url.searchParams.get("limit") ?? 20) || 20));
+  const after = url.searchParams.get("after_id");
+  const before = url.searchParams.get("before_id");
+  let start = 0;
+  let end = models.length;
+  if (after !== null) start = models.findIndex((m) => m.id === after) + 1;
+  if (before !== null) end = Math.max(0, models.findIndex((m) => m.id === before));
+  const page = before !== null && after === null
+    ? models.slice(Math.max(start, end - limit), end)
+    : models.slice(start, Math.min(end, start + limit));
+  return json(200, {
+    data: page,
+    has_more: before !== null && after === null ? end - limit > start : start + limit < end,
+    first_id: page[0]?.id ?? null,
+    last_id: page.at(-1)?.id ?? null,
+  }, headers);
+}
+
+/**
+ * Replay's answer to `count_tokens`: about one token per four characters of the request's
+ * system prompt, messages and tools as JSON (at least 1). Replay has no tokenizer; the figure
+ * only has to be plausible, and it grows with the request as the real one does.
+ */
+export function estimateInputTokens(body: unknown): number {
+  const request = (body && typeof body === "object" ? body : {}) as Record<string, unknown>;
+  const text = JSON.stringify([request.system ?? "", request.messages ?? [], request.tools ?? []]);
+  return Math.max(1, Math.ceil(text.length / 4));
 }
 
 function nonStreamingAnswer(fixture: Fixture, headers: Record<string, string>): Response {

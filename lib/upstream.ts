@@ -1,8 +1,8 @@
 /**
- * The upstream: one `POST /v1/messages` to Anthropic through the official SDK's client, which
- * brings base URL handling, authentication headers, timeouts and retries with backoff that honours
- * `retry-after`. The raw `Response` is kept (`asResponse()`), so stream bytes and JSON bodies
- * pass through untouched.
+ * The upstream: `POST /v1/messages` (and the few other Messages API calls sluice forwards) to
+ * Anthropic through the official SDK's client, which brings base URL handling, authentication
+ * headers, timeouts and retries with backoff that honours `retry-after`. The raw `Response` is
+ * kept (`asResponse()`), so stream bytes and JSON bodies pass through untouched.
  *
  * Live and replay differ only in the `fetch` the client is given: replay's `fetch` answers from
  * fixtures (see replay.ts), tests give a fake one. The routes never know which they have.
@@ -18,7 +18,14 @@ import { readBody } from "./sse.ts";
 
 /** One request to the upstream. */
 export interface UpstreamRequest {
-  /** The caller's JSON body, byte for byte. */
+  /**
+   * The API path with its query string; `/v1/messages` by default. sluice also forwards
+   * `/v1/messages/count_tokens` and `/v1/models` (see routes/models.ts and count_tokens.ts).
+   */
+  path?: string;
+  /** `POST` (with `body`) by default; `GET` sends no body. */
+  method?: "GET" | "POST";
+  /** The caller's JSON body, byte for byte (ignored for `GET`). */
   body: Uint8Array;
   stream: boolean;
   /** Forwarded verbatim when present. */
@@ -149,12 +156,18 @@ export function createUpstream(options: UpstreamOptions): Upstream {
         headers["authorization"] = null;
       }
       try {
-        const response = await client.post("/v1/messages", {
-          body: request.body,
-          stream: request.stream,
-          headers,
-          signal: request.signal,
-        }).asResponse();
+        const path = request.path ?? "/v1/messages";
+        const response = await (request.method === "GET"
+          ? client.get(path, {
+            headers: { ...headers, "content-type": null },
+            signal: request.signal,
+          })
+          : client.post(path, {
+            body: request.body,
+            stream: request.stream,
+            headers,
+            signal: request.signal,
+          })).asResponse();
         return { response, retries: attempts.get(response.headers) ?? 0 };
       } catch (error) {
         if (error instanceof APIUserAbortError) throw error;

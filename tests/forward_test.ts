@@ -1,0 +1,226 @@
+/**
+ * `POST /v1/messages/count_tokens` and `GET /v1/models`: forwarded to the upstream as they came
+ * (live mode), answered from the fixtures' manifest and an estimate (replay), and usable with the
+ * official SDK by changing only its base URL.
+ */
+import Anthropic from "@anthropic-ai/sdk";
+import assert from "node:assert/strict";
+import { createApp } from "../lib/app.ts";
+import { silentLogger } from "../lib/log.ts";
+import { estimateInputTokens } from "../lib/replay.ts";
+import { createUpstream } from "../lib/upstream.ts";
+import {
+  instantReplayUpstream,
+  projectFixtures,
+  startFakeUpstream,
+  testConfig,
+} from "./helpers.ts";
+
+const SERVER_KEY = "sk-ant-test-upstream-key";
+
+function serve(app: { fetch: (request: Request) => Response | Promise<Response> }) {
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, app.fetch);
+  return { url: `http://127.0.0.1:${server.addr.port}`, close: () => server.shutdown() };
+}
+
+function liveApp(upstreamUrl: string, env: Record<string, string> = {}) {
+  return createApp({
+    config: testConfig({ ANTHROPIC_API_KEY: SERVER_KEY, ...env }),
+    upstream: createUpstream({
+      mode: "live",
+      apiKey: SERVER_KEY,
+      baseURL: upstreamUrl,
+      maxRetries: 0,
+    }),
+    logger: silentLogger,
+  });
+}
+
+const countBody = {
+  model: "claude-sonnet-4-5-20250929",
+  system: "Be brief.",
+  messages: [{ role: "user" as const, content: "How many tokens is this?" }],
+};
+
+Deno.test("count_tokens and models reach the upstream as the caller sent them, with the server's key", async (t) => {
+  let lastSearch = "";
+  const upstream = startFakeUpstream((request) => {
+    const path = new URL(request.url).pathname;
+    lastSearch = new URL(request.url).search;
+    if (path === "/v1/messages/count_tokens") {
+      return Response.json({ input_tokens: 17 }, { headers: { "request-id": "req_count" } });
+    }
+    if (path === "/v1/models/claude-haiku-4-5-20251001") {
+      return Response.json({
+        type: "model",
+        id: "claude-haiku-4-5-20251001",
+        display_name: "Claude Haiku 4.5",
+        created_at: "2025-10-01T00:00:00Z",
+      });
+    }
+    return Response.json({ data: [], has_more: false, first_id: null, last_id: null }, {
+      headers: { "request-id": "req_models", "x-internal": "not for clients" },
+    });
+  });
+  const sluice = serve(liveApp(upstream.url));
+  try {
+    await t.step("count_tokens: body byte for byte, beta header passed on", async () => {
+      const raw = JSON.stringify(countBody) + "\n";
+      const response = await fetch(`${sluice.url}/v1/messages/count_tokens`, {
+        method: "POST",
+        headers: {
+          "content-type": "application/json",
+          "x-api-key": "caller-key",
+          "anthropic-version": "2023-06-01",
+          "anthropic-beta": "token-counting-2024-11-01",
+        },
+        body: raw,
+      });
+      assert.equal(response.status, 200);
+      assert.deepEqual(await response.json(), { input_tokens: 17 });
+      assert.equal(response.headers.get("request-id"), "req_count");
+      const seen = upstream.requests.at(-1)!;
+      assert.equal(seen.method, "POST");
+      assert.equal(seen.path, "/v1/messages/count_tokens");
+      assert.equal(seen.body, raw);
+      assert.equal(seen.headers.get("x-api-key"), SERVER_KEY);
+      assert.equal(seen.headers.get("anthropic-version"), "2023-06-01");
+      assert.equal(seen.headers.get("anthropic-beta"), "token-counting-2024-11-01");
+    });
+    await t.step("models: the query string passes, headers a client needs come back", async () => {
+      const response = await fetch(`${sluice.url}/v1/models?limit=5&after_id=abc`, {
+        headers: { "x-api-key": "caller-key", "anthropic-version": "2023-06-01" },
+      });
+      assert.equal(response.status, 200);
+      assert.equal(response.headers.get("request-id"), "req_models");
+      assert.equal(response.headers.get("x-internal"), null);
+      await response.body?.cancel();
+      const seen = upstream.requests.at(-1)!;
+      assert.equal(seen.method, "GET");
+      assert.equal(seen.path, "/v1/models");
+      assert.equal(lastSearch, "?limit=5&after_id=abc");
+      assert.equal(seen.body, "");
+      assert.equal(seen.headers.get("x-api-key"), SERVER_KEY);
+      assert.notEqual(seen.headers.get("x-api-key"), "caller-key");
+    });
+    await t.step("the official SDK works by changing only its base URL", async () => {
+      const client = new Anthropic({ apiKey: "caller-key", baseURL: sluice.url, maxRetries: 0 });
+      const count = await client.messages.countTokens(countBody);
+      assert.equal(count.input_tokens, 17);
+      const model = await client.models.retrieve("claude-haiku-4-5-20251001");
+      assert.equal(model.display_name, "Claude Haiku 4.5");
+      const page = await client.models.list({ limit: 5 });
+      assert.deepEqual(page.data, []);
+      assert.ok(upstream.requests.some((r) => r.path === "/v1/models"));
+    });
+  } finally {
+    await sluice.close();
+    await upstream.close();
+  }
+});
+
+Deno.test("an upstream error on count_tokens reaches the client with its status, body and retry headers", async () => {
+  const upstream = startFakeUpstream(() =>
+    Response.json(
+      { type: "error", error: { type: "rate_limit_error", message: "slow down" } },
+      { status: 429, headers: { "retry-after": "7", "request-id": "req_limited" } },
+    )
+  );
+  const sluice = serve(liveApp(upstream.url));
+  try {
+    const client = new Anthropic({ apiKey: "caller-key", baseURL: sluice.url, maxRetries: 0 });
+    await assert.rejects(client.messages.countTokens(countBody), (error) => {
+      assert.ok(error instanceof Anthropic.RateLimitError);
+      assert.equal(error.status, 429);
+      assert.equal(error.requestID, "req_limited");
+      assert.equal(error.headers?.get("retry-after"), "7");
+      return true;
+    });
+  } finally {
+    await sluice.close();
+    await upstream.close();
+  }
+});
+
+Deno.test("a count_tokens body sluice can tell is wrong gets a 400 and costs no upstream call", async () => {
+  const upstream = startFakeUpstream(() => Response.json({ input_tokens: 1 }));
+  const app = liveApp(upstream.url);
+  try {
+    for (
+      const body of [
+        "{not json",
+        JSON.stringify({ messages: countBody.messages }),
+        JSON.stringify({ model: "m", messages: [] }),
+      ]
+    ) {
+      const response = await app.request("/v1/messages/count_tokens", {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body,
+      });
+      assert.equal(response.status, 400, body);
+      const json = await response.json();
+      assert.equal(json.type, "error");
+      assert.equal(json.error.type, "invalid_request_error");
+    }
+    assert.equal(upstream.requests.length, 0);
+  } finally {
+    await upstream.close();
+  }
+});
+
+Deno.test("with gateway keys set, count_tokens and models need one too", async () => {
+  const upstream = startFakeUpstream(() => Response.json({ input_tokens: 1 }));
+  const app = liveApp(upstream.url, { SLUICE_API_KEYS: "gw-key-1" });
+  try {
+    const models = await app.request("/v1/models");
+    assert.equal(models.status, 401);
+    assert.equal((await models.json()).error.type, "authentication_error");
+    const count = await app.request("/v1/messages/count_tokens", {
+      method: "POST",
+      headers: { "content-type": "application/json", "x-api-key": "wrong" },
+      body: JSON.stringify(countBody),
+    });
+    assert.equal(count.status, 401);
+    await count.body?.cancel();
+    const allowed = await app.request("/v1/messages/count_tokens", {
+      method: "POST",
+      headers: { "content-type": "application/json", "x-api-key": "gw-key-1" },
+      body: JSON.stringify(countBody),
+    });
+    assert.equal(allowed.status, 200);
+    await allowed.body?.cancel();
+    assert.equal(upstream.requests.length, 1);
+  } finally {
+    await upstream.close();
+  }
+});
+
+Deno.test("in replay, models come from the manifest and count_tokens is an estimate that grows with the input", async () => {
+  const set = await projectFixtures();
+  assert.ok(set.models.length >= 2, "the manifest lists the models the fixtures use");
+  const sluice = serve(createApp({
+    config: testConfig(),
+    upstream: await instantReplayUpstream(),
+    logger: silentLogger,
+  }));
+  try {
+    const client = new Anthropic({ apiKey: "any", baseURL: sluice.url, maxRetries: 0 });
+    const ids: string[] = [];
+    for await (const model of client.models.list({ limit: 1 })) ids.push(model.id);
+    assert.deepEqual(ids, set.models.map((m) => m.id), "paging with limit=1 visits every model");
+    const first = await client.models.retrieve(set.models[0].id);
+    assert.deepEqual(first, set.models[0]);
+    await assert.rejects(client.models.retrieve("claude-nonexistent"), Anthropic.NotFoundError);
+
+    const short = await client.messages.countTokens(countBody);
+    const long = await client.messages.countTokens({
+      ...countBody,
+      messages: [{ role: "user", content: "word ".repeat(400) }],
+    });
+    assert.equal(short.input_tokens, estimateInputTokens(countBody));
+    assert.ok(long.input_tokens > short.input_tokens * 10);
+  } finally {
+    await sluice.close();
+  }
+});
