@@ -126,17 +126,11 @@ export async function startCall(options: CallOptions): Promise<Call> {
       if (clientLeft) return clientGone(options, clock.now());
       // The headers came but the body did not: the client gets a clear 5xx, never a 500 or a
       // truncated JSON document.
-      const idle = error instanceof UpstreamIdleError;
       options.logger.warn("upstream body failed", { id, error: String(error) });
-      status = idle ? 504 : 502;
+      const unread = unreadBody(error, id);
+      status = unread.status;
       failure = "incomplete";
-      body = new TextEncoder().encode(JSON.stringify(errorBody(
-        idle ? "timeout_error" : "api_error",
-        idle
-          ? `the upstream sent nothing for ${error.idleMs} ms while sending its answer`
-          : "the upstream connection dropped before the whole answer arrived",
-        id,
-      )));
+      body = new TextEncoder().encode(JSON.stringify(unread.body));
       headers.set("content-type", "application/json");
     }
     const parsed = failure ? null : safeParse(body);
@@ -259,6 +253,34 @@ export async function startCall(options: CallOptions): Promise<Call> {
     result: () => (done ? accumulator.end() : undefined),
     finished,
     abort: (reason) => controller.abort(reason),
+  };
+}
+
+/**
+ * What the client gets when the upstream's headers came but its body did not (`error` from
+ * {@link readBody}): a clear 5xx in Anthropic's shape, never a 500 or a truncated document.
+ */
+export function unreadBody(error: unknown, requestId?: string): {
+  status: 504 | 502;
+  body: ReturnType<typeof errorBody>;
+} {
+  if (error instanceof UpstreamIdleError) {
+    return {
+      status: 504,
+      body: errorBody(
+        "timeout_error",
+        `the upstream sent nothing for ${error.idleMs} ms while sending its answer`,
+        requestId,
+      ),
+    };
+  }
+  return {
+    status: 502,
+    body: errorBody(
+      "api_error",
+      "the upstream connection dropped before the whole answer arrived",
+      requestId,
+    ),
   };
 }
 

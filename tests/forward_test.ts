@@ -224,3 +224,27 @@ Deno.test("in replay, models come from the manifest and count_tokens is an estim
     await sluice.close();
   }
 });
+
+Deno.test("a models answer whose body is cut gets a 502 api_error, not a truncated document", async () => {
+  const upstream = startFakeUpstream(() =>
+    new Response(
+      new ReadableStream({
+        start(controller) {
+          controller.enqueue(new TextEncoder().encode('{"data":[{"type":"mo'));
+          controller.error(new Error("connection lost"));
+        },
+      }),
+      { headers: { "content-type": "application/json", "request-id": "req_cut" } },
+    )
+  );
+  const app = liveApp(upstream.url);
+  try {
+    const response = await app.request("/v1/models");
+    assert.equal(response.status, 502);
+    const body = await response.json();
+    assert.equal(body.error.type, "api_error");
+    assert.equal(body.request_id, "req_cut");
+  } finally {
+    await upstream.close();
+  }
+});
