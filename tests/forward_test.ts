@@ -231,7 +231,8 @@ Deno.test("a models answer whose body is cut gets a 502 api_error, not a truncat
       new ReadableStream({
         start(controller) {
           controller.enqueue(new TextEncoder().encode('{"data":[{"type":"mo'));
-          controller.error(new Error("connection lost"));
+          // Later, so the headers are out first (Deno 2.5 waits for a second chunk before them).
+          setTimeout(() => controller.error(new Error("connection lost")), 20);
         },
       }),
       { headers: { "content-type": "application/json", "request-id": "req_cut" } },
