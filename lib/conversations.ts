@@ -61,6 +61,24 @@ export interface ConversationStore {
   append(owner: string, id: string, exchange: [Turn, Turn]): Promise<AppendResult>;
   /** Deletes the conversation; false when there was none. */
   delete(owner: string, id: string): Promise<boolean>;
+  /**
+   * The owner's live conversations, a page of at most `limit` in id order, and the cursor of the
+   * next page (null on the last). `cursor` comes from an earlier page. One KV cannot decode
+   * throws {@link InvalidCursorError}; any other string is only a position, and KV applies it
+   * within the owner's own prefix, so no cursor reaches another key's conversations.
+   */
+  list(
+    owner: string,
+    options: { limit: number; cursor?: string },
+  ): Promise<{ conversations: Conversation[]; nextCursor: string | null }>;
+}
+
+/** Raised by `list` for a cursor KV does not accept. */
+export class InvalidCursorError extends Error {
+  constructor() {
+    super("the cursor is not one this server gave out");
+    this.name = "InvalidCursorError";
+  }
 }
 
 /** Options for {@link createConversationStore}. */
@@ -199,6 +217,47 @@ export function createConversationStore(options: ConversationStoreOptions): Conv
       await kv.delete(keyOf(owner, id));
       return true;
     },
+
+    async list(owner, { limit, cursor }) {
+      // One entry more than the page, to know whether there is a next page; the page's cursor is
+      // the one after its last entry. Expired entries (not yet deleted by KV) are skipped.
+      const iter = kv.list<Uint8Array>({ prefix: [PREFIX, owner] }, { limit: limit + 1, cursor });
+      const conversations: Conversation[] = [];
+      let seen = 0;
+      let pageCursor = "";
+      let nextCursor: string | null = null;
+      try {
+        for await (const entry of iter) {
+          if (++seen > limit) {
+            nextCursor = pageCursor;
+            break;
+          }
+          pageCursor = iter.cursor;
+          const conversation = JSON.parse(new TextDecoder().decode(entry.value)) as Conversation;
+          if (conversation.expiresAt > clock.now()) conversations.push(conversation);
+        }
+      } catch (error) {
+        if (cursor !== undefined && seen === 0) throw new InvalidCursorError();
+        throw error;
+      }
+      return { conversations, nextCursor };
+    },
+  };
+}
+
+/** One conversation in the list (`GET /conversations`): its metadata, not its messages. */
+export function conversationSummaryJson(conversation: Conversation) {
+  const first = conversation.turns.find((turn) => turn.role === "user")?.content ?? null;
+  return {
+    id: conversation.id,
+    created_at: new Date(conversation.createdAt).toISOString(),
+    updated_at: new Date(conversation.updatedAt).toISOString(),
+    expires_at: new Date(conversation.expiresAt).toISOString(),
+    model: conversation.model ?? null,
+    message_count: conversation.turns.length,
+    dropped_turns: conversation.droppedTurns,
+    // The first kept user message, shortened: enough to tell conversations apart in a list.
+    title: first === null ? null : first.length > 80 ? first.slice(0, 79) + "…" : first,
   };
 }
 

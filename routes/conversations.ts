@@ -1,6 +1,6 @@
 /**
- * `/conversations`: create, read and delete the histories `/chat` keeps. Each is visible only to
- * the gateway key that made it (another key gets the same 404 as for a missing one).
+ * `/conversations`: create, list, read and delete the histories `/chat` keeps. Each is visible
+ * only to the gateway key that made it (another key gets the same 404 as for a missing one).
  */
 import { Hono } from "hono";
 import { z } from "zod";
@@ -9,7 +9,9 @@ import { parseJsonObject } from "../lib/chat_request.ts";
 import {
   conversationJson,
   conversationStoreFor,
+  conversationSummaryJson,
   ConversationTooLargeError,
+  InvalidCursorError,
 } from "../lib/conversations.ts";
 import { SluiceError } from "../lib/errors.ts";
 import { describeIssues } from "../lib/validate.ts";
@@ -20,7 +22,16 @@ const createBody = z.strictObject({
   model: z.string().min(1).optional(),
 });
 
-/** Mounts `POST /conversations`, `GET /conversations/:id` and `DELETE /conversations/:id`. */
+/** `GET /conversations` query: a page size and the cursor of an earlier page. */
+const listQuery = z.strictObject({
+  limit: z.coerce.number().int().min(1).max(100).default(20),
+  cursor: z.string().min(1).max(1000).optional(),
+});
+
+/**
+ * Mounts `POST /conversations`, `GET /conversations` (the caller's, paged),
+ * `GET /conversations/:id` and `DELETE /conversations/:id`.
+ */
 export function conversationsRoute(deps: RouteDeps): Hono<AppEnv> {
   const store = conversationStoreFor(deps);
   const need = () => {
@@ -49,6 +60,25 @@ export function conversationsRoute(deps: RouteDeps): Hono<AppEnv> {
     } catch (error) {
       if (error instanceof ConversationTooLargeError) {
         throw new SluiceError(413, "request_too_large", error.message);
+      }
+      throw error;
+    }
+  });
+  app.get("/conversations", async (c) => {
+    const parsed = listQuery.safeParse(c.req.query());
+    if (!parsed.success) {
+      throw new SluiceError(400, "invalid_request_error", describeIssues(parsed.error.issues));
+    }
+    try {
+      const page = await need().list(c.get("keyId"), parsed.data);
+      return c.json({
+        data: page.conversations.map(conversationSummaryJson),
+        has_more: page.nextCursor !== null,
+        next_cursor: page.nextCursor,
+      });
+    } catch (error) {
+      if (error instanceof InvalidCursorError) {
+        throw new SluiceError(400, "invalid_request_error", `cursor: ${error.message}`);
       }
       throw error;
     }

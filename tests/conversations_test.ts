@@ -6,6 +6,7 @@ import {
   createConversationStore,
   encodeConversation,
   fitConversation,
+  InvalidCursorError,
   isConversationId,
 } from "../lib/conversations.ts";
 import { replayApp, testConfig } from "./helpers.ts";
@@ -306,4 +307,110 @@ Deno.test("without KV, /conversations says so with a 503", async () => {
   const response = await app.request("/conversations", { method: "POST" });
   assert.equal(response.status, 503);
   assert.equal((await response.json()).error.type, "api_error");
+});
+
+Deno.test("a key lists its own conversations, page by page, and nobody else's", async (t) => {
+  await t.step("the store pages through an owner's live conversations by cursor", async () => {
+    await withStore(LIMITS, async (store, clock) => {
+      const mine = [];
+      for (let i = 0; i < 5; i++) mine.push((await store.create("owner-a")).id);
+      await store.create("owner-b");
+      const expiring = await store.create("owner-a");
+      clock.advance(HOUR - 1);
+      for (const id of mine) await store.append("owner-a", id, exchange(1)); // keeps them alive
+      clock.advance(2); // `expiring` is past its time; KV has not deleted it yet
+      const listed: string[] = [];
+      let cursor: string | undefined;
+      let pages = 0;
+      do {
+        const page = await store.list("owner-a", { limit: 2, cursor });
+        listed.push(...page.conversations.map((c) => c.id));
+        cursor = page.nextCursor ?? undefined;
+        pages++;
+      } while (cursor);
+      assert.deepEqual(listed.sort(), [...mine].sort());
+      assert.ok(!listed.includes(expiring.id));
+      assert.equal(pages, 3, "6 entries (one expired) in pages of 2");
+      assert.deepEqual((await store.list("owner-c", { limit: 2 })).conversations, []);
+      await assert.rejects(store.list("owner-a", { limit: 2, cursor: "zzz" }), InvalidCursorError);
+      // A string KV can decode is only a position, and only ever within the owner's prefix.
+      const forged = await store.list("owner-a", { limit: 10, cursor: "AAAA" });
+      for (const c of forged.conversations) assert.ok(mine.includes(c.id));
+    });
+  });
+
+  const kv = await Deno.openKv(":memory:");
+  try {
+    const app = await replayApp({
+      kv,
+      config: testConfig({ SLUICE_API_KEYS: "key-alice,key-bob" }),
+    });
+    const as = (key: string, path: string, init: RequestInit = {}) =>
+      app.request(path, { ...init, headers: { ...init.headers, "x-api-key": key } });
+    const created: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const response = await as("key-alice", "/conversations", { method: "POST" });
+      created.push((await response.json()).id);
+    }
+    await (await as("key-bob", "/conversations", { method: "POST" })).body?.cancel();
+    const chat = await as("key-alice", "/chat", {
+      method: "POST",
+      body: JSON.stringify({
+        conversation_id: created[0],
+        message: "Tell me about sluice",
+        stream: false,
+      }),
+    });
+    assert.equal(chat.status, 200);
+    await chat.body?.cancel();
+
+    await t.step(
+      "GET /conversations shows the caller's, with a title and a message count",
+      async () => {
+        const response = await as("key-alice", "/conversations?limit=100");
+        assert.equal(response.status, 200);
+        const body = await response.json();
+        assert.deepEqual(body.data.map((c: { id: string }) => c.id).sort(), [...created].sort());
+        assert.equal(body.has_more, false);
+        assert.equal(body.next_cursor, null);
+        const talked = body.data.find((c: { id: string }) => c.id === created[0]);
+        assert.equal(talked.title, "Tell me about sluice");
+        assert.equal(talked.message_count, 2);
+        assert.equal(talked.messages, undefined, "the list carries no messages");
+        const bob = await (await as("key-bob", "/conversations")).json();
+        assert.equal(bob.data.length, 1);
+        assert.ok(!created.includes(bob.data[0].id));
+      },
+    );
+
+    await t.step("limit and next_cursor page through them", async () => {
+      const first = await (await as("key-alice", "/conversations?limit=2")).json();
+      assert.equal(first.data.length, 2);
+      assert.equal(first.has_more, true);
+      const cursor = encodeURIComponent(first.next_cursor);
+      const second = await (await as("key-alice", `/conversations?limit=2&cursor=${cursor}`))
+        .json();
+      assert.equal(second.data.length, 1);
+      assert.equal(second.has_more, false);
+      const ids = [...first.data, ...second.data].map((c: { id: string }) => c.id).sort();
+      assert.deepEqual(ids, [...created].sort());
+    });
+
+    await t.step("a bad limit or cursor is a 400 in Anthropic's shape", async () => {
+      for (const query of ["limit=0", "limit=101", "limit=abc", "cursor=", "cursor=zzz", "x=1"]) {
+        const response = await as("key-alice", `/conversations?${query}`);
+        assert.equal(response.status, 400, query);
+        const body = await response.json();
+        assert.equal(body.error.type, "invalid_request_error", query);
+      }
+    });
+
+    await t.step("without a gateway key, no list", async () => {
+      const response = await app.request("/conversations");
+      assert.equal(response.status, 401);
+      await response.body?.cancel();
+    });
+  } finally {
+    kv.close();
+  }
 });
