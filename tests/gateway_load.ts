@@ -84,6 +84,12 @@ export interface LevelResult {
   addedMaxP50: number;
   /** What the client saw: request sent to first text delta, ms (includes the upstream's TTFT). */
   clientTtftP50: number;
+  /**
+   * How late the load client's own 5 ms timer fired while this path ran (p99 over the rounds'
+   * ticks), ms: a busy client delays its readings, whatever the path, so a slow round with a
+   * lagging client says more about the client than about the gateway.
+   */
+  clientLagP99: number;
   /** The gateway process's CPU time per 1,000 SSE events carried; null for `direct`. */
   cpuMsPer1kEvents: number | null;
   /**
@@ -280,6 +286,23 @@ async function runLevel(
   return samples;
 }
 
+/** Measures how late a 5 ms timer fires in this process until `stop` (the lateness of each tick). */
+function watchLag(): { stop(): number[] } {
+  const lags: number[] = [];
+  let expected = performance.now() + 5;
+  const timer = setInterval(() => {
+    const now = performance.now();
+    lags.push(Math.max(0, now - expected));
+    expected = now + 5;
+  }, 5);
+  return {
+    stop() {
+      clearInterval(timer);
+      return lags;
+    },
+  };
+}
+
 /** Runs the whole comparison and returns one result per path and level. */
 export async function runGatewayBench(options: GatewayBenchOptions = {}): Promise<LevelResult[]> {
   const opts: Required<GatewayBenchOptions> = {
@@ -337,6 +360,7 @@ export async function runGatewayBench(options: GatewayBenchOptions = {}): Promis
     // pooled: this machine's background noise comes and goes, and should hit all paths alike.
     interface Pool {
       samples: StreamSample[];
+      lags: number[];
       cpuMicros: number;
       events: number;
       heapKib: number[];
@@ -355,16 +379,19 @@ export async function runGatewayBench(options: GatewayBenchOptions = {}): Promis
           const before = proxy ? await usage(proxy) : undefined;
           let middle: ProxyUsage | undefined;
           const started = performance.now();
+          const lag = watchLag();
           const samples = await runLevel(urls[path], level, opts, offset, async () => {
             if (proxy) middle = await usage(proxy);
           });
+          const lags = lag.stop();
           const wallMs = performance.now() - started;
           const after = proxy ? await usage(proxy) : undefined;
           const key = `${streams}@${intervalMs}/${path}`;
           const pool = pools.get(key) ??
-            { samples: [], cpuMicros: 0, events: 0, heapKib: [], rssKib: [], wallMs: 0 };
+            { samples: [], lags: [], cpuMicros: 0, events: 0, heapKib: [], rssKib: [], wallMs: 0 };
           pools.set(key, pool);
           pool.samples.push(...samples);
+          pool.lags.push(...lags);
           pool.wallMs += wallMs;
           if (before && after) {
             pool.cpuMicros += after.cpuMicros - before.cpuMicros;
@@ -385,6 +412,7 @@ export async function runGatewayBench(options: GatewayBenchOptions = {}): Promis
                 fmt(percentile(ok.map((s) => s.addedFirst!), 99))
               } ms` +
               `  last +${fmt(percentile(ok.map((s) => s.addedLast!), 50))} ms` +
+              `  client lag p99 ${fmt(percentile(lags, 99))} ms` +
               (errors.length ? `  errors: ${errors.slice(0, 3).join("; ")}` : ""),
           );
         }
@@ -413,6 +441,7 @@ export async function runGatewayBench(options: GatewayBenchOptions = {}): Promis
           },
           addedMaxP50: percentile(ok.map((s) => s.addedMax!), 50),
           clientTtftP50: percentile(ok.map((s) => s.clientTtft!), 50),
+          clientLagP99: percentile(pool.lags, 99),
           cpuMsPer1kEvents: pool.events ? (pool.cpuMicros / 1000) / (pool.events / 1000) : null,
           heapKibPerStream: pool.heapKib.length ? percentile(pool.heapKib, 50) : null,
           // RSS seldom shrinks, so later rounds reuse what the first grew: take the largest.
@@ -461,6 +490,7 @@ export function gatewayTable(results: LevelResult[]): string {
       fmt(r.addedLast.p50),
       fmt(r.addedLast.p99),
       fmt(r.clientTtftP50, 1),
+      fmt(r.clientLagP99),
       fmt(r.cpuMsPer1kEvents),
       r.heapKibPerStream === null
         ? "—"
@@ -478,6 +508,7 @@ export function gatewayTable(results: LevelResult[]): string {
     "last delta p50 ms",
     "p99 ms",
     "client TTFT p50 ms",
+    "client lag p99 ms",
     "CPU ms / 1k events",
     "heap / RSS KiB per stream",
   ], rows);
