@@ -311,14 +311,28 @@ export function createReplayFetch(set: FixtureSet, options: ReplayOptions): type
 /** `GET /v1/models` (paged with `limit`, `after_id`, `before_id`) and `GET /v1/models/{id}`. */
 function modelsAnswer(models: ModelInfo[], url: URL, requestId: string): Response {
   const headers = { "request-id": requestId };
-  const id = decodeURIComponent(url.pathname.slice("/v1/models".length).replace(/^\//, ""));
-  if (id) {
+  const raw = url.pathname.slice("/v1/models".length).replace(/^\//, "");
+  if (raw) {
+    let id = raw;
+    try {
+      id = decodeURIComponent(raw);
+    } catch {
+      // Malformed percent-encoding names no model: the same 404 as any unknown id.
+    }
     const model = models.find((m) => m.id === id);
     return model
       ? json(200, model, headers)
       : json(404, errorBody("not_found_error", `model: ${id}`), headers);
   }
-  const limit = Math.min(1000, Math.max(1, Number(url.searchParams.get("limit") ?? 20) || 20));
+  const limitText = url.searchParams.get("limit") ?? "20";
+  const limit = Number(limitText);
+  if (!/^\d+$/.test(limitText) || limit < 1 || limit > 1000) {
+    return json(
+      400,
+      errorBody("invalid_request_error", "limit: expected an integer from 1 to 1000"),
+      headers,
+    );
+  }
   const after = url.searchParams.get("after_id");
   const before = url.searchParams.get("before_id");
   let start = 0;
