@@ -5,36 +5,15 @@
  */
 import Anthropic from "@anthropic-ai/sdk";
 import assert from "node:assert/strict";
-import { createApp } from "../lib/app.ts";
-import { silentLogger } from "../lib/log.ts";
 import { estimateInputTokens } from "../lib/replay.ts";
-import { createUpstream } from "../lib/upstream.ts";
 import {
-  instantReplayUpstream,
+  liveApp,
   projectFixtures,
+  replayApp,
+  serveOnLoopback,
   startFakeUpstream,
-  testConfig,
+  TEST_SERVER_KEY,
 } from "./helpers.ts";
-
-const SERVER_KEY = "sk-ant-test-upstream-key";
-
-function serve(app: { fetch: (request: Request) => Response | Promise<Response> }) {
-  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, app.fetch);
-  return { url: `http://127.0.0.1:${server.addr.port}`, close: () => server.shutdown() };
-}
-
-function liveApp(upstreamUrl: string, env: Record<string, string> = {}) {
-  return createApp({
-    config: testConfig({ ANTHROPIC_API_KEY: SERVER_KEY, ...env }),
-    upstream: createUpstream({
-      mode: "live",
-      apiKey: SERVER_KEY,
-      baseURL: upstreamUrl,
-      maxRetries: 0,
-    }),
-    logger: silentLogger,
-  });
-}
 
 const countBody = {
   model: "claude-sonnet-4-5-20250929",
@@ -62,7 +41,7 @@ Deno.test("count_tokens and models reach the upstream as the caller sent them, w
       headers: { "request-id": "req_models", "x-internal": "not for clients" },
     });
   });
-  const sluice = serve(liveApp(upstream.url));
+  const sluice = serveOnLoopback(liveApp(upstream.url));
   try {
     await t.step("count_tokens: body byte for byte, beta header passed on", async () => {
       const raw = JSON.stringify(countBody) + "\n";
@@ -83,7 +62,7 @@ Deno.test("count_tokens and models reach the upstream as the caller sent them, w
       assert.equal(seen.method, "POST");
       assert.equal(seen.path, "/v1/messages/count_tokens");
       assert.equal(seen.body, raw);
-      assert.equal(seen.headers.get("x-api-key"), SERVER_KEY);
+      assert.equal(seen.headers.get("x-api-key"), TEST_SERVER_KEY);
       assert.equal(seen.headers.get("anthropic-version"), "2023-06-01");
       assert.equal(seen.headers.get("anthropic-beta"), "token-counting-2024-11-01");
     });
@@ -100,7 +79,7 @@ Deno.test("count_tokens and models reach the upstream as the caller sent them, w
       assert.equal(seen.path, "/v1/models");
       assert.equal(lastSearch, "?limit=5&after_id=abc");
       assert.equal(seen.body, "");
-      assert.equal(seen.headers.get("x-api-key"), SERVER_KEY);
+      assert.equal(seen.headers.get("x-api-key"), TEST_SERVER_KEY);
       assert.notEqual(seen.headers.get("x-api-key"), "caller-key");
     });
     await t.step("the official SDK works by changing only its base URL", async () => {
@@ -126,7 +105,7 @@ Deno.test("an upstream error on count_tokens reaches the client with its status,
       { status: 429, headers: { "retry-after": "7", "request-id": "req_limited" } },
     )
   );
-  const sluice = serve(liveApp(upstream.url));
+  const sluice = serveOnLoopback(liveApp(upstream.url));
   try {
     const client = new Anthropic({ apiKey: "caller-key", baseURL: sluice.url, maxRetries: 0 });
     await assert.rejects(client.messages.countTokens(countBody), (error) => {
@@ -199,11 +178,7 @@ Deno.test("with gateway keys set, count_tokens and models need one too", async (
 Deno.test("in replay, models come from the manifest and count_tokens is an estimate that grows with the input", async () => {
   const set = await projectFixtures();
   assert.ok(set.models.length >= 2, "the manifest lists the models the fixtures use");
-  const sluice = serve(createApp({
-    config: testConfig(),
-    upstream: await instantReplayUpstream(),
-    logger: silentLogger,
-  }));
+  const sluice = serveOnLoopback(await replayApp());
   try {
     const client = new Anthropic({ apiKey: "any", baseURL: sluice.url, maxRetries: 0 });
     const ids: string[] = [];
@@ -247,5 +222,24 @@ Deno.test("a models answer whose body is cut gets a 502 api_error, not a truncat
     assert.equal(body.request_id, "req_cut");
   } finally {
     await upstream.close();
+  }
+});
+
+Deno.test("in replay, bad model ids and limits get 4xx in Anthropic's shape, never a 5xx", async () => {
+  const app = await replayApp();
+  const cases: [string, number, string][] = [
+    ["/v1/models/%ZZ", 404, "not_found_error"],
+    ["/v1/models/%E0%A4", 404, "not_found_error"],
+    ["/v1/models/claude-nonexistent", 404, "not_found_error"],
+    ["/v1/models?limit=-5", 400, "invalid_request_error"],
+    ["/v1/models?limit=abc", 400, "invalid_request_error"],
+    ["/v1/models?limit=1001", 400, "invalid_request_error"],
+  ];
+  for (const [path, status, type] of cases) {
+    const response = await app.request(path);
+    assert.equal(response.status, status, path);
+    const body = await response.json();
+    assert.equal(body.type, "error", path);
+    assert.equal(body.error.type, type, path);
   }
 });

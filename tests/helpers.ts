@@ -209,3 +209,28 @@ export async function replayApp(overrides: Partial<AppDeps> = {}) {
     ...overrides,
   });
 }
+
+/** The server key the live-mode test apps send upstream. */
+export const TEST_SERVER_KEY = "sk-ant-test-upstream-key";
+
+/** sluice in live mode in front of `upstreamUrl` (no retries), plus config overrides. */
+export function liveApp(upstreamUrl: string, env: Record<string, string> = {}) {
+  return createApp({
+    config: testConfig({ ANTHROPIC_API_KEY: TEST_SERVER_KEY, ...env }),
+    upstream: createUpstream({
+      mode: "live",
+      apiKey: TEST_SERVER_KEY,
+      baseURL: upstreamUrl,
+      maxRetries: 0,
+    }),
+    logger: silentLogger,
+  });
+}
+
+/** Serves `app` on 127.0.0.1 on a free port. */
+export function serveOnLoopback(
+  app: { fetch: (request: Request) => Response | Promise<Response> },
+): { url: string; close(): Promise<void> } {
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, app.fetch);
+  return { url: `http://127.0.0.1:${server.addr.port}`, close: () => server.shutdown() };
+}

@@ -5,10 +5,14 @@
  */
 import Anthropic from "@anthropic-ai/sdk";
 import assert from "node:assert/strict";
-import { createApp } from "../lib/app.ts";
-import { silentLogger } from "../lib/log.ts";
-import { createUpstream } from "../lib/upstream.ts";
-import { clean, projectFixtures, sseResponse, startFakeUpstream, testConfig } from "./helpers.ts";
+import {
+  clean,
+  liveApp,
+  projectFixtures,
+  serveOnLoopback,
+  sseResponse,
+  startFakeUpstream,
+} from "./helpers.ts";
 
 /** A fake upstream that serves the fixture named by the request's model: `fixture/NAME`. */
 async function fixtureUpstream() {
@@ -31,18 +35,7 @@ async function fixtureUpstream() {
 }
 
 function startSluice(upstreamUrl: string) {
-  const app = createApp({
-    config: testConfig({ ANTHROPIC_API_KEY: "sk-ant-test-upstream-key" }),
-    upstream: createUpstream({
-      mode: "live",
-      apiKey: "sk-ant-test-upstream-key",
-      baseURL: upstreamUrl,
-      maxRetries: 0,
-    }),
-    logger: silentLogger,
-  });
-  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, app.fetch);
-  return { url: `http://127.0.0.1:${server.addr.port}`, close: () => server.shutdown() };
+  return serveOnLoopback(liveApp(upstreamUrl));
 }
 
 const sdk = (baseURL: string) => new Anthropic({ apiKey: "caller-key", baseURL, maxRetries: 0 });
