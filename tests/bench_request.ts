@@ -1,0 +1,90 @@
+/**
+ * CPU per request, in-process: sluice wired as `main.ts` wires it in live mode (KV stats sink on an
+ * in-memory KV, lifecycle), an upstream `fetch` that answers a short stream at once, and
+ * `app.fetch` called one request after another. Prints µs of CPU (user + system) and wall time per
+ * request. BENCH_NO_STATS=1 leaves the stats sink out.
+ *
+ * Run: deno run --allow-env --allow-read tests/bench_request.ts [requests]
+ */
+import process from "node:process";
+import { createApp } from "../lib/app.ts";
+import { parseConfig } from "../lib/config.ts";
+import { openKv } from "../lib/kv.ts";
+import { createLogger } from "../lib/log.ts";
+import { createLifecycle } from "../lib/shutdown.ts";
+import { createKvStats } from "../lib/stats.ts";
+import { createUpstream } from "../lib/upstream.ts";
+import { messageEnd, messageStart, sse } from "./bench_support.ts";
+
+const requests = Number(Deno.args[0] ?? 20_000);
+const answer = new TextEncoder().encode([
+  messageStart("msg_bench_request"),
+  sse("content_block_start", {
+    type: "content_block_start",
+    index: 0,
+    content_block: { type: "text", text: "" },
+  }),
+  sse("content_block_delta", {
+    type: "content_block_delta",
+    index: 0,
+    delta: { type: "text_delta", text: "hi" },
+  }),
+  sse("content_block_stop", { type: "content_block_stop", index: 0 }),
+  ...messageEnd(3, "end_turn"),
+].join(""));
+
+const config = parseConfig({
+  ANTHROPIC_API_KEY: "bench-key",
+  ANTHROPIC_BASE_URL: "http://127.0.0.1:9",
+  SLUICE_UPSTREAM: "live",
+  SLUICE_LOG_LEVEL: "silent",
+  SLUICE_KV_PATH: ":memory:",
+  HOSTNAME: "127.0.0.1",
+});
+const upstream = createUpstream({
+  mode: "live",
+  apiKey: "bench-key",
+  baseURL: "http://127.0.0.1:9",
+  fetch: () =>
+    Promise.resolve(
+      new Response(answer, {
+        headers: { "content-type": "text/event-stream", "request-id": "req_bench" },
+      }),
+    ),
+});
+const kv = await openKv(config);
+const logger = createLogger({ level: "silent" });
+const stats = Deno.env.get("BENCH_NO_STATS") ? undefined : createKvStats({ kv, logger });
+const app = createApp({ config, upstream, logger, kv, stats, lifecycle: createLifecycle() });
+const body = JSON.stringify({
+  model: "claude-bench",
+  max_tokens: 1024,
+  stream: true,
+  messages: [{ role: "user", content: "Benchmark me." }],
+});
+
+async function one() {
+  const response = await app.fetch(
+    new Request("http://127.0.0.1/v1/messages", {
+      method: "POST",
+      headers: { "content-type": "application/json", "anthropic-version": "2023-06-01" },
+      body,
+    }),
+  );
+  await response.arrayBuffer();
+}
+
+const settle = () => new Promise((resolve) => setTimeout(resolve, 200)); // stats writes finish
+for (let i = 0; i < 2000; i++) await one(); // warm-up
+await settle();
+const cpu = process.cpuUsage();
+const started = performance.now();
+for (let i = 0; i < requests; i++) await one();
+const wallMs = performance.now() - started;
+await settle();
+const used = process.cpuUsage(cpu);
+console.log(
+  `${requests} requests: ${((used.user + used.system) / requests).toFixed(0)} µs CPU and ` +
+    `${(wallMs * 1000 / requests).toFixed(0)} µs wall per request`,
+);
+kv.close();
