@@ -189,9 +189,6 @@ export class UpstreamIdleError extends Error {
   }
 }
 
-type ReadOutcome = { result: ReadableStreamReadResult<Uint8Array> } | { error: unknown };
-const TICK = Symbol("tick");
-
 /**
  * Forwards `upstream` to the client unchanged and in order, one chunk at a time as it arrives,
  * then reports each chunk to `hooks`. The client's bytes never wait on parsing or accounting: a
@@ -219,8 +216,6 @@ export function tapStream(
   const timed = idleMs > 0 || keepAliveMs > 0;
   let finished = false;
   let unwatchCut = () => {};
-  // A read that outlives one pull (a keep-alive was sent meanwhile) is kept for the next.
-  let pending: Promise<ReadOutcome> | undefined;
   const safely = (fn: () => void) => {
     try {
       fn();
@@ -230,35 +225,17 @@ export function tapStream(
   };
   // Keep-alives and the idle deadline share one timer per stream, armed when a wait begins and
   // no timer is armed, re-armed only when it fires early. (A timer set and cleared on every read
-  // was 2.6 µs of sluice's 6 µs of CPU per event, measured in-process; see the README.)
+  // was 2.6 µs of sluice's 6 µs of CPU per event, measured in-process; see the README.) The
+  // timer acts by itself (enqueues a keep-alive, or cancels the read and ends the stream) while
+  // the pull awaits its read: racing every read against a timeout promise cost ~1 KB of garbage
+  // per event (see the README).
   let waiting = false;
   let waitStart = 0;
   let lastSent = 0;
   let timer: ReturnType<typeof setTimeout> | undefined;
-  let wake: ((tick: typeof TICK) => void) | undefined;
   const stopTimer = () => {
     if (timer !== undefined) clearTimeout(timer);
     timer = undefined;
-  };
-  const arm = (controller: ReadableStreamDefaultController<Uint8Array>) => {
-    let due = Infinity;
-    if (idleMs > 0) due = waitStart + idleMs;
-    if (keepAliveMs > 0) due = Math.min(due, lastSent + keepAliveMs);
-    timer = setTimeout(() => {
-      timer = undefined;
-      if (finished || !waiting) return; // between reads: the next wait arms it again
-      const now = performance.now();
-      if (idleMs > 0 && now - waitStart >= idleMs) {
-        wake?.(TICK);
-        return;
-      }
-      if (keepAliveMs > 0 && now - lastSent >= keepAliveMs) {
-        // Inside an event a comment would corrupt it; wait for the event to end instead.
-        if (boundary.atBoundary()) controller.enqueue(keepAlive);
-        lastSent = now;
-      }
-      arm(controller);
-    }, Math.max(0, due - performance.now()));
   };
   const fail = (controller: ReadableStreamDefaultController<Uint8Array>, error: unknown) => {
     finished = true;
@@ -271,58 +248,64 @@ export function tapStream(
     if (last) controller.enqueue(last);
     controller.close();
   };
-
-  /** Waits for the next upstream read, sending keep-alives and watching the idle deadline. */
-  async function nextRead(
-    controller: ReadableStreamDefaultController<Uint8Array>,
-  ): Promise<ReadOutcome | typeof TICK> {
-    const read = pending ??= reader.read().then((result) => ({ result }), (error) => ({ error }));
-    if (!timed) return await read;
-    waiting = true;
-    waitStart = lastSent = performance.now();
-    // A timer left from an earlier wait fires before this wait's deadlines and re-arms itself.
-    if (timer === undefined) arm(controller);
-    const tick = new Promise<typeof TICK>((resolve) => (wake = resolve));
-    const first = await Promise.race([read, tick]);
-    waiting = false;
-    wake = undefined;
-    return first;
-  }
-
-  const cut = options.cut;
-  const onCut = (controller: ReadableStreamDefaultController<Uint8Array>) => {
+  /** Gives up on the upstream: its read is cancelled and the stream ends with `onError`'s words. */
+  const abandon = (controller: ReadableStreamDefaultController<Uint8Array>, error: unknown) => {
     if (finished) return;
-    reader.cancel(cut!.reason).catch(() => {});
-    fail(controller, cut!.reason);
+    reader.cancel(error).catch(() => {});
+    fail(controller, error);
+  };
+  const arm = (controller: ReadableStreamDefaultController<Uint8Array>) => {
+    let due = Infinity;
+    if (idleMs > 0) due = waitStart + idleMs;
+    if (keepAliveMs > 0) due = Math.min(due, lastSent + keepAliveMs);
+    timer = setTimeout(() => {
+      timer = undefined;
+      if (finished || !waiting) return; // between reads: the next wait arms it again
+      const now = performance.now();
+      if (idleMs > 0 && now - waitStart >= idleMs) {
+        abandon(controller, new UpstreamIdleError(idleMs));
+        return;
+      }
+      if (keepAliveMs > 0 && now - lastSent >= keepAliveMs) {
+        // Inside an event a comment would corrupt it; wait for the event to end instead.
+        if (boundary.atBoundary()) controller.enqueue(keepAlive);
+        lastSent = now;
+      }
+      arm(controller);
+    }, Math.max(0, due - performance.now()));
   };
 
+  const cut = options.cut;
   return new ReadableStream<Uint8Array>({
     start(controller) {
       if (!cut) return;
       if (cut.aborted) {
-        queueMicrotask(() => onCut(controller));
+        queueMicrotask(() => abandon(controller, cut.reason));
         return;
       }
-      const listener = () => onCut(controller);
+      const listener = () => abandon(controller, cut.reason);
       cut.addEventListener("abort", listener, { once: true });
       unwatchCut = () => cut.removeEventListener("abort", listener);
     },
     async pull(controller) {
       if (finished) return;
-      const outcome = await nextRead(controller);
+      if (timed) {
+        waiting = true;
+        waitStart = lastSent = performance.now();
+        // A timer left from an earlier wait fires before this wait's deadlines and re-arms itself.
+        if (timer === undefined) arm(controller);
+      }
+      let result: ReadableStreamReadResult<Uint8Array>;
+      try {
+        result = await reader.read();
+      } catch (error) {
+        waiting = false;
+        if (!finished) fail(controller, error);
+        return;
+      }
+      waiting = false;
+      // The timer or the cut may have ended the stream (and cancelled this read) meanwhile.
       if (finished) return;
-      pending = undefined;
-      if (outcome === TICK) {
-        const error = new UpstreamIdleError(idleMs);
-        reader.cancel(error).catch(() => {});
-        fail(controller, error);
-        return;
-      }
-      if ("error" in outcome) {
-        fail(controller, outcome.error);
-        return;
-      }
-      const result = outcome.result;
       if (result.done) {
         finished = true;
         stopTimer();
