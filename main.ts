@@ -25,7 +25,7 @@ const logger = createLogger({ level: config.logLevel, secrets: [config.anthropic
 const upstream = await createUpstreamFromConfig(config);
 
 const kv = await openKv(config);
-const stats = createKvStats({ kv, logger });
+const stats = createKvStats({ kv, logger, writeIntervalMs: config.statsWriteMs });
 const lifecycle = createLifecycle();
 const app = createApp({ config, upstream, logger, kv, stats, lifecycle });
 

@@ -37,6 +37,7 @@ const envSchema = z.object({
   SLUICE_RATE_LIMIT_RPM: int(0).default(0),
   SLUICE_MAX_CONCURRENT_STREAMS: int(0).default(0),
   SLUICE_SHUTDOWN_GRACE_MS: int(0).default(8_000),
+  SLUICE_STATS_WRITE_MS: int(0).max(60_000).default(1_000),
   SLUICE_DEFAULT_MODEL: z.string().min(1).default("claude-sonnet-4-5-20250929"),
   SLUICE_CHAT_MAX_TOKENS: int(1).default(1024),
   SLUICE_CONVERSATION_MAX_TURNS: int(2).default(40),
@@ -83,6 +84,8 @@ export interface Config {
   maxConcurrentStreams: number;
   /** On SIGINT/SIGTERM, how long running streams may go on before they are cut (ms). */
   shutdownGraceMs: number;
+  /** Longest a finished request's stats wait to share one KV write with others (ms; 0: none). */
+  statsWriteMs: number;
   defaultModel: string;
   /** `/chat`'s default `max_tokens`. */
   chatMaxTokens: number;
@@ -157,6 +160,7 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
     rateLimitRpm: e.SLUICE_RATE_LIMIT_RPM,
     maxConcurrentStreams: e.SLUICE_MAX_CONCURRENT_STREAMS,
     shutdownGraceMs: e.SLUICE_SHUTDOWN_GRACE_MS,
+    statsWriteMs: e.SLUICE_STATS_WRITE_MS,
     defaultModel: e.SLUICE_DEFAULT_MODEL,
     chatMaxTokens: e.SLUICE_CHAT_MAX_TOKENS,
     conversation: {

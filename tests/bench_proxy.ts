@@ -52,7 +52,9 @@ async function sluice(upstreamUrl: string): Promise<Handler> {
   const logger = createLogger({ level: "silent" });
   const upstream = await createUpstreamFromConfig(config);
   const kv = await openKv(config);
-  const stats = Deno.env.get("BENCH_NO_STATS") ? undefined : createKvStats({ kv, logger });
+  const stats = Deno.env.get("BENCH_NO_STATS")
+    ? undefined
+    : createKvStats({ kv, logger, writeIntervalMs: config.statsWriteMs });
   const app = createApp({ config, upstream, logger, kv, stats, lifecycle: createLifecycle() });
   return (request, info) => app.fetch(request, info);
 }

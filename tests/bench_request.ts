@@ -54,7 +54,9 @@ const upstream = createUpstream({
 });
 const kv = await openKv(config);
 const logger = createLogger({ level: "silent" });
-const stats = Deno.env.get("BENCH_NO_STATS") ? undefined : createKvStats({ kv, logger });
+const stats = Deno.env.get("BENCH_NO_STATS")
+  ? undefined
+  : createKvStats({ kv, logger, writeIntervalMs: config.statsWriteMs });
 const app = createApp({ config, upstream, logger, kv, stats, lifecycle: createLifecycle() });
 const body = JSON.stringify({
   model: "claude-bench",
@@ -74,7 +76,8 @@ async function one() {
   await response.arrayBuffer();
 }
 
-const settle = () => new Promise((resolve) => setTimeout(resolve, 200)); // stats writes finish
+// Every stats write of the requests so far is over (the macrotask lets their records arrive).
+const settle = () => new Promise((resolve) => setTimeout(resolve, 0)).then(() => stats?.flush());
 for (let i = 0; i < 2000; i++) await one(); // warm-up
 await settle();
 const cpu = process.cpuUsage();

@@ -223,6 +223,49 @@ function summaryAt(startedAt: number, extra: Partial<RequestSummary> = {}): Requ
   };
 }
 
+Deno.test("records within the write interval share one KV write, and reads write what waits first", async (t) => {
+  const kv = await Deno.openKv(":memory:");
+  try {
+    const commits: Deno.KvMutation[][] = [];
+    const options = (writeIntervalMs: number) => ({
+      kv,
+      clock: manualClock(T0),
+      writeIntervalMs,
+      commit: async (kv: Deno.Kv, batch: Deno.KvMutation[]) => {
+        commits.push(batch);
+        await kv.atomic().mutate(...batch).commit();
+      },
+    });
+
+    await t.step("a read does not wait for the interval", async () => {
+      const stats = createKvStats(options(60_000));
+      const written = [1, 2, 3].map((i) => stats.record(summaryAt(T0 - i * 1000)));
+      await new Promise((resolve) => setTimeout(resolve, 10));
+      assert.equal(commits.length, 0, "nothing is written before the interval is up");
+      const report = await stats.report();
+      assert.equal(report.requests.total, 3);
+      assert.equal(report.tokens.output, 60);
+      assert.equal(commits.length, 1, "the three records went out in one write");
+      const requestSums = commits[0].filter((m) => m.type === "sum" && m.key.at(-1) === "requests");
+      assert.equal(requestSums.length, 1, "their counters were added up before the write");
+      assert.equal((requestSums[0] as { value: Deno.KvU64 }).value.value, 3n);
+      await Promise.all(written); // each record's promise settles with its write
+      await stats.flush();
+      assert.equal(commits.length, 1, "a flush with nothing waiting writes nothing");
+    });
+
+    await t.step("the records of one interval are written together when it is up", async () => {
+      commits.length = 0;
+      const stats = createKvStats(options(20));
+      await Promise.all([4, 5, 6].map((i) => stats.record(summaryAt(T0 - i * 1000))));
+      assert.equal(commits.length, 1);
+      assert.equal((await stats.report()).requests.total, 6);
+    });
+  } finally {
+    kv.close();
+  }
+});
+
 Deno.test("recent windows count only the requests inside them, from keys that expire", async () => {
   const kv = await Deno.openKv(":memory:");
   try {
