@@ -19,8 +19,9 @@
  * (count) and `us` (sum in microseconds).
  *
  * Writing never touches the response path: `record` only adds to memory and schedules a commit.
- * Commits are serialized per instance; records that arrive meanwhile are batched into the next
- * one. A failed commit is logged and counted, and its changes are kept for the next attempt.
+ * Commits are serialized per instance, at most one per `writeIntervalMs`; records that arrive
+ * meanwhile are batched into the next one. A failed commit is logged and counted, and its changes
+ * are kept for the next attempt.
  */
 import type { Clock } from "./clock.ts";
 import { systemClock } from "./clock.ts";
@@ -200,8 +201,9 @@ export interface KvStatsOptions {
 /** The KV sink and reader. */
 export interface KvStats extends StatsSink, StatsSource {
   /**
-   * Adds a summary in memory and schedules a write; never throws. The promise settles when that
-   * write is over (written, or failed and kept), so a graceful shutdown can wait for it.
+   * Adds a summary in memory and schedules a write; never throws. The promise settles once the
+   * summary is in memory (a graceful shutdown waits for that, then calls {@link flush}), not when
+   * it is written: with a write interval that could be a second later.
    */
   record(summary: RequestSummary): Promise<void>;
   /** Resolves once every record handed over so far has been written (or failed). */
@@ -443,7 +445,8 @@ export function createKvStats(options: KvStatsOptions): KvStats {
           logger.warn("stats record failed", { error: String(error) });
           return;
         }
-        return schedule();
+        // Not awaited: the write goes out with the others of its interval; `flush` waits for it.
+        schedule();
       });
     },
     async flush() {
