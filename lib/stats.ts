@@ -300,8 +300,14 @@ export function createKvStats(options: KvStatsOptions): KvStats {
     const recentKey = [...RECENT, Math.floor(summary.startedAt), instance, ++seq];
     recentQueue.push({ key: recentKey, value: recentEntry(summary) });
     ownRecent.push(recentKey);
-    while (ownRecent.length > recentLimit) recentDeletes.push(ownRecent.shift()!);
-    if (recentQueue.length > recentLimit) recentQueue = recentQueue.slice(-recentLimit);
+    if (ownRecent.length > recentLimit) {
+      // The queue holds the newest of `ownRecent`, not yet written. When the oldest entry is
+      // still among them it is dropped unwritten; otherwise it is in KV and gets deleted. (With
+      // a write interval, a busy second records more than the limit: no set-then-delete.)
+      const oldest = ownRecent.shift()!;
+      if (recentQueue.length > ownRecent.length) recentQueue.shift();
+      else recentDeletes.push(oldest);
+    }
   }
 
   function takeBatch(): BatchItem[] {

@@ -570,6 +570,44 @@ Deno.test("the recent log keeps a bounded number of entries and validates its li
   }
 });
 
+Deno.test("recent entries dropped before their write are never written nor deleted", async () => {
+  const kv = await Deno.openKv(":memory:");
+  try {
+    const commits: Deno.KvMutation[][] = [];
+    const stats = createKvStats({
+      kv,
+      clock: manualClock(T0),
+      recentLimit: 3,
+      writeIntervalMs: 60_000,
+      commit: async (kv, batch) => {
+        commits.push(batch);
+        await kv.atomic().mutate(...batch).commit();
+      },
+    });
+    const recentOps = (batch: Deno.KvMutation[]) =>
+      batch.filter((m) => m.key[1] === "recent").map((m) => `${m.type} ${String(m.key[2])}`);
+    for (let i = 1; i <= 5; i++) await stats.record(summaryAt(T0 + i));
+    await stats.flush();
+    assert.deepEqual(recentOps(commits[0]), [`set ${T0 + 3}`, `set ${T0 + 4}`, `set ${T0 + 5}`]);
+    for (let i = 6; i <= 7; i++) await stats.record(summaryAt(T0 + i));
+    await stats.flush();
+    assert.deepEqual(recentOps(commits[1]).sort(), [
+      `delete ${T0 + 3}`,
+      `delete ${T0 + 4}`,
+      `set ${T0 + 6}`,
+      `set ${T0 + 7}`,
+    ]);
+    const kept = await stats.recent(100);
+    assert.deepEqual(kept.map((entry) => entry.id), [
+      `req_${T0 + 7}`,
+      `req_${T0 + 6}`,
+      `req_${T0 + 5}`,
+    ]);
+  } finally {
+    kv.close();
+  }
+});
+
 Deno.test("without a KV stats store the stats endpoints answer 404 and say why", async () => {
   const app = await replayApp({ stats: memorySink() });
   for (const path of ["/stats", "/stats/recent", "/metrics"]) {
