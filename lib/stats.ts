@@ -243,10 +243,8 @@ export function createKvStats(options: KvStatsOptions): KvStats {
   let seq = 0;
   let writeFailures = 0;
   let inflight: Promise<void> | null = null;
-  // The write that records wait for when `writeIntervalMs` > 0: its timer, and how to settle it.
+  // The timer of the next write when `writeIntervalMs` > 0.
   let waitTimer: ReturnType<typeof setTimeout> | undefined;
-  let settleWait: (() => void) | undefined;
-  let waiting: Promise<void> | null = null;
 
   // `id` names the key in memory; the key itself is built only the first time (this runs for
   // every request, on the thread that serves streams).
@@ -386,7 +384,11 @@ export function createKvStats(options: KvStatsOptions): KvStats {
   }
 
   function writeNow(): Promise<void> {
-    if (!inflight) inflight = drain().finally(() => (inflight = null));
+    // Nobody awaits a scheduled write: whatever goes wrong is counted and logged, never thrown.
+    inflight ??= drain().catch((error) => {
+      writeFailures++;
+      logger.warn("stats write failed", { error: String(error) });
+    }).finally(() => (inflight = null));
     return inflight;
   }
 
@@ -396,24 +398,16 @@ export function createKvStats(options: KvStatsOptions): KvStats {
    * dozen merged mutations a second instead of one per request (the gateway bench measured the
    * per-request commits delaying other streams' deltas; see the README).
    */
-  function schedule(): Promise<void> {
-    if (writeIntervalMs <= 0) return writeNow();
-    waiting ??= new Promise<void>((resolve) => {
-      settleWait = resolve;
-      waitTimer = setTimeout(writeWaiting, writeIntervalMs);
-    });
-    return waiting;
+  function schedule(): void {
+    if (writeIntervalMs <= 0) writeNow();
+    else waitTimer ??= setTimeout(writeWaiting, writeIntervalMs);
   }
 
-  /** Starts the waiting write now (its records' promises settle when it is over). */
+  /** Starts the write that was waiting for its interval now. */
   function writeWaiting(): Promise<void> {
     if (waitTimer !== undefined) clearTimeout(waitTimer);
-    const settle = settleWait;
-    waitTimer = settleWait = undefined;
-    waiting = null;
-    const written = writeNow();
-    if (settle) written.then(settle);
-    return written;
+    waitTimer = undefined;
+    return writeNow();
   }
 
   /** Writes whatever is waiting and resolves when every write so far is over. */
