@@ -40,7 +40,7 @@ export interface AppDeps {
   logger?: Logger;
   stats?: StatsSink;
   kv?: Deno.Kv;
-  /** Graceful shutdown: tracks stats writes, can end running streams (main.ts gives one). */
+  /** Graceful shutdown: tracks stats records, can end running streams (main.ts gives one). */
   lifecycle?: Lifecycle;
 }
 

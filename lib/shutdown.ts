@@ -1,9 +1,10 @@
 /**
  * Graceful shutdown. On SIGINT or SIGTERM sluice stops accepting connections, lets running
  * streams finish for a grace period, then ends the ones still running with a well-formed SSE
- * `error` event (never a cut connection), waits for pending stats writes, closes KV and exits.
+ * `error` event (never a cut connection), waits for the last stats records, writes them (`close`),
+ * closes KV and exits.
  *
- * The pieces: a {@link Lifecycle} the app is built with (it tracks stats writes and can cut the
+ * The pieces: a {@link Lifecycle} the app is built with (it tracks stats records and can cut the
  * streams it guards), {@link lifecycleMiddleware} that guards streamed response bodies, and
  * {@link installShutdown} that main.ts calls with the `Deno.serve` server.
  */
@@ -20,7 +21,7 @@ export interface Lifecycle {
   readonly draining: boolean;
   /** Marks the start of shutdown. */
   beginDrain(): void;
-  /** Remembers work that must finish before exit (a stats write); never rejects. */
+  /** Remembers work that must finish before exit (a stats record); never rejects. */
   track(work: Promise<unknown>): void;
   /** Streams being guarded now. */
   active(): number;
@@ -177,7 +178,7 @@ export interface ShutdownOptions {
   logger: Logger;
   /** How long running streams may go on after the signal (ms). */
   graceMs: number;
-  /** How long to wait for pending stats writes once streams are over (ms). Default 2000. */
+  /** How long to wait for the last stats records, then for their write (ms, each). Default 2000. */
   flushMs?: number;
   /** Runs last, before exit: close KV and the like. */
   close?: () => void | Promise<void>;
@@ -224,7 +225,7 @@ export function installShutdown(options: ShutdownOptions): ShutdownHandle {
       await drained;
     }
     const left = await lifecycle.settle(options.flushMs ?? 2000);
-    if (left > 0) logger.warn(`${left} stats write(s) did not finish before exit`);
+    if (left > 0) logger.warn(`${left} stats record(s) did not arrive before exit`);
     if (options.close) {
       // Bounded too: a store that hangs must not keep a stopped server alive.
       const closed = await withTimeout(Promise.resolve(options.close()), options.flushMs ?? 2000);
