@@ -245,14 +245,21 @@ export function createConversationStore(options: ConversationStoreOptions): Conv
   };
 }
 
+/** A conversation's times as the JSON views show them (ISO 8601). */
+function timesJson(conversation: Conversation) {
+  return {
+    created_at: new Date(conversation.createdAt).toISOString(),
+    updated_at: new Date(conversation.updatedAt).toISOString(),
+    expires_at: new Date(conversation.expiresAt).toISOString(),
+  };
+}
+
 /** One conversation in the list (`GET /conversations`): its metadata, not its messages. */
 export function conversationSummaryJson(conversation: Conversation) {
   const first = conversation.turns.find((turn) => turn.role === "user")?.content ?? null;
   return {
     id: conversation.id,
-    created_at: new Date(conversation.createdAt).toISOString(),
-    updated_at: new Date(conversation.updatedAt).toISOString(),
-    expires_at: new Date(conversation.expiresAt).toISOString(),
+    ...timesJson(conversation),
     model: conversation.model ?? null,
     message_count: conversation.turns.length,
     dropped_turns: conversation.droppedTurns,
@@ -265,9 +272,7 @@ export function conversationSummaryJson(conversation: Conversation) {
 export function conversationJson(conversation: Conversation) {
   return {
     id: conversation.id,
-    created_at: new Date(conversation.createdAt).toISOString(),
-    updated_at: new Date(conversation.updatedAt).toISOString(),
-    expires_at: new Date(conversation.expiresAt).toISOString(),
+    ...timesJson(conversation),
     system: conversation.system ?? null,
     model: conversation.model ?? null,
     messages: conversation.turns,

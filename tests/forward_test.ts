@@ -155,18 +155,16 @@ Deno.test("with gateway keys set, count_tokens and models need one too", async (
     const models = await app.request("/v1/models");
     assert.equal(models.status, 401);
     assert.equal((await models.json()).error.type, "authentication_error");
-    const count = await app.request("/v1/messages/count_tokens", {
-      method: "POST",
-      headers: { "content-type": "application/json", "x-api-key": "wrong" },
-      body: JSON.stringify(countBody),
-    });
+    const countWith = (key: string) =>
+      app.request("/v1/messages/count_tokens", {
+        method: "POST",
+        headers: { "content-type": "application/json", "x-api-key": key },
+        body: JSON.stringify(countBody),
+      });
+    const count = await countWith("wrong");
     assert.equal(count.status, 401);
     await count.body?.cancel();
-    const allowed = await app.request("/v1/messages/count_tokens", {
-      method: "POST",
-      headers: { "content-type": "application/json", "x-api-key": "gw-key-1" },
-      body: JSON.stringify(countBody),
-    });
+    const allowed = await countWith("gw-key-1");
     assert.equal(allowed.status, 200);
     await allowed.body?.cancel();
     assert.equal(upstream.requests.length, 1);
