@@ -224,7 +224,11 @@ export const TEST_SERVER_KEY = "sk-ant-test-upstream-key";
 /** sluice in live mode in front of `upstreamUrl` (no retries), plus config overrides. */
 export function liveApp(upstreamUrl: string, env: Record<string, string> = {}) {
   return createApp({
-    config: testConfig({ ANTHROPIC_API_KEY: TEST_SERVER_KEY, ...env }),
+    config: testConfig({
+      ANTHROPIC_API_KEY: TEST_SERVER_KEY,
+      ANTHROPIC_BASE_URL: upstreamUrl,
+      ...env,
+    }),
     upstream: createUpstream({
       mode: "live",
       apiKey: TEST_SERVER_KEY,
