@@ -92,7 +92,9 @@ Deno.test("the tap forwards every chunk unchanged and in order, then tells its h
   let closed = false;
   const tapped = tapStream(streamOf(chunks), {
     onChunk: (chunk) => seen.push(new TextDecoder().decode(chunk)),
-    onClose: () => (closed = true),
+    onClose: () => {
+      closed = true;
+    },
     onCancel: () => assert.fail("not cancelled"),
     onError: () => assert.fail("no error"),
   });
