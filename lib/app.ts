@@ -26,6 +26,7 @@ import { healthRoute } from "../routes/health.ts";
 import { countTokensRoute } from "../routes/count_tokens.ts";
 import { messagesRoute } from "../routes/messages.ts";
 import { modelsRoute } from "../routes/models.ts";
+import { replayFixturesRoute } from "../routes/replay_fixtures.ts";
 import { chatRoute } from "../routes/chat.ts";
 import { conversationsRoute } from "../routes/conversations.ts";
 import { pageRoute } from "../routes/page.ts";
@@ -86,6 +87,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   app.route("/", messagesRoute(routeDeps));
   app.route("/", countTokensRoute(routeDeps));
   app.route("/", modelsRoute(routeDeps));
+  app.route("/", replayFixturesRoute(routeDeps));
   app.route("/", chatRoute(routeDeps));
   app.route("/", conversationsRoute(routeDeps));
 

@@ -221,10 +221,12 @@ export async function startCall(options: CallOptions): Promise<Call> {
         if (result.events.message_stop || result.events.error) return undefined;
         options.logger.warn("upstream stream ended without message_stop", { id });
         const prefix = state.atEventBoundary ? "" : "\n\n";
-        return new TextEncoder().encode(prefix + sseErrorEvent(
-          "api_error",
-          "the upstream stream ended without message_stop; the answer is incomplete",
-        ));
+        return new TextEncoder().encode(
+          prefix + sseErrorEvent(
+            "api_error",
+            "the upstream stream ended without message_stop; the answer is incomplete",
+          ),
+        );
       },
       onCancel: (reason) => {
         // Abort first: the upstream stops generating (and billing) before anything else runs.
