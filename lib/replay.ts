@@ -280,11 +280,14 @@ export function toolResultAnswer(body: Record<string, unknown>): string {
     isObject(block) && block.type === "tool_result"
   );
   const lines = results.map((result) => {
-    const name = names.get(String(result.tool_use_id)) ?? "tool";
+    // A threaded request (the SDK's tool runner) sends only the new turn: the call's name may
+    // be unknown here.
+    const name = names.get(String(result.tool_use_id));
+    const tool = name ? `The ${name} tool` : "The tool";
     const quoted = shorten(resultText(result.content), 300) || "(nothing)";
     return result.is_error === true
-      ? `The ${name} tool reported an error: ${quoted}`
-      : `The ${name} tool returned: ${quoted}`;
+      ? `${tool} reported an error: ${quoted}`
+      : `${tool} returned: ${quoted}`;
   });
   return `${lines.join("\n")}\n\nThat is all I needed. (sluice replay: this final answer ` +
     `quotes your tool results; set ANTHROPIC_API_KEY for real answers.)`;

@@ -10,7 +10,7 @@ import {
   selectFixture,
 } from "../lib/replay.ts";
 import { createSseDecoder, decodeAll } from "../lib/sse.ts";
-import { clean, projectFixtures, sdkOracle } from "./helpers.ts";
+import { clean, projectFixtures, replayApp, sdkOracle, seededRandom } from "./helpers.ts";
 
 const INSTANT = { ttftMs: 0, tokensPerSecond: 1e9, speed: 0 };
 const dec = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
@@ -503,4 +503,141 @@ Deno.test("GET /v1/replay/fixtures lists every fixture, how to ask for it, and w
   for (const quirk of ["connection-cut", "overloaded-mid-stream", "unknown-event", "multibyte"]) {
     assert.equal(listed.find((f) => f.name === quirk)!.served_when, null, quirk);
   }
+});
+
+// --- ordinary prompts --------------------------------------------------------------------------
+
+/** Words that once picked failure recordings, among ordinary ones. */
+const WORDS = [
+  "cut",
+  "overload",
+  "overloaded",
+  "future",
+  "unknown",
+  "language",
+  "languages",
+  "emoji",
+  "translate",
+  "rate",
+  "limit",
+  "malware",
+  "exploit",
+  "crlf",
+  "padding",
+  "disconnect",
+  "cite",
+  "citation",
+  "source",
+  "document",
+  "search",
+  "news",
+  "latest",
+  "weather",
+  "redacted",
+  "essay",
+  "essays",
+  "long",
+  "history",
+  "three",
+  "3",
+  "word",
+  "words",
+  "error",
+  "stream",
+  "refusal",
+  "plan",
+  "execute",
+  "year",
+  "how",
+  "what",
+  "is",
+  "the",
+  "a",
+  "of",
+  "please",
+  "tell",
+  "me",
+  "about",
+  "tides",
+  "python",
+  "string",
+  "list",
+  "file",
+  "server",
+  "connection",
+  "token",
+  "max",
+  "tokens",
+];
+const QUESTIONS = [
+  "How do I cut a string in Python?",
+  "Execute the plan",
+  "How long is a year?",
+  "What does `git rebase --onto` do?",
+  "Why does my Rust code say borrowed value does not live long enough?",
+  "Write a SQL query that finds duplicate emails",
+  "Explain the future of unknown languages",
+  "Is this code an exploit? `eval(input())`",
+  "Quelle est la capitale de l'Australie ?",
+  "¿Cómo se dice 'rate limit' en español?",
+  "日本語で自己紹介してください",
+  "Расскажи историю про кота",
+  "ما هو أفضل كتاب؟",
+  "Translate 'overloaded' into German 🇩🇪",
+  "source: document.txt, please cite it",
+  "search the latest news about crlf padding",
+];
+
+function ordinaryPrompt(random: () => number): string {
+  const pick = <T>(items: T[]) => items[Math.floor(random() * items.length)];
+  const kind = random();
+  if (kind < 0.4) return pick(QUESTIONS);
+  const words = Array.from({ length: 1 + Math.floor(random() * 12) }, () => pick(WORDS));
+  return kind < 0.7 ? words.join(" ") : `${pick(QUESTIONS)} ${words.join(" ")}`;
+}
+
+Deno.test("two thousand ordinary prompts get ordinary answers: no failure or quirk fixture, no 5xx (seed 20261202)", async () => {
+  const random = seededRandom(20261202);
+  const set = await projectFixtures();
+  const app = await replayApp();
+  // What an ordinary request may get: the fixtures rules and the default pick, and the answer
+  // to tool results.
+  const ordinary = new Set([set.defaultFixture, ...set.rules.map((r) => r.fixture)]);
+  const seen = new Map<string, number>();
+  for (let i = 0; i < 2000; i++) {
+    const stream = random() < 0.5;
+    const body: Record<string, unknown> = {
+      model: "claude-haiku-4-5",
+      max_tokens: random() < 0.2 ? 1 + Math.floor(random() * 200) : 1024,
+      stream,
+      messages: [{ role: "user", content: ordinaryPrompt(random) }],
+    };
+    if (random() < 0.15) body.tools = [{ name: "Bash", input_schema: { type: "object" } }];
+    if (random() < 0.1) body.thinking = { type: "enabled", budget_tokens: 1024 };
+    const where = `case ${i}: ${JSON.stringify(body)}`;
+    const response = await app.request(
+      new Request("http://sluice.test/v1/messages", {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(body),
+      }),
+    );
+    assert.equal(response.status, 200, where);
+    const fixture = response.headers.get("x-sluice-fixture") ?? "";
+    assert.ok(ordinary.has(fixture), `${where}: got ${fixture}`);
+    seen.set(fixture, (seen.get(fixture) ?? 0) + 1);
+    const bytes = new Uint8Array(await response.arrayBuffer());
+    const message = stream
+      ? (() => {
+        const result = accumulate(bytes);
+        assert.equal(result.complete, true, where);
+        assert.equal(result.error, null, where);
+        return result.message as unknown as Record<string, unknown>;
+      })()
+      : JSON.parse(dec(bytes));
+    assert.equal(message.model, "claude-haiku-4-5", where);
+    assert.ok(["end_turn", "max_tokens"].includes(message.stop_reason as string), where);
+  }
+  console.log(`ordinary prompts: ${JSON.stringify(Object.fromEntries(seen))}`);
+  assert.ok(seen.size >= 3, "the rules were reached too");
 });
