@@ -10,7 +10,7 @@ import {
   selectFixture,
 } from "../lib/replay.ts";
 import { createSseDecoder, decodeAll } from "../lib/sse.ts";
-import { clean, projectFixtures, replayApp, sdkOracle, seededRandom } from "./helpers.ts";
+import { clean, liveApp, projectFixtures, replayApp, sdkOracle, seededRandom } from "./helpers.ts";
 
 const INSTANT = { ttftMs: 0, tokensPerSecond: 1e9, speed: 0 };
 const dec = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
@@ -640,4 +640,19 @@ Deno.test("two thousand ordinary prompts get ordinary answers: no failure or qui
   }
   console.log(`ordinary prompts: ${JSON.stringify(Object.fromEntries(seen))}`);
   assert.ok(seen.size >= 3, "the rules were reached too");
+});
+
+Deno.test("GET /v1/replay/fixtures is served in replay mode and a 404 in live mode", async (t) => {
+  await t.step("replay", async () => {
+    const response = await (await replayApp()).request("http://sluice.test/v1/replay/fixtures");
+    assert.equal(response.status, 200);
+    const body = await response.json();
+    assert.ok(body.fixtures.some((f: { name: string }) => f.name === "connection-cut"));
+  });
+  await t.step("live", async () => {
+    const app = liveApp("http://127.0.0.1:9"); // never reached
+    const response = await app.request("http://sluice.test/v1/replay/fixtures");
+    assert.equal(response.status, 404);
+    assert.equal((await response.json()).error.type, "not_found_error");
+  });
 });
