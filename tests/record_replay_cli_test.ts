@@ -89,7 +89,7 @@ Deno.test("replay --list names every fixture, says which are on request only and
       assert.match(stdout, new RegExp(`^${name} \\((stream|http)\\)`, "m"), name);
       assert.ok(stdout.includes(`"x-sluice-fixture: ${name}" or "[fixture:${name}]"`), name);
     }
-    assert.match(stdout, /^connection-cut .*\n  served for: on request only$/m);
+    assert.match(stdout, /^connection-cut .*\n {2}served for: on request only$/m);
   });
   await t.step("as JSON", async () => {
     const { code, stdout } = await run([...args, "--json"], env);
