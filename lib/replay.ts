@@ -728,11 +728,11 @@ export function createReplayFetch(set: FixtureSet, options: ReplayOptions): type
           "request-id": served.http.headers["request-id"] ?? id,
         });
       }
-      // A fixture asked for by name is served as recorded; an ordinary answer keeps to the
-      // request's max_tokens as the API would.
-      const cut = selection.kind === "named" || !served.sse || typeof body.max_tokens !== "number"
-        ? undefined
-        : truncateAtMaxTokens(served.sse, body.max_tokens);
+    }
+    // A fixture asked for by name is served as recorded; any other answer keeps to the
+    // request's max_tokens as the API would.
+    if (selection.kind !== "named" && served.sse && typeof body.max_tokens === "number") {
+      const cut = truncateAtMaxTokens(served.sse, body.max_tokens);
       if (cut) served = { name: served.name, sse: cut };
     }
     // The answer names the model that was asked for (stats by model show what callers use).
