@@ -558,7 +558,7 @@ export const SELECTION_RULES: string[] = [
   "x-sluice-fixture: NAME (header) or [fixture:NAME] in the last user message serves that fixture as recorded",
   "a last user turn of tool_result blocks gets a final text answer quoting them (also when the named fixture is a tool call)",
   "otherwise the first manifest rule that holds (served_when), else the default",
-  "an answer chosen by rule or default that is longer than max_tokens is cut there (stop_reason max_tokens)",
+  "an answer not asked for by name that is longer than max_tokens is cut there (stop_reason max_tokens)",
   "the answer names the requested model",
 ];
 /** How fast replay serves fixtures that have no recorded timing. */

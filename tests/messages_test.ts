@@ -109,6 +109,13 @@ Deno.test("a replayed cut connection ends like a dropped upstream: an api_error 
   assert.match(JSON.parse(last.data).error.message, /dropped mid-stream/);
   await new Promise((r) => setTimeout(r, 0));
   assert.equal(stats.records[0].outcome, "incomplete");
+  const whole = await app.request(
+    post(body({ messages: [{ role: "user", content: "[fixture:connection-cut]" }] })),
+  );
+  assert.equal(whole.status, 502, "without streaming: a 502, never a 500");
+  const error = await whole.json();
+  assert.equal(error.type, "error");
+  assert.equal(error.error.type, "api_error");
 });
 
 Deno.test("an upstream stream that closes cleanly without message_stop ends with an api_error event after its last byte", async (t) => {
