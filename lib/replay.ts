@@ -391,12 +391,14 @@ export function truncateAtMaxTokens(bytes: Uint8Array, maxTokens: number): Uint8
   if (outputTokens <= maxTokens || totalChars === 0) return undefined;
   let budget = Math.max(1, Math.floor((maxTokens / outputTokens) * totalChars));
   const out: Uint8Array[] = [];
-  let open: number | undefined;
+  let open: { index: unknown; type: unknown } | undefined;
   for (const { segment, events } of segments) {
     const event = events[0];
     if (event?.event === "message_delta" || event?.event === "message_stop") break;
     const data = safeJson(event?.data ?? "");
-    if (event?.event === "content_block_start") open = data?.index;
+    if (event?.event === "content_block_start") {
+      open = { index: data?.index, type: data?.content_block?.type };
+    }
     if (event?.event === "content_block_stop") open = undefined;
     if (event?.event !== "content_block_delta") {
       out.push(segment);
@@ -408,8 +410,11 @@ export function truncateAtMaxTokens(bytes: Uint8Array, maxTokens: number): Uint8
       budget -= text.length;
       continue;
     }
-    // The delta that crosses the budget: keep its first `budget` characters (whole code points).
-    const kept = [...text].slice(0, budget).join("");
+    // The delta that crosses the budget: keep its first `budget` characters, never half of a
+    // surrogate pair.
+    let end = budget;
+    if (end > 0 && /[\uD800-\uDBFF]/.test(text[end - 1])) end--;
+    const kept = text.slice(0, end);
     if (kept !== "") {
       const key = ["text", "thinking", "partial_json"].find((k) => k in data.delta)!;
       out.push(encoder.encode(sse("content_block_delta", {
@@ -420,8 +425,10 @@ export function truncateAtMaxTokens(bytes: Uint8Array, maxTokens: number): Uint8
     break;
   }
   const tail = [];
-  if (open !== undefined) {
-    tail.push(sse("content_block_stop", { type: "content_block_stop", index: open }));
+  // The API ends a text or thinking block cut by max_tokens with content_block_stop, but not a
+  // tool input (the `tool-max-tokens-no-stop` recording).
+  if (open && !TOOL_INPUT_BLOCKS.has(String(open.type))) {
+    tail.push(sse("content_block_stop", { type: "content_block_stop", index: open.index }));
   }
   tail.push(
     sse("message_delta", {
@@ -434,6 +441,8 @@ export function truncateAtMaxTokens(bytes: Uint8Array, maxTokens: number): Uint8
   out.push(encoder.encode(tail.join("")));
   return concat(out);
 }
+
+const TOOL_INPUT_BLOCKS = new Set(["tool_use", "server_tool_use", "mcp_tool_use"]);
 
 // deno-lint-ignore no-explicit-any
 function safeJson(data: string): any {

@@ -8,6 +8,7 @@ import {
   ReplayCutError,
   schedule,
   selectFixture,
+  truncateAtMaxTokens,
 } from "../lib/replay.ts";
 import { createSseDecoder, decodeAll } from "../lib/sse.ts";
 import { clean, liveApp, projectFixtures, replayApp, sdkOracle, seededRandom } from "./helpers.ts";
@@ -296,6 +297,33 @@ Deno.test("an ordinary answer longer than max_tokens is cut there as the API cut
       assert.ok(fullText.startsWith(message.content[0].text));
     });
   }
+  await t.step(
+    "a tool call cut by max_tokens has no content_block_stop, as the API sends it",
+    async () => {
+      const response = await fetch(
+        post(ask("weather?", { stream: true, max_tokens: 40, tools: [weatherTool] })),
+      );
+      const bytes = new Uint8Array(await response.arrayBuffer());
+      const events = decodeAll(bytes);
+      const stops = events.filter((e) => e.event === "content_block_stop").length;
+      const starts = events.filter((e) => e.event === "content_block_start").length;
+      assert.equal(starts - stops, 1, "the tool block is left open");
+      const oracle = await sdkOracle([bytes]);
+      assert.equal(oracle.error, null);
+      assert.equal((oracle.finalMessage as { stop_reason: string }).stop_reason, "max_tokens");
+    },
+  );
+  await t.step("a cut never splits a character", () => {
+    const multibyte = set.fixtures.get("multibyte")!.sse!;
+    for (let maxTokens = 1; maxTokens < 120; maxTokens++) {
+      const cut = truncateAtMaxTokens(multibyte, maxTokens);
+      if (!cut) break;
+      const message = accumulate(cut).message!;
+      const text = (message.content[0] as { text: string }).text;
+      assert.ok(text.isWellFormed(), `max_tokens ${maxTokens}`);
+      assert.equal(message.stop_reason, "max_tokens");
+    }
+  });
   await t.step("an answer that fits is served whole", async () => {
     const response = await fetch(post(ask("hello", { stream: true, max_tokens: 4096 })));
     const message = accumulate(new Uint8Array(await response.arrayBuffer())).message!;
