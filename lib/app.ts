@@ -26,11 +26,7 @@ import type { StatsSink } from "./request_summary.ts";
 import type { Upstream } from "./upstream.ts";
 import { healthRoute } from "../routes/health.ts";
 import { messagesRoute } from "../routes/messages.ts";
-<<<<<<< HEAD
-=======
-import { modelsRoute } from "../routes/models.ts";
 import { replayFixturesRoute } from "../routes/replay_fixtures.ts";
->>>>>>> replay
 import { chatRoute } from "../routes/chat.ts";
 import { forwardRoute } from "../routes/forward.ts";
 import { conversationsRoute } from "../routes/conversations.ts";
@@ -90,12 +86,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   app.use("*", gatewayAuth(deps.config.apiKeys));
   mountLimits(app, deps, clock, logger);
   app.route("/", messagesRoute(routeDeps));
-<<<<<<< HEAD
-=======
-  app.route("/", countTokensRoute(routeDeps));
-  app.route("/", modelsRoute(routeDeps));
   app.route("/", replayFixturesRoute(routeDeps));
->>>>>>> replay
   app.route("/", chatRoute(routeDeps));
   app.route("/", conversationsRoute(routeDeps));
   // Last: any other `/v1/*` call goes upstream as it is.
