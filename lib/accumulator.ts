@@ -2,8 +2,11 @@
  * The event accumulator: folds the decoded SSE events of one Messages API stream into the final
  * `Message`, and measures the stream while doing it.
  *
- * It mirrors `MessageStream#accumulateMessage` of `@anthropic-ai/sdk` 1.14.0 (see
- * ../shared/reference/anthropic-wire.md §2.3), so that at the end of a stream its snapshot equals
+ * It mirrors `MessageStream#accumulateMessage` of `@anthropic-ai/sdk` 1.14.0 (the SDK's
+ * accumulation rules: a `message_start` gives the snapshot; `content_block_start` appends a
+ * block; deltas append text, thinking, signatures, citations and tool input, the last parsed as
+ * partial JSON; `message_delta` sets the stop reason and replaces the usage fields it carries),
+ * so that at the end of a stream its snapshot equals
  * the SDK's `finalMessage()` for the same bytes. The deliberate differences, each listed in the
  * README: a `message_delta` without `usage` is applied instead of crashing; the snapshot of a
  * stream that ends without `message_stop` is kept (as the Python SDK does) and flagged

@@ -3,8 +3,6 @@
  */
 import Anthropic from "@anthropic-ai/sdk";
 
-/** Where the reference data (not the project's fixtures) lives. */
-export const REFERENCE_DIR = new URL("../../shared/reference/anthropic-sse/", import.meta.url);
 /** The project's own recordings. */
 export const FIXTURES_DIR = new URL("../fixtures/", import.meta.url);
 
