@@ -19,6 +19,7 @@
 import { EventAccumulator } from "./accumulator.ts";
 import { errorBody, errorTypeForStatus } from "./errors.ts";
 import { createSseDecoder, decodeAll } from "./sse.ts";
+import { chatCompletionsReplay } from "./openai_replay.ts";
 
 /** One recorded answer. */
 export interface Fixture {
@@ -253,6 +254,9 @@ export function createReplayFetch(set: FixtureSet, options: ReplayOptions): type
     const requestId = () => `req_replay_${(++counter).toString(36).padStart(6, "0")}`;
     if (request.method === "GET" && url.pathname.startsWith("/v1/models")) {
       return modelsAnswer(set.models, url, requestId());
+    }
+    if (request.method === "POST" && url.pathname.endsWith("/v1/chat/completions")) {
+      return chatCompletionsReplay(set, request, { ...options, sleep, requestId: requestId() });
     }
     if (request.method === "POST" && url.pathname.endsWith("/v1/messages/count_tokens")) {
       try {
