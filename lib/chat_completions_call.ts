@@ -189,7 +189,10 @@ export async function startChatCompletionsCall(options: ChatCompletionsCallOptio
       onClose: () => finish(),
       onCancel: (reason) => {
         controller.abort();
-        finish(reason instanceof ServerShutdownError ? "incomplete" : "client_aborted");
+        // OpenAI clients stop reading at `[DONE]` and may cancel the body before the upstream's
+        // end is seen: the answer was whole all the same.
+        if (tap.result().done) finish();
+        else finish(reason instanceof ServerShutdownError ? "incomplete" : "client_aborted");
       },
       onError: (error, state) => {
         controller.abort();
