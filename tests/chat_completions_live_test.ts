@@ -355,3 +355,18 @@ async function eventually(predicate: () => boolean, what: string) {
   for (let i = 0; i < 200 && !predicate(); i++) await new Promise((r) => setTimeout(r, 5));
   assert.ok(predicate(), `timed out waiting for ${what}`);
 }
+
+Deno.test("an upstream that cannot be reached is a 502 in OpenAI's shape", async () => {
+  const gone = startFakeUpstream(() => new Response());
+  await gone.close();
+  const app = liveApp(gone.url);
+  const response = await app.request("http://sluice.test/v1/chat/completions", {
+    method: "POST",
+    body: JSON.stringify({ model: MODEL, messages: [] }),
+  });
+  assert.equal(response.status, 502);
+  const json = await response.json();
+  assert.deepEqual(Object.keys(json), ["error"]);
+  assert.equal(json.error.type, "api_error");
+  assert.match(json.error.message, /could not connect/);
+});

@@ -263,7 +263,8 @@ Deno.test("a replayed HTTP error reaches the OpenAI SDK as its error class with 
 });
 
 Deno.test("sluice refuses only bodies it cannot read, in OpenAI's error shape", async (t) => {
-  const app = await replayApp();
+  const stats = memorySink();
+  const app = await replayApp({ stats });
   const send = (body: string) =>
     app.request("/v1/chat/completions", {
       method: "POST",
@@ -288,6 +289,14 @@ Deno.test("sluice refuses only bodies it cannot read, in OpenAI's error shape", 
       assert.ok(json.error.message.includes(mentions), json.error.message);
     });
   }
+  await t.step("each refusal is recorded as invalid_request on this endpoint", async () => {
+    await eventually(() => stats.records.length === 4, "four stats records");
+    for (const record of stats.records) {
+      assert.equal(record.endpoint, "/v1/chat/completions");
+      assert.equal(record.outcome, "invalid_request");
+      assert.equal(record.status, 400);
+    }
+  });
   await t.step("anything else, even fields sluice has never heard of, is answered", async () => {
     const response = await send(JSON.stringify({
       messages: [{ role: "developer", content: [{ type: "text", text: "hi" }] }],
