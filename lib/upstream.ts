@@ -264,7 +264,9 @@ function rawFailure(
   if (!seen || !bytes) return undefined;
   const headers = new Headers();
   (original.get(seen) ?? seen).forEach((value: string, key: string) => {
-    if (ERROR_HEADERS.test(key) || key === "content-type") headers.set(key, value);
+    if (ERROR_HEADERS.test(key) || key === "content-type" || key === "x-request-id") {
+      headers.set(key, value);
+    }
   });
   const response = new Response(redactKeyBytes(bytes, apiKey), { status: error.status, headers });
   return { response, seen };
