@@ -17,7 +17,8 @@ import { openaiErrorBody, openaiSseError } from "./errors.ts";
 import type { Clock } from "./clock.ts";
 import type { Logger } from "./log.ts";
 import type { Call } from "./messages_call.ts";
-import { PASS_HEADERS, unreadBody } from "./messages_call.ts";
+import { unreadBody } from "./messages_call.ts";
+import { clientHeaders } from "./pass_headers.ts";
 import type { RequestSummary } from "./request_summary.ts";
 import { tokenUsage } from "./request_summary.ts";
 import { chatCompletionUsage, createChatCompletionsTap } from "./chat_completions_tap.ts";
@@ -27,9 +28,6 @@ import type { Upstream, UpstreamRequest } from "./upstream.ts";
 /** The path, on sluice and upstream alike. */
 export const CHAT_COMPLETIONS_PATH = "/v1/chat/completions";
 
-/** Upstream response headers passed on besides {@link PASS_HEADERS}: OpenAI SDKs read this one. */
-const OPENAI_PASS_HEADERS = /^x-request-id$/i;
-
 /** Options for {@link startChatCompletionsCall}. */
 export interface ChatCompletionsCallOptions {
   upstream: Upstream;
@@ -37,8 +35,11 @@ export interface ChatCompletionsCallOptions {
   logger: Logger;
   /** Request arrival on `clock`, for TTFT. */
   startedAt: number;
-  /** The caller's body and how to present the server's key; path and error mode are set here. */
-  request: Omit<UpstreamRequest, "signal" | "path" | "method" | "rawErrors">;
+  /**
+   * The caller's body, path with its query string ({@link CHAT_COMPLETIONS_PATH} by default),
+   * API headers and how to present the server's key; the method and error mode are set here.
+   */
+  request: Omit<UpstreamRequest, "signal" | "method" | "rawErrors">;
   requestId: string;
   /** The body's `model`, for stats until the answer names one. */
   model: string | null;
@@ -73,7 +74,7 @@ export async function startChatCompletionsCall(options: ChatCompletionsCallOptio
   try {
     sent = await options.upstream.send({
       ...options.request,
-      path: CHAT_COMPLETIONS_PATH,
+      path: options.request.path ?? CHAT_COMPLETIONS_PATH,
       method: "POST",
       rawErrors: true,
       signal: controller.signal,
@@ -84,10 +85,7 @@ export async function startChatCompletionsCall(options: ChatCompletionsCallOptio
     return clientGone(options, base);
   }
   const { response, retries } = sent;
-  const headers = new Headers();
-  response.headers.forEach((value, key) => {
-    if (PASS_HEADERS.test(key) || OPENAI_PASS_HEADERS.test(key)) headers.set(key, value);
-  });
+  const headers = clientHeaders(response.headers);
   const id = response.headers.get("request-id") ?? response.headers.get("x-request-id") ??
     options.requestId;
   const summaryBase = { ...base, id, status: response.status, retries };

@@ -12,6 +12,7 @@ import { EventAccumulator } from "./accumulator.ts";
 import type { Clock } from "./clock.ts";
 import { errorBody, ServerShutdownError, sseErrorEvent } from "./errors.ts";
 import type { Logger } from "./log.ts";
+import { clientHeaders } from "./pass_headers.ts";
 import type { RequestSummary } from "./request_summary.ts";
 import { tokenUsage } from "./request_summary.ts";
 import { createSseDecoder, readBody, tapStream, UpstreamIdleError } from "./sse.ts";
@@ -69,10 +70,6 @@ export interface Call {
   abort(reason?: unknown): void;
 }
 
-/** Upstream response headers a client may act on; the rest stay with sluice. */
-export const PASS_HEADERS: RegExp =
-  /^(request-id|retry-after|retry-after-ms|x-should-retry|anthropic-ratelimit-.*|anthropic-organization-id|anthropic-workspace-id|x-sluice-fixture)$/i;
-
 /** Sends the request upstream and prepares the answer for the client. */
 export async function startCall(options: CallOptions): Promise<Call> {
   const { clock, startedAt } = options;
@@ -95,10 +92,9 @@ export async function startCall(options: CallOptions): Promise<Call> {
     return clientGone(options, clock.now());
   }
   const { response, retries } = sent;
-  const headers = new Headers();
-  response.headers.forEach((value, key) => {
-    if (PASS_HEADERS.test(key)) headers.set(key, value);
-  });
+  const headers = clientHeaders(response.headers);
+  // sluice sets the type itself below: a body it rewrites is labelled by what it became.
+  headers.delete("content-type");
   const id = response.headers.get("request-id") ?? options.requestId;
   const base = {
     id,

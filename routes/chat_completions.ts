@@ -15,6 +15,7 @@ import { z } from "zod";
 import type { AppEnv, RouteDeps } from "../lib/app_env.ts";
 import { CHAT_COMPLETIONS_PATH, startChatCompletionsCall } from "../lib/chat_completions_call.ts";
 import { SluiceError } from "../lib/errors.ts";
+import { upstreamHeaders } from "../lib/pass_headers.ts";
 import { describeIssues } from "../lib/validate.ts";
 import { SSE_HEADERS } from "./messages.ts";
 
@@ -28,6 +29,7 @@ const chatCompletionsBody = z.looseObject({
 export function chatCompletionsRoute(deps: RouteDeps): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
   app.post(CHAT_COMPLETIONS_PATH, async (c) => {
+    const url = new URL(c.req.url);
     const raw = new Uint8Array(await c.req.arrayBuffer());
     const body = readBody(raw);
     const stream = body.stream === true;
@@ -40,10 +42,11 @@ export function chatCompletionsRoute(deps: RouteDeps): Hono<AppEnv> {
       model: body.model ?? null,
       keyId: c.get("keyId"),
       request: {
+        // The path as the caller sent it, query string included.
+        path: url.pathname + url.search,
         body: raw,
         stream,
-        anthropicVersion: c.req.header("anthropic-version"),
-        anthropicBeta: c.req.header("anthropic-beta"),
+        headers: upstreamHeaders(c.req.raw.headers),
         authStyle: c.get("authStyle"),
         fixture: c.req.header("x-sluice-fixture"),
       },

@@ -125,6 +125,9 @@ Deno.test("the OpenAI SDK gets the upstream's chunks through sluice, which forwa
       assert.deepEqual(through, direct);
       assert.equal(sentThrough.body, sentDirect.body, "the SDK's body, byte for byte");
       assert.equal(sentThrough.path, "/v1/chat/completions");
+      for (const name of ["x-stainless-lang", "x-stainless-package-version", "user-agent"]) {
+        assert.equal(sentThrough.headers.get(name), sentDirect.headers.get(name), name);
+      }
       assert.deepEqual(credentialsOf(sentThrough), {
         authorization: `Bearer ${TEST_SERVER_KEY}`,
         carriesGatewayKey: false,
@@ -158,8 +161,8 @@ Deno.test("sluice passes the caller's bytes both ways and never adds stream_opti
   const upstream = fakeCompatibleUpstream();
   const stats = memorySink();
   const app = liveApp(upstream.url, {}, { stats });
-  const send = (body: string) =>
-    app.request("http://sluice.test/v1/chat/completions", {
+  const send = (body: string, search = "") =>
+    app.request(`http://sluice.test/v1/chat/completions${search}`, {
       method: "POST",
       headers: { "content-type": "application/json", authorization: "Bearer caller-key" },
       body,
@@ -171,12 +174,13 @@ Deno.test("sluice passes the caller's bytes both ways and never adds stream_opti
         const raw = `{ "model":"${MODEL}",\n "stream" : true, "messages":[{"role":"developer",` +
           `"content":"x"},{"role":"user","content":"hi"}], "reasoning_effort":"high", ` +
           `"some_future_field": [1, {"a": null}] }`;
-        const response = await send(raw);
+        const response = await send(raw, "?beta=true&x=%20y");
         assert.equal(response.status, 200);
         assert.match(response.headers.get("content-type")!, /^text\/event-stream/);
         assert.equal(await response.text(), upstreamStream(false));
         const seen = upstream.requests.at(-1)!;
         assert.equal(seen.body, raw);
+        assert.equal(seen.search, "?beta=true&x=%20y");
         assert.equal(seen.headers.get("authorization"), `Bearer ${TEST_SERVER_KEY}`);
         await eventually(() => stats.records.length === 1, "the stats record");
         assert.deepEqual(stats.records[0].usage.output_tokens, 0, "no usage chunk, none recorded");

@@ -123,7 +123,10 @@ import { createUpstream, type Upstream } from "../lib/upstream.ts";
 export interface SeenRequest {
   method: string;
   path: string;
+  /** The query string as received, with its `?` (empty when none). */
+  search: string;
   headers: Headers;
+  /** The body as text; empty when the fake was started with `readBodies: false`. */
   body: string;
 }
 
@@ -137,14 +140,19 @@ export interface FakeUpstream {
 /** Starts a fake upstream that answers with `respond`. */
 export function startFakeUpstream(
   respond: (request: Request, seen: SeenRequest) => Response | Promise<Response>,
+  options: { readBodies?: boolean } = {},
 ): FakeUpstream {
   const requests: SeenRequest[] = [];
+  const readBodies = options.readBodies ?? true;
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async (req) => {
+    const url = new URL(req.url);
     const seen: SeenRequest = {
       method: req.method,
-      path: new URL(req.url).pathname,
+      path: url.pathname,
+      search: url.search,
       headers: req.headers,
-      body: await req.clone().text(),
+      // Streamed uploads are read by `respond` itself (a copy here would hold them in memory).
+      body: readBodies ? await req.clone().text() : "",
     };
     requests.push(seen);
     return respond(req, seen);
@@ -241,4 +249,45 @@ export function serveOnLoopback(
 ): { url: string; close(): Promise<void> } {
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, app.fetch);
   return { url: `http://127.0.0.1:${server.addr.port}`, close: () => server.shutdown() };
+}
+
+/** main.ts, for tests that start it as a process. */
+export const MAIN_PATH: string = new URL("../main.ts", import.meta.url).pathname;
+const MAIN = MAIN_PATH;
+
+/**
+ * Starts main.ts as a real process (as `deno task start` runs it) on a free loopback port;
+ * resolves once it says where it listens.
+ */
+export async function startMain(env: Record<string, string>) {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-net=127.0.0.1", "--allow-env", "--allow-read", "--allow-write", MAIN],
+    env: { NO_COLOR: "1", PORT: "0", HOSTNAME: "127.0.0.1", ...env },
+    clearEnv: true,
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let seen = "";
+  for (;;) {
+    const { value, done } = await lines.read();
+    if (done) break;
+    seen += value;
+    const match = /listening on (http:\/\/[^\s]+)/.exec(seen);
+    if (match) {
+      return {
+        url: match[1],
+        pid: child.pid,
+        seen: () => seen,
+        async stop() {
+          child.kill("SIGTERM");
+          await lines.cancel();
+          await child.stderr.cancel();
+          await child.status;
+        },
+      };
+    }
+  }
+  const status = await child.status;
+  throw new Error(`main.ts exited (${status.code}) before listening: ${seen}`);
 }
