@@ -21,6 +21,7 @@ import {
   TEST_SERVER_KEY,
   testConfig,
 } from "./helpers.ts";
+import { openaiClient } from "./openai_support.ts";
 
 const GATEWAY_KEY = "gw-key-for-openai-clients";
 const ADMIN_KEY = "admin-key-for-stats";
@@ -59,8 +60,12 @@ const UPSTREAM_ERROR = JSON.stringify({
   },
 });
 
-/** A fake OpenAI-compatible upstream (streams in 7-byte pieces, to show nothing re-frames). */
-function fakeCompatibleUpstream() {
+/**
+ * A fake OpenAI-compatible upstream. It streams in 7-byte pieces (so chunks cross event
+ * boundaries) unless `whole`: under Deno 2.5, a request after a stream sent in many pieces on the
+ * same pooled connection keeps the fake's shutdown waiting ~90 s (/v1/messages alike).
+ */
+function fakeCompatibleUpstream(options: { whole?: boolean } = {}) {
   return startFakeUpstream((_request, seen: SeenRequest) => {
     if (seen.path !== "/v1/chat/completions") return new Response("no", { status: 404 });
     const body = JSON.parse(seen.body);
@@ -76,7 +81,7 @@ function fakeCompatibleUpstream() {
     }
     if (body.stream) {
       const bytes = new TextEncoder().encode(upstreamStream(!!body.stream_options?.include_usage));
-      return sseResponse(bytes, { chunkSize: 7 });
+      return sseResponse(bytes, options.whole ? {} : { chunkSize: 7 });
     }
     return new Response(COMPLETION, {
       headers: { "content-type": "application/json", "request-id": "req_fake_json" },
@@ -84,6 +89,7 @@ function fakeCompatibleUpstream() {
   });
 }
 
+/** An OpenAI client for sluice's app called in-process (no sockets). */
 const client = (url: string, apiKey: string) =>
   new OpenAI({ baseURL: `${url}/v1`, apiKey, maxRetries: 0 });
 
@@ -109,11 +115,14 @@ Deno.test("the OpenAI SDK gets the upstream's chunks through sluice, which forwa
     messages: [{ role: "user" as const, content: "When does the tide turn?" }],
   };
   const collect = async (url: string, key: string) => {
-    const chunks = [];
-    for await (const chunk of await client(url, key).chat.completions.create(params)) {
-      chunks.push(chunk);
+    const { client, close } = openaiClient(url, key);
+    try {
+      const chunks = [];
+      for await (const chunk of await client.chat.completions.create(params)) chunks.push(chunk);
+      return chunks;
+    } finally {
+      close();
     }
-    return chunks;
   };
   try {
     await t.step("the same chunks as from the upstream directly", async () => {
@@ -158,7 +167,7 @@ Deno.test("the OpenAI SDK gets the upstream's chunks through sluice, which forwa
 });
 
 Deno.test("sluice passes the caller's bytes both ways and never adds stream_options", async (t) => {
-  const upstream = fakeCompatibleUpstream();
+  const upstream = fakeCompatibleUpstream({ whole: true });
   const stats = memorySink();
   const app = liveApp(upstream.url, {}, { stats });
   const send = (body: string, search = "") =>

@@ -10,6 +10,7 @@ import { finishReason } from "../lib/openai_replay.ts";
 import { memorySink } from "../lib/request_summary.ts";
 import { decodeAll } from "../lib/sse.ts";
 import { projectFixtures, replayApp, serveOnLoopback, testConfig } from "./helpers.ts";
+import { openaiClient } from "./openai_support.ts";
 
 const MODEL = "claude-haiku-4-5";
 
@@ -39,8 +40,14 @@ async function fixtureMessage(name: string) {
 /** sluice on replay, served on loopback, with an OpenAI client pointed at it. */
 async function replaySluice() {
   const stats = memorySink();
-  const server = serveOnLoopback(await replayApp({ stats }));
-  const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "anything", maxRetries: 0 });
+  const sluice = serveOnLoopback(await replayApp({ stats }));
+  const { client, close } = openaiClient(sluice.url, "anything");
+  const server = {
+    close: async () => {
+      close();
+      await sluice.close();
+    },
+  };
   return { server, client, stats };
 }
 
