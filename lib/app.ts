@@ -28,6 +28,7 @@ import type { Upstream } from "./upstream.ts";
 import { healthRoute } from "../routes/health.ts";
 import { messagesRoute } from "../routes/messages.ts";
 import { chatCompletionsRoute } from "../routes/chat_completions.ts";
+import { replayFixturesRoute } from "../routes/replay_fixtures.ts";
 import { chatRoute } from "../routes/chat.ts";
 import { forwardRoute } from "../routes/forward.ts";
 import { conversationsRoute } from "../routes/conversations.ts";
@@ -88,6 +89,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   mountLimits(app, deps, clock, logger);
   app.route("/", messagesRoute(routeDeps));
   app.route("/", chatCompletionsRoute(routeDeps));
+  app.route("/", replayFixturesRoute(routeDeps));
   app.route("/", chatRoute(routeDeps));
   app.route("/", conversationsRoute(routeDeps));
   // Last: any other `/v1/*` call goes upstream as it is.

@@ -37,6 +37,12 @@ export interface ForwardOptions {
   requestId: string;
   keyId?: string;
   authStyle?: "bearer" | "x-api-key";
+  /**
+   * The upstream's base URL. A batch names its results by an absolute `results_url` on the
+   * upstream, which the SDK then fetches; sluice points it at itself, or the caller would go
+   * around sluice with a gateway key the API does not know.
+   */
+  upstreamBaseUrl?: string;
 }
 
 /** The client's response, and the request's summary once its body has been sent. */
@@ -104,8 +110,11 @@ export async function forward(options: ForwardOptions): Promise<Forwarded> {
 
   if (/json/i.test(response.headers.get("content-type") ?? "") || !response.body) {
     try {
-      const body = await readBody(response.body, options.upstream.streamPolicy.idleTimeoutMs);
+      let body = await readBody(response.body, options.upstream.streamPolicy.idleTimeoutMs);
       unwatch();
+      if (options.upstreamBaseUrl && endpoint.includes("/v1/messages/batches")) {
+        body = pointResultsAtSluice(body, options.upstreamBaseUrl, url.origin);
+      }
       const done = summary({ id, status: response.status, retries, outcome: outcomeOf(body) });
       return {
         response: new Response(body, { status: response.status, headers }),
@@ -148,6 +157,11 @@ export async function forward(options: ForwardOptions): Promise<Forwarded> {
  * key.
  */
 function checkedPath(url: URL): string {
+  // `/v1/models/..` and `/v1/models/%2e%2e` arrive here already resolved to `/v1/`: the API has
+  // nothing there, so nothing is sent.
+  if (/^\/v1\/?$/.test(url.pathname)) {
+    throw new SluiceError(404, "not_found_error", `no API endpoint at ${url.pathname}`);
+  }
   if (/%(2f|5c|2e)/i.test(url.pathname)) {
     throw new SluiceError(
       400,
@@ -246,6 +260,36 @@ function passThrough(
       return reader.cancel(reason);
     },
   }, { highWaterMark: 0 });
+}
+
+/**
+ * `body` with every batch's `results_url` on `upstreamBase` moved to `origin` (sluice), for a
+ * batch or a page of batches; any other body is returned as it is, byte for byte.
+ */
+export function pointResultsAtSluice(
+  body: Uint8Array<ArrayBuffer>,
+  upstreamBase: string,
+  origin: string,
+): Uint8Array<ArrayBuffer> {
+  const text = new TextDecoder().decode(body);
+  if (!text.includes('"results_url"')) return body;
+  const from = upstreamBase.replace(/\/+$/, "") + "/";
+  let json;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    return body;
+  }
+  const batches = Array.isArray(json?.data) ? json.data : [json];
+  let changed = false;
+  for (const batch of batches) {
+    const results = batch?.results_url;
+    if (typeof results === "string" && results.startsWith(from)) {
+      batch.results_url = origin + "/" + results.slice(from.length);
+      changed = true;
+    }
+  }
+  return changed ? new TextEncoder().encode(JSON.stringify(json)) : body;
 }
 
 function errorTypeOf(body?: Uint8Array): string | null {

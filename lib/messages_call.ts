@@ -208,7 +208,22 @@ export async function startCall(options: CallOptions): Promise<Call> {
     response.body!,
     {
       onChunk: (chunk) => decoder.feed(chunk),
-      onClose: () => finish(),
+      onClose: (state) => {
+        finish();
+        // A clean close is not a complete answer: without `message_stop` (and without an
+        // upstream `error` event, which already ends the answer) the client must not mistake
+        // the stream for a finished one. Bytes are added only here, after the upstream's last.
+        const result = accumulator.end();
+        if (result.events.message_stop || result.events.error) return undefined;
+        options.logger.warn("upstream stream ended without message_stop", { id });
+        const prefix = state.atEventBoundary ? "" : "\n\n";
+        return new TextEncoder().encode(
+          prefix + sseErrorEvent(
+            "api_error",
+            "the upstream stream ended without message_stop; the answer is incomplete",
+          ),
+        );
+      },
       onCancel: (reason) => {
         // Abort first: the upstream stops generating (and billing) before anything else runs.
         controller.abort();

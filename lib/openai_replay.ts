@@ -2,7 +2,9 @@
  * Replay for OpenAI-style clients: `POST /v1/chat/completions` answered from the same fixtures
  * as `/v1/messages`, translated from Anthropic's events into what the API's OpenAI-compatible
  * endpoint sends: `chat.completion.chunk` events (`data: {…}` … `data: [DONE]`) when streamed,
- * one `chat.completion` otherwise. replay.ts's fetch hands this path here.
+ * one `chat.completion` otherwise. replay.ts's fetch hands this path here, with a replay fetch
+ * for `/v1/messages` whose answer is translated: the fixtures are chosen, cut and paced as for
+ * `/v1/messages` itself.
  *
  * The translation (hand-written: no library translates Anthropic streams into OpenAI's):
  * - `message_start` → a first chunk with `delta: {role: "assistant", content: ""}` and the id;
@@ -16,24 +18,24 @@
  * Thinking, citations and server tool blocks are left out, as the compatible endpoint does not
  * return them. The model is the one requested (the fixture's when the request names none).
  */
-import { EventAccumulator } from "./accumulator.ts";
 import { openaiErrorBody, openaiSseError } from "./errors.ts";
-import type { Fixture, FixtureSet, Pace, ScheduledChunk } from "./replay.ts";
-import { pickFixture, schedule } from "./replay.ts";
 import { createSseDecoder, type SseEvent } from "./sse.ts";
 
 /** Options for {@link chatCompletionsReplay}. */
 export interface ChatCompletionsReplayOptions {
-  pace: Pace;
-  /** Waits `ms` or until `signal` aborts (replay.ts's, injectable for tests). */
-  sleep: (ms: number, signal?: AbortSignal) => Promise<void>;
+  /** Replay's own `fetch` for `POST /v1/messages`: the answer this one translates. */
+  messages: typeof fetch;
   /** The `request-id` of the answer. */
   requestId: string;
 }
 
-/** Answers one `POST /v1/chat/completions` from `set`. */
+/**
+ * Answers one `POST /v1/chat/completions`: the request becomes a Messages request (see
+ * {@link messagesRequestOf}), replay answers that as it answers `/v1/messages` (fixture
+ * selection, tool-result answers, `max_tokens`, pacing, recorded errors), and the answer is
+ * translated as it streams.
+ */
 export async function chatCompletionsReplay(
-  set: FixtureSet,
   request: Request,
   options: ChatCompletionsReplayOptions,
 ): Promise<Response> {
@@ -47,63 +49,107 @@ export async function chatCompletionsReplay(
   } catch {
     return json(400, openaiErrorBody("invalid_request_error", "request body is not a JSON object"));
   }
-  const requested = request.headers.get("x-sluice-fixture");
-  const fixture = pickFixture(set, fixtureRequestOf(body), requested);
-  const headers: Record<string, string> = { "request-id": options.requestId };
-  if (!fixture) {
-    const names = [...set.fixtures.keys()].sort().join(", ");
-    return json(
-      404,
-      openaiErrorBody("not_found_error", `no fixture named "${requested}"; have: ${names}`),
-      headers,
-    );
-  }
-  if (fixture.http) {
-    return json(fixture.http.status, openaiErrorOf(fixture.http.body), {
-      ...fixture.http.headers,
-      "request-id": fixture.http.headers["request-id"] ?? options.requestId,
-    });
-  }
-  headers["x-sluice-fixture"] = fixture.name;
+  const forwarded = new Headers({ "content-type": "application/json" });
+  const fixture = request.headers.get("x-sluice-fixture");
+  if (fixture) forwarded.set("x-sluice-fixture", fixture);
+  const answer = await options.messages(
+    new Request(new URL("/v1/messages", request.url), {
+      method: "POST",
+      headers: forwarded,
+      body: JSON.stringify(messagesRequestOf(body)),
+      signal: request.signal,
+    }),
+  );
+  const headers: Record<string, string> = {};
+  answer.headers.forEach((value, key) => {
+    if (!/^(content-type|content-length)$/i.test(key)) headers[key] = value;
+  });
+  headers["request-id"] = options.requestId;
   const translation = {
-    model: typeof body.model === "string" ? body.model : null,
+    model: typeof body.model === "string" && body.model !== "" ? body.model : null,
     includeUsage: includeUsage(body),
     created: Math.floor(Date.now() / 1000),
   };
-  const chunks = schedule(fixture, options.pace);
-  const signal = request.signal;
-  if (body.stream === true) {
-    const stream = translatedStream(chunks, createChunkTranslator(translation), options, signal);
-    return new Response(stream, {
+  const type = answer.headers.get("content-type") ?? "";
+  if (answer.ok && type.includes("text/event-stream") && answer.body) {
+    return new Response(translatedStream(answer.body, createChunkTranslator(translation)), {
+      status: answer.status,
       headers: { ...headers, "content-type": "text/event-stream; charset=utf-8" },
     });
   }
-  // As on /v1/messages: a whole answer waits as long as the stream would have taken.
-  await options.sleep(chunks.at(-1)?.atMs ?? 0, signal);
-  return wholeAnswer(fixture, translation, headers);
+  let parsed: unknown = null;
+  try {
+    parsed = await answer.json();
+  } catch {
+    // An answer replay could not make: said as an error below.
+  }
+  if (!answer.ok) return json(answer.status, openaiErrorOf(parsed), headers);
+  if (!parsed || typeof parsed !== "object") {
+    return json(500, openaiErrorBody("api_error", "replay's answer is not a message"), headers);
+  }
+  return json(200, chatCompletionOf(parsed as Record<string, unknown>, translation), headers);
 }
 
 /**
- * The fields of a Messages request that fixture selection reads, from an OpenAI request:
- * `messages` (OpenAI's text parts have the Messages API's `{type: "text", text}` form already),
- * `system` (system and developer messages joined with a newline, as the compatible endpoint
- * hoists them), `tools` (or the older `functions`), `thinking` (which the compatible endpoint
- * also takes) and `max_tokens` (or `max_completion_tokens`).
+ * An OpenAI request as the Messages request the compatible endpoint makes of it, as far as
+ * replay reads one: `system` (system and developer messages joined with a newline, as that
+ * endpoint hoists them); `messages` (text parts as text blocks, an assistant's `tool_calls` as
+ * `tool_use` blocks, `tool` messages as a user turn of `tool_result` blocks); `tools` (each
+ * function's name, description and parameters, or the older `functions`); `max_tokens` (or
+ * `max_completion_tokens`); `thinking`, which that endpoint also takes; `model` and `stream`.
  */
-export function fixtureRequestOf(body: Record<string, unknown>): Record<string, unknown> {
-  const messages = Array.isArray(body.messages) ? body.messages : [];
-  const system = messages
-    .filter((m) => m && (m.role === "system" || m.role === "developer"))
-    .map((m) => textOf(m.content))
-    .join("\n");
+export function messagesRequestOf(body: Record<string, unknown>): Record<string, unknown> {
+  const input = Array.isArray(body.messages) ? body.messages : [];
+  const system: string[] = [];
+  const messages: { role: string; content: unknown[] }[] = [];
+  const push = (role: string, blocks: unknown[]) => {
+    const last = messages.at(-1);
+    if (last && last.role === role) last.content.push(...blocks);
+    else messages.push({ role, content: blocks });
+  };
+  for (const message of input) {
+    if (!message || typeof message !== "object") continue;
+    const m = message as Record<string, unknown>;
+    if (m.role === "system" || m.role === "developer") system.push(textOf(m.content));
+    else if (m.role === "user") push("user", textBlocks(m.content));
+    else if (m.role === "tool") {
+      push("user", [{
+        type: "tool_result",
+        tool_use_id: m.tool_call_id,
+        content: textOf(m.content),
+      }]);
+    } else if (m.role === "assistant") {
+      const calls = Array.isArray(m.tool_calls) ? m.tool_calls : [];
+      push("assistant", [
+        ...textBlocks(m.content),
+        ...calls.map((
+          call: { id?: unknown; function?: { name?: unknown; arguments?: unknown } },
+        ) => ({
+          type: "tool_use",
+          id: call?.id,
+          name: call?.function?.name,
+          input: parseArguments(call?.function?.arguments),
+        })),
+      ]);
+    }
+  }
+  const functions = Array.isArray(body.tools)
+    ? body.tools.map((tool: { function?: unknown }) => tool?.function)
+    : Array.isArray(body.functions)
+    ? body.functions
+    : [];
+  const tools = functions
+    .filter((f): f is Record<string, unknown> => !!f && typeof f === "object")
+    .map((f) => ({ name: f.name, description: f.description, input_schema: f.parameters ?? {} }));
+  const maxTokens = body.max_completion_tokens ?? body.max_tokens;
   return {
     model: body.model,
+    ...(typeof maxTokens === "number" ? { max_tokens: maxTokens } : {}),
+    ...(system.length ? { system: system.join("\n") } : {}),
     messages,
-    ...(system ? { system } : {}),
-    tools: body.tools ?? body.functions,
-    thinking: body.thinking,
-    max_tokens: body.max_completion_tokens ?? body.max_tokens,
-    stream: body.stream,
+    ...(tools.length ? { tools } : {}),
+    ...(body.thinking !== undefined ? { thinking: body.thinking } : {}),
+    ...(typeof body.stream === "boolean" ? { stream: body.stream } : {}),
   };
 }
 
@@ -251,80 +297,54 @@ export function createChunkTranslator(translation: Translation): ChunkTranslator
   };
 }
 
-/** The translated, paced stream: each fixture chunk at its time, as the chunks it becomes. */
+/** The translated stream: each chunk of replay's Messages stream as the chunks it becomes. */
 function translatedStream(
-  chunks: ScheduledChunk[],
+  source: ReadableStream<Uint8Array>,
   translator: ChunkTranslator,
-  options: ChatCompletionsReplayOptions,
-  signal: AbortSignal,
 ): ReadableStream<Uint8Array> {
   const encoder = new TextEncoder();
   let pending: string[] = [];
   const decoder = createSseDecoder((event) => pending.push(...translator.push(event)));
-  let i = 0;
-  let elapsed = 0;
-  const cancelled = new AbortController();
-  const onAbort = () => cancelled.abort(signal.reason);
-  signal.addEventListener("abort", onAbort, { once: true });
+  const reader = source.getReader();
   return new ReadableStream<Uint8Array>({
     async pull(controller) {
-      // Until something is sent: a fixture chunk may translate to nothing (a ping).
+      // Until something is sent: a chunk may translate to nothing (a ping). Replay's pacing is
+      // kept, as each chunk is read when it comes.
       while (pending.length === 0) {
-        if (i >= chunks.length || translator.ended) {
-          signal.removeEventListener("abort", onAbort);
-          decoder.end();
+        if (translator.ended) {
+          reader.cancel().catch(() => {});
           controller.close();
           return;
         }
-        const next = chunks[i++];
-        const wait = next.atMs - elapsed;
+        let result: ReadableStreamReadResult<Uint8Array>;
         try {
-          if (wait > 0) await options.sleep(wait, cancelled.signal);
+          result = await reader.read();
         } catch (error) {
-          controller.error(error);
+          controller.error(error); // a fixture that ends like a dropped connection
           return;
         }
-        elapsed = Math.max(elapsed, next.atMs);
-        decoder.feed(next.bytes);
+        if (result.done) {
+          decoder.end();
+          if (pending.length === 0) {
+            controller.close();
+            return;
+          }
+          break;
+        }
+        decoder.feed(result.value);
       }
       const text = pending.join("");
       pending = [];
       controller.enqueue(encoder.encode(text));
     },
-    cancel() {
-      signal.removeEventListener("abort", onAbort);
-      cancelled.abort();
+    cancel(reason) {
+      return reader.cancel(reason);
     },
   }, { highWaterMark: 0 });
 }
 
-/** The whole `chat.completion` for a fixture, or the error it ends with. */
-function wholeAnswer(
-  fixture: Fixture,
-  translation: Translation,
-  headers: Record<string, string>,
-): Response {
-  let message: Record<string, unknown>;
-  if (fixture.json) message = JSON.parse(fixture.json);
-  else {
-    const accumulator = new EventAccumulator();
-    const decoder = createSseDecoder((event) => accumulator.push(event));
-    decoder.feed(fixture.sse ?? new Uint8Array());
-    decoder.end();
-    const result = accumulator.end();
-    if (result.error) {
-      const status = result.error.type === "overloaded_error" ? 529 : 500;
-      return json(status, openaiErrorBody(result.error.type, result.error.message), headers);
-    }
-    if (!result.complete || !result.message) {
-      return json(
-        500,
-        openaiErrorBody("api_error", `fixture "${fixture.name}" is a stream that ends early`),
-        headers,
-      );
-    }
-    message = result.message as unknown as Record<string, unknown>;
-  }
+/** The `chat.completion` for a whole Messages answer. */
+function chatCompletionOf(message: Record<string, unknown>, translation: Translation) {
   const blocks = (Array.isArray(message.content) ? message.content : []) as Record<
     string,
     unknown
@@ -339,7 +359,7 @@ function wholeAnswer(
     promptTokens: 0,
     completionTokens: 0,
   });
-  return json(200, {
+  return {
     id: `chatcmpl-${message.id ?? "replay"}`,
     object: "chat.completion",
     created: translation.created,
@@ -356,7 +376,7 @@ function wholeAnswer(
       finish_reason: finishReason(message.stop_reason) ?? "stop",
     }],
     usage: usageOf(promptTokens, completionTokens),
-  }, headers);
+  };
 }
 
 /**
@@ -401,6 +421,22 @@ function openaiErrorOf(body: unknown): unknown {
 function includeUsage(body: Record<string, unknown>): boolean {
   const options = body.stream_options as { include_usage?: unknown } | null | undefined;
   return options?.include_usage === true;
+}
+
+/** An OpenAI message's content as Messages text blocks (other parts are not replayed). */
+function textBlocks(content: unknown): unknown[] {
+  const text = textOf(content);
+  return text ? [{ type: "text", text }] : [];
+}
+
+/** A tool call's `arguments` (a JSON string) as the `tool_use` input; `{}` when not JSON. */
+function parseArguments(value: unknown): unknown {
+  try {
+    const parsed = JSON.parse(String(value ?? "{}"));
+    return parsed && typeof parsed === "object" ? parsed : {};
+  } catch {
+    return {};
+  }
 }
 
 /** The text of an OpenAI message's content: a string, or its text parts joined. */

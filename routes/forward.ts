@@ -20,6 +20,7 @@ export function forwardRoute(deps: RouteDeps): Hono<AppEnv> {
       requestId: c.get("requestId"),
       keyId: c.get("keyId"),
       authStyle: c.get("authStyle"),
+      upstreamBaseUrl: deps.upstream.mode === "live" ? deps.config.anthropicBaseUrl : undefined,
     });
     deps.record(finished);
     return response;

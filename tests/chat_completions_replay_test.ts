@@ -125,13 +125,14 @@ Deno.test("a replayed chat.completion holds the fixture's text, finish reason an
   const { server, client } = await replaySluice();
   try {
     for (
-      const [name, ask, maxTokens] of [
-        ["three-words", "Write me a 3 word sentence", 1024],
-        ["essay-max-tokens", "Write an essay about tides", 500],
+      // Picked by the prompt, as an ordinary request is; and asked for by name.
+      const [name, ask, maxTokens, sdk] of [
+        ["three-words", "Write me a 3 word sentence", 1024, client],
+        ["essay-max-tokens", "Write an essay", 500, withFixture(client, "essay-max-tokens")],
       ] as const
     ) {
       const expected = await fixtureMessage(name);
-      const completion = await client.chat.completions.create({
+      const completion = await sdk.chat.completions.create({
         model: MODEL,
         max_completion_tokens: maxTokens,
         messages: [{ role: "system", content: "Be brief." }, { role: "user", content: ask }],
@@ -187,6 +188,28 @@ Deno.test("a replayed tool call comes through as tool_calls, streamed and not", 
       assert.equal(call.function.name, tool.name);
       assert.deepEqual(JSON.parse(call.function.arguments), tool.input);
     });
+    await t.step("the tool's result sent back ends the loop with a text answer", async () => {
+      const completion = await client.chat.completions.create({
+        ...params,
+        messages: [
+          ...params.messages,
+          {
+            role: "assistant",
+            content: null,
+            tool_calls: [{
+              id: tool.id!,
+              type: "function",
+              function: { name: tool.name!, arguments: JSON.stringify(tool.input) },
+            }],
+          },
+          { role: "tool", tool_call_id: tool.id!, content: "21 degrees and sunny" },
+        ],
+      });
+      const choice = completion.choices[0];
+      assert.equal(choice.finish_reason, "stop");
+      assert.equal(choice.message.tool_calls, undefined);
+      assert.match(choice.message.content ?? "", /get_weather tool returned: 21 degrees and sunny/);
+    });
     await t.step("not streamed: the call's arguments are its input as JSON", async () => {
       const completion = await client.chat.completions.create(params);
       const choice = completion.choices[0];
@@ -237,6 +260,10 @@ Deno.test("every streamed fixture reaches the OpenAI SDK as text, a tool call or
           assert.ok(error instanceof OpenAI.APIError, `an APIError, got ${error}`);
           assert.equal(error.message, expected.result.error.message);
           assert.equal(error.type, expected.result.error.type);
+        } else if (!expected.result.complete) {
+          // Replay ends a stream cut inside an event like a dropped connection: sluice says so.
+          assert.ok(error instanceof OpenAI.APIError, `an APIError, got ${error}`);
+          assert.match(error.message, /dropped mid-stream/);
         } else {
           assert.equal(error, null);
           const stopped = expected.message?.stop_reason;

@@ -231,7 +231,11 @@ export function liveApp(
   overrides: Partial<AppDeps> = {},
 ) {
   return createApp({
-    config: testConfig({ ANTHROPIC_API_KEY: TEST_SERVER_KEY, ...env }),
+    config: testConfig({
+      ANTHROPIC_API_KEY: TEST_SERVER_KEY,
+      ANTHROPIC_BASE_URL: upstreamUrl,
+      ...env,
+    }),
     upstream: createUpstream({
       mode: "live",
       apiKey: TEST_SERVER_KEY,

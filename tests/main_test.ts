@@ -19,7 +19,8 @@ Deno.test("with no API key, main.ts serves recorded streams in replay mode", asy
       method: "POST",
       headers: { "content-type": "application/json" },
       body: JSON.stringify({
-        model: "claude-sonnet-5-5",
+        // The recording's own model: replay echoes the requested one, so the bytes are the file's.
+        model: "claude-haiku-4-5-20251001",
         max_tokens: 1024,
         stream: true,
         messages: [{ role: "user", content: "Write me a 3 word sentence" }],
