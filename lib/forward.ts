@@ -9,7 +9,7 @@
  * memory. Only small bodies are read whole: a request body of at most {@link BUFFER_BYTES} (so
  * the SDK can retry it) and a JSON answer (so a body cut mid-answer becomes a clear 502 rather
  * than a truncated document). No accumulator: these calls produce no tokens and no time to first
- * token; each is recorded with its endpoint, status, outcome and duration.
+ * token; each is recorded with its endpoint, status, outcome and time to its answer.
  */
 import type { Clock } from "./clock.ts";
 import { SluiceError } from "./errors.ts";
@@ -17,7 +17,7 @@ import type { Logger } from "./log.ts";
 import { unreadBody } from "./messages_call.ts";
 import { clientHeaders, upstreamHeaders } from "./pass_headers.ts";
 import { type RequestSummary, tokenUsage } from "./request_summary.ts";
-import { readBody, UpstreamIdleError } from "./sse.ts";
+import { readBody } from "./sse.ts";
 import type { Upstream, UpstreamMethod } from "./upstream.ts";
 
 /** Request bodies up to this size are read whole, so the SDK can retry them (1 MiB). */
@@ -134,20 +134,17 @@ export async function forward(options: ForwardOptions): Promise<Forwarded> {
     }
   }
 
+  // Any other body (a file's content, a batch's JSONL results) is handed over untouched, so Deno
+  // pipes it to the client without JavaScript touching a chunk: watching its end here would
+  // copy every chunk through a JS stream (a 100 MB download left ~65 MB of garbage at peak,
+  // tests/upload_memory_test.ts). So the call is recorded when its headers arrive.
   unwatch();
-  let settle!: (s: RequestSummary) => void;
-  const finished = new Promise<RequestSummary>((resolve) => (settle = resolve));
-  const end = (outcome: string) =>
-    settle(summary({ id, status: response.status, retries, outcome }));
-  const body = passThrough(response.body, {
-    idleTimeoutMs: options.upstream.streamPolicy.idleTimeoutMs,
-    onEnd: (outcome) => {
-      if (outcome !== "ok") controller.abort();
-      if (outcome === "incomplete") options.logger.warn("upstream body failed", { id });
-      end(outcome === "ok" ? outcomeOf() : outcome);
-    },
-  });
-  return { response: new Response(body, { status: response.status, headers }), finished };
+  return {
+    response: new Response(response.body, { status: response.status, headers }),
+    finished: Promise.resolve(
+      summary({ id, status: response.status, retries, outcome: outcomeOf() }),
+    ),
+  };
 }
 
 /**
@@ -205,61 +202,6 @@ const ENDPOINTS: [RegExp, string][] = [
 export function endpointLabel(method: string, pathname: string): string {
   const template = ENDPOINTS.find(([pattern]) => pattern.test(pathname))?.[1] ?? "/v1/other";
   return `${method.toUpperCase()}:${template}`;
-}
-
-/**
- * The upstream's body for the client, chunk by chunk, reporting once how it ended: `ok`, the
- * client cancelled (`client_aborted`), or the upstream failed or went silent (`incomplete`: the
- * client's body is errored, so it sees a cut transfer, never a clean end). Hand-written rather
- * than a TransformStream because a transform cannot time out a silent source.
- */
-function passThrough(
-  source: ReadableStream<Uint8Array>,
-  options: { idleTimeoutMs: number; onEnd: (outcome: string) => void },
-): ReadableStream<Uint8Array> {
-  const reader = source.getReader();
-  let ended = false;
-  const end = (outcome: string) => {
-    if (ended) return;
-    ended = true;
-    options.onEnd(outcome);
-  };
-  return new ReadableStream<Uint8Array>({
-    async pull(controller) {
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      let idleFired = false;
-      if (options.idleTimeoutMs > 0) {
-        timer = setTimeout(() => {
-          idleFired = true;
-          reader.cancel(new UpstreamIdleError(options.idleTimeoutMs)).catch(() => {});
-        }, options.idleTimeoutMs);
-      }
-      try {
-        const { done, value } = await reader.read();
-        if (done) {
-          // A read ended by the idle timer's cancel reports done: that is a failure, not an end.
-          if (idleFired) {
-            end("incomplete");
-            controller.error(new UpstreamIdleError(options.idleTimeoutMs));
-            return;
-          }
-          end("ok");
-          controller.close();
-          return;
-        }
-        controller.enqueue(value);
-      } catch (error) {
-        end("incomplete");
-        controller.error(error);
-      } finally {
-        clearTimeout(timer);
-      }
-    },
-    cancel(reason) {
-      end("client_aborted");
-      return reader.cancel(reason);
-    },
-  }, { highWaterMark: 0 });
 }
 
 /**
