@@ -106,3 +106,34 @@ export class ServerShutdownError extends Error {
     this.name = "ServerShutdownError";
   }
 }
+
+/**
+ * The JSON body of an error in OpenAI's shape, which OpenAI clients parse (`error.message`,
+ * `error.type`, `error.code`, `error.param`). sluice answers `/v1/chat/completions` with it.
+ */
+export interface OpenAIErrorBody {
+  error: { message: string; type: string; param: string | null; code: string | null };
+}
+
+/** Builds the body of an error in OpenAI's shape; `type` keeps Anthropic's names. */
+export function openaiErrorBody(type: string, message: string): OpenAIErrorBody {
+  return { error: { message, type, param: null, code: null } };
+}
+
+/** Builds an error response in OpenAI's shape (see {@link openaiErrorBody}). */
+export function openaiErrorResponse(
+  status: number,
+  type: string,
+  message: string,
+  options: { requestId?: string; headers?: Record<string, string> } = {},
+): Response {
+  const headers = new Headers(options.headers);
+  headers.set("content-type", "application/json");
+  if (options.requestId) headers.set("request-id", options.requestId);
+  return new Response(JSON.stringify(openaiErrorBody(type, message)), { status, headers });
+}
+
+/** Formats one mid-stream error as OpenAI streams carry it: a `data:` line with `error`. */
+export function openaiSseError(type: string, message: string): string {
+  return `data: ${JSON.stringify(openaiErrorBody(type, message))}\n\n`;
+}

@@ -20,9 +20,12 @@
 export const REQUEST_HEADERS: RegExp =
   /^(anthropic-.+|content-type|accept|idempotency-key|user-agent|x-stainless-(?!retry-count$|timeout$).+)$/i;
 
-/** Response headers passed back to the client verbatim. */
+/**
+ * Response headers passed back to the client verbatim. (`x-request-id` is where OpenAI SDKs read
+ * the request id, for `/v1/chat/completions`.)
+ */
 export const RESPONSE_HEADERS: RegExp =
-  /^(request-id|retry-after|retry-after-ms|x-should-retry|anthropic-.+|content-type|content-disposition|x-sluice-fixture)$/i;
+  /^(request-id|x-request-id|retry-after|retry-after-ms|x-should-retry|anthropic-.+|content-type|content-disposition|x-sluice-fixture)$/i;
 
 /** The caller's headers that go upstream (see {@link REQUEST_HEADERS}), as a plain record. */
 export function upstreamHeaders(incoming: Headers): Record<string, string> {

@@ -21,6 +21,7 @@
 import { EventAccumulator } from "./accumulator.ts";
 import { errorBody } from "./errors.ts";
 import { createBoundaryTracker, createSseDecoder, decodeAll } from "./sse.ts";
+import { chatCompletionsReplay } from "./openai_replay.ts";
 
 /** One recorded answer. */
 export interface Fixture {
@@ -671,6 +672,12 @@ export function createReplayFetch(set: FixtureSet, options: ReplayOptions): type
     const requestId = () => `req_replay_${(++counter).toString(36).padStart(6, "0")}`;
     if (request.method === "GET" && url.pathname.startsWith("/v1/models")) {
       return modelsAnswer(set.models, url, requestId());
+    }
+    if (request.method === "POST" && url.pathname.endsWith("/v1/chat/completions")) {
+      return chatCompletionsReplay(request, {
+        messages: createReplayFetch(set, options),
+        requestId: requestId(),
+      });
     }
     if (request.method === "GET" && url.pathname === "/v1/replay/fixtures") {
       return json(200, { selection: SELECTION_RULES, fixtures: describeFixtures(set) }, {

@@ -745,7 +745,7 @@ function round(n: number, digits: number): number {
 }
 
 /** The endpoints whose requests are recorded (POST only). */
-export const RECORDED_ENDPOINTS = ["/v1/messages", "/chat"];
+export const RECORDED_ENDPOINTS = ["/v1/messages", "/v1/chat/completions", "/chat"];
 
 /** What {@link refusalSummary} needs to know about a request sluice answered with an error. */
 export interface RefusalInfo {

@@ -49,6 +49,12 @@ export interface UpstreamRequest {
   signal?: AbortSignal;
   /** Replay only: the fixture to serve (the caller's `x-sluice-fixture`); ignored when live. */
   fixture?: string;
+  /**
+   * Pass an upstream HTTP error back with its own body bytes and content type (the server's key
+   * still redacted) instead of in Anthropic's error shape. For endpoints whose errors have
+   * another shape that their clients parse: `/v1/chat/completions` answers OpenAI's.
+   */
+  rawErrors?: boolean;
 }
 
 /** The methods sluice forwards (the ones the SDK's client sends). */
@@ -58,6 +64,11 @@ export type UpstreamMethod = "GET" | "POST" | "PUT" | "PATCH" | "DELETE";
 export interface UpstreamResult {
   response: Response;
   retries: number;
+  /**
+   * True when sluice made the answer itself because the upstream gave none (a timeout, a failed
+   * connection): its body is in Anthropic's error shape whatever `rawErrors` says.
+   */
+  local?: boolean;
 }
 
 /** How long a streamed answer may stay silent, and how the client is kept company meanwhile. */
@@ -104,6 +115,8 @@ export function createUpstream(options: UpstreamOptions): Upstream {
   const attempts = new WeakMap<Headers, number>();
   // Headers as the upstream sent them, for responses whose retry-after was clamped.
   const original = new WeakMap<Headers, Headers>();
+  // Error bodies as the upstream sent them (for `rawErrors`), keyed like `attempts`.
+  const errorBytes = new WeakMap<Headers, Uint8Array<ArrayBuffer>>();
   const maxRetries = options.maxRetries ?? 2;
   const maxWaitMs = options.retryMaxWaitMs ?? 10_000;
   const idleTimeoutMs = options.streamPolicy?.idleTimeoutMs ?? 0;
@@ -132,6 +145,7 @@ export function createUpstream(options: UpstreamOptions): Upstream {
       });
       const upstreamHeaders = original.get(response.headers);
       if (upstreamHeaders) original.set(buffered.headers, upstreamHeaders);
+      if (body) errorBytes.set(buffered.headers, body);
       response = buffered;
     }
     attempts.set(response.headers, attempt);
@@ -184,6 +198,10 @@ export function createUpstream(options: UpstreamOptions): Upstream {
         return { response, retries: attempts.get(response.headers) ?? 0 };
       } catch (error) {
         if (error instanceof APIUserAbortError) throw error;
+        if (request.rawErrors) {
+          const raw = rawFailure(error, original, errorBytes, options.apiKey);
+          if (raw) return { response: raw.response, retries: attempts.get(raw.seen) ?? 0 };
+        }
         const failed = upstreamFailure(error, original, options.apiKey);
         if (!failed) throw error;
         return failed(attempts);
@@ -205,12 +223,14 @@ function upstreamFailure(
         errorBody("timeout_error", "the upstream API did not answer in time"),
       ),
       retries: 0,
+      local: true,
     });
   }
   if (error instanceof APIConnectionError) {
     return () => ({
       response: jsonResponse(502, errorBody("api_error", "could not connect to the upstream API")),
       retries: 0,
+      local: true,
     });
   }
   if (error instanceof APIError && typeof error.status === "number") {
@@ -235,6 +255,35 @@ function upstreamFailure(
     };
   }
   return undefined;
+}
+
+/**
+ * An upstream HTTP error as the upstream sent it (for `rawErrors`): its status, its body bytes
+ * with the server's key redacted, and the headers a client acts on (its content type too). Undefined
+ * when `error` is not an HTTP error whose body sluice read; the caller falls back to
+ * {@link upstreamFailure}. `seen` is the headers object the SDK kept, the key of `attempts`.
+ */
+function rawFailure(
+  error: unknown,
+  original: WeakMap<Headers, Headers>,
+  errorBytes: WeakMap<Headers, Uint8Array<ArrayBuffer>>,
+  apiKey: string,
+): { response: Response; seen: Headers } | undefined {
+  if (!(error instanceof APIError) || typeof error.status !== "number") return undefined;
+  const seen = error.headers as Headers | undefined;
+  const bytes = seen ? errorBytes.get(seen) : undefined;
+  if (!seen || !bytes) return undefined;
+  const headers = clientHeaders(original.get(seen) ?? seen);
+  const response = new Response(redactKeyBytes(bytes, apiKey), { status: error.status, headers });
+  return { response, seen };
+}
+
+/** `bytes` without the server's key (see {@link redactKey}). */
+function redactKeyBytes(bytes: Uint8Array<ArrayBuffer>, apiKey: string): Uint8Array<ArrayBuffer> {
+  if (apiKey.length < 4) return bytes;
+  const text = new TextDecoder().decode(bytes);
+  if (!text.includes(apiKey)) return bytes;
+  return new TextEncoder().encode(text.split(apiKey).join("[redacted]"));
 }
 
 function jsonResponse(status: number, body: unknown, headers = new Headers()): Response {

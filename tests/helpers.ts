@@ -219,8 +219,15 @@ export async function replayApp(overrides: Partial<AppDeps> = {}) {
 /** The server key the live-mode test apps send upstream. */
 export const TEST_SERVER_KEY = "sk-ant-test-upstream-key";
 
-/** sluice in live mode in front of `upstreamUrl` (no retries), plus config overrides. */
-export function liveApp(upstreamUrl: string, env: Record<string, string> = {}) {
+/**
+ * sluice in live mode in front of `upstreamUrl` (no retries), plus config overrides (as
+ * environment strings) and app deps (a stats sink, say).
+ */
+export function liveApp(
+  upstreamUrl: string,
+  env: Record<string, string> = {},
+  overrides: Partial<AppDeps> = {},
+) {
   return createApp({
     config: testConfig({
       ANTHROPIC_API_KEY: TEST_SERVER_KEY,
@@ -234,6 +241,7 @@ export function liveApp(upstreamUrl: string, env: Record<string, string> = {}) {
       maxRetries: 0,
     }),
     logger: silentLogger,
+    ...overrides,
   });
 }
 

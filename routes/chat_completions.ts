@@ -1,0 +1,84 @@
+/**
+ * `POST /v1/chat/completions`: for OpenAI-style clients (the `openai` SDKs and what is built on
+ * them). Live, the body goes byte for byte to the Anthropic API's own OpenAI-compatible endpoint
+ * with the server's key; replay answers it from the fixtures as `chat.completion(.chunk)`s (see
+ * lib/openai_replay.ts). Streamed answers come back byte for byte while a tap reads the chunks
+ * for stats.
+ *
+ * sluice reads only what it needs: the body must be a JSON object, `stream` (when present) a
+ * boolean and `model` (when present) a string. Everything else is the upstream's to judge, and
+ * its own 400 comes back unchanged. The errors sluice makes for this path have OpenAI's shape
+ * (`{"error":{"message","type","param","code"}}`, see app.ts), which OpenAI clients parse.
+ */
+import { Hono } from "hono";
+import { z } from "zod";
+import type { AppEnv, RouteDeps } from "../lib/app_env.ts";
+import { CHAT_COMPLETIONS_PATH, startChatCompletionsCall } from "../lib/chat_completions_call.ts";
+import { SluiceError } from "../lib/errors.ts";
+import { upstreamHeaders } from "../lib/pass_headers.ts";
+import { describeIssues } from "../lib/validate.ts";
+import { SSE_HEADERS } from "./messages.ts";
+
+/** The fields sluice reads; everything else passes through unread. */
+const chatCompletionsBody = z.looseObject({
+  model: z.string().optional(),
+  stream: z.boolean().optional(),
+});
+
+/** Mounts `POST /v1/chat/completions`. */
+export function chatCompletionsRoute(deps: RouteDeps): Hono<AppEnv> {
+  const app = new Hono<AppEnv>();
+  app.post(CHAT_COMPLETIONS_PATH, async (c) => {
+    const url = new URL(c.req.url);
+    const raw = new Uint8Array(await c.req.arrayBuffer());
+    const body = readBody(raw);
+    const stream = body.stream === true;
+    const call = await startChatCompletionsCall({
+      upstream: deps.upstream,
+      clock: deps.clock,
+      logger: deps.logger,
+      startedAt: c.get("startedAt"),
+      requestId: c.get("requestId"),
+      model: body.model ?? null,
+      keyId: c.get("keyId"),
+      request: {
+        // The path as the caller sent it, query string included.
+        path: url.pathname + url.search,
+        body: raw,
+        stream,
+        headers: upstreamHeaders(c.req.raw.headers),
+        authStyle: c.get("authStyle"),
+        fixture: c.req.header("x-sluice-fixture"),
+      },
+      clientSignal: c.req.raw.signal,
+      cut: deps.lifecycle?.cut,
+    });
+    deps.record(call.finished);
+    if (call.kind === "stream") {
+      deps.lifecycle?.adopt(call.stream!, call.finished);
+      for (const [key, value] of Object.entries(SSE_HEADERS)) call.headers.set(key, value);
+      return new Response(call.stream, { status: call.status, headers: call.headers });
+    }
+    return new Response(call.body, { status: call.status, headers: call.headers });
+  });
+  return app;
+}
+
+/**
+ * Parses the body for the fields sluice reads. Not Hono's JSON validator: that one also requires
+ * a JSON content type, which sluice does not need to read the body (the upstream may judge it).
+ */
+function readBody(raw: Uint8Array): z.infer<typeof chatCompletionsBody> {
+  let value: unknown;
+  try {
+    value = JSON.parse(new TextDecoder().decode(raw));
+  } catch (error) {
+    const detail = error instanceof SyntaxError ? `: ${error.message}` : "";
+    throw new SluiceError(400, "invalid_request_error", `request body is not valid JSON${detail}`);
+  }
+  const parsed = chatCompletionsBody.safeParse(value);
+  if (!parsed.success) {
+    throw new SluiceError(400, "invalid_request_error", describeIssues(parsed.error.issues));
+  }
+  return parsed.data;
+}
