@@ -5,11 +5,11 @@
 import { createApp } from "./lib/app.ts";
 import { ConfigError, parseConfig } from "./lib/config.ts";
 import { createLogger } from "./lib/log.ts";
-import { createUpstreamFromConfig } from "./lib/upstream_from_config.ts";
+import { createUpstreamFromConfig } from "./lib/proxy/upstream_from_config.ts";
 import { openKv } from "./lib/kv.ts";
-import { checkDefaultModel } from "./lib/model_check.ts";
-import { createKvStats } from "./lib/stats.ts";
-import { createLifecycle, installShutdown } from "./lib/shutdown.ts";
+import { checkDefaultModel } from "./lib/proxy/model_check.ts";
+import { createKvStats } from "./lib/stats/stats.ts";
+import { createLifecycle, installShutdown } from "./lib/http/shutdown.ts";
 
 let config;
 try {

@@ -13,10 +13,10 @@
 import { Hono } from "hono";
 import { z } from "zod";
 import type { AppEnv, RouteDeps } from "../lib/app_env.ts";
-import { CHAT_COMPLETIONS_PATH, startChatCompletionsCall } from "../lib/chat_completions_call.ts";
+import { CHAT_COMPLETIONS_PATH, startChatCompletionsCall } from "../lib/openai/call.ts";
 import { SluiceError } from "../lib/errors.ts";
-import { upstreamHeaders } from "../lib/pass_headers.ts";
-import { describeIssues } from "../lib/validate.ts";
+import { upstreamHeaders } from "../lib/proxy/pass_headers.ts";
+import { describeIssues } from "../lib/http/validate.ts";
 import { SSE_HEADERS } from "./messages.ts";
 
 /** The fields sluice reads; everything else passes through unread. */

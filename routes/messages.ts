@@ -6,9 +6,9 @@
 import { Hono } from "hono";
 import { z } from "zod";
 import type { AppEnv, RouteDeps } from "../lib/app_env.ts";
-import { startCall } from "../lib/messages_call.ts";
-import { upstreamHeaders } from "../lib/pass_headers.ts";
-import { jsonBody, requireJsonContentType } from "../lib/validate.ts";
+import { startCall } from "../lib/proxy/messages_call.ts";
+import { upstreamHeaders } from "../lib/proxy/pass_headers.ts";
+import { jsonBody, requireJsonContentType } from "../lib/http/validate.ts";
 
 /**
  * The only fields sluice reads itself: `stream` (which answer to tap) and `model` (for stats).

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { EventAccumulator } from "../lib/accumulator.ts";
-import { createSseDecoder } from "../lib/sse.ts";
+import { EventAccumulator } from "../lib/stream/accumulator.ts";
+import { createSseDecoder } from "../lib/stream/sse.ts";
 import { FIXTURES_DIR, sdkOracle } from "./helpers.ts";
 import { agreeOnFiles, assertAgrees, sseFiles } from "./sdk_agreement.ts";
 import { messageEnd, messageStart, sse, textStream, toolStream } from "./bench_support.ts";

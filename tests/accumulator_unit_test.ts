@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
-import { EventAccumulator, type StreamResult } from "../lib/accumulator.ts";
+import { EventAccumulator, type StreamResult } from "../lib/stream/accumulator.ts";
 import { manualClock } from "../lib/clock.ts";
-import { createSseDecoder, type SseEvent } from "../lib/sse.ts";
+import { createSseDecoder, type SseEvent } from "../lib/stream/sse.ts";
 import { sdkOracle } from "./helpers.ts";
 
 const ev = (event: string, data: unknown): SseEvent => ({

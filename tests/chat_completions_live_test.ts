@@ -8,10 +8,10 @@ import assert from "node:assert/strict";
 import OpenAI from "openai";
 import { createApp } from "../lib/app.ts";
 import { silentLogger } from "../lib/log.ts";
-import { memorySink } from "../lib/request_summary.ts";
-import type { RecentEntry, StatsReport } from "../lib/stats.ts";
-import { createKvStats } from "../lib/stats.ts";
-import { createUpstream } from "../lib/upstream.ts";
+import { memorySink } from "../lib/stats/request_summary.ts";
+import type { RecentEntry, StatsReport } from "../lib/stats/stats.ts";
+import { createKvStats } from "../lib/stats/stats.ts";
+import { createUpstream } from "../lib/proxy/upstream.ts";
 import {
   liveApp,
   type SeenRequest,

@@ -5,10 +5,10 @@
  */
 import assert from "node:assert/strict";
 import OpenAI from "openai";
-import { EventAccumulator } from "../lib/accumulator.ts";
-import { finishReason } from "../lib/openai_replay.ts";
-import { memorySink } from "../lib/request_summary.ts";
-import { decodeAll } from "../lib/sse.ts";
+import { EventAccumulator } from "../lib/stream/accumulator.ts";
+import { finishReason } from "../lib/openai/replay.ts";
+import { memorySink } from "../lib/stats/request_summary.ts";
+import { decodeAll } from "../lib/stream/sse.ts";
 import { projectFixtures, replayApp, serveOnLoopback, testConfig } from "./helpers.ts";
 import { openaiClient } from "./openai_support.ts";
 

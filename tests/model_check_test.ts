@@ -3,8 +3,8 @@
  */
 import assert from "node:assert/strict";
 import type { Logger } from "../lib/log.ts";
-import { checkDefaultModel } from "../lib/model_check.ts";
-import { createUpstream } from "../lib/upstream.ts";
+import { checkDefaultModel } from "../lib/proxy/model_check.ts";
+import { createUpstream } from "../lib/proxy/upstream.ts";
 import { startFakeUpstream, TEST_SERVER_KEY } from "./helpers.ts";
 
 /** A logger that keeps its warnings. */

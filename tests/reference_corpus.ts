@@ -5,8 +5,8 @@
  * (`.ci/run` does so when the corpus is beside the checkout).
  */
 import assert from "node:assert/strict";
-import { EventAccumulator } from "../lib/accumulator.ts";
-import { createSseDecoder } from "../lib/sse.ts";
+import { EventAccumulator } from "../lib/stream/accumulator.ts";
+import { createSseDecoder } from "../lib/stream/sse.ts";
 import { sdkOracle } from "./helpers.ts";
 import { agreeOnFiles, sseFiles } from "./sdk_agreement.ts";
 

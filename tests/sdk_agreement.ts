@@ -4,8 +4,8 @@
  * (`deno task test:reference`, tests/reference_corpus.ts).
  */
 import assert from "node:assert/strict";
-import { EventAccumulator, type StreamResult } from "../lib/accumulator.ts";
-import { createSseDecoder } from "../lib/sse.ts";
+import { EventAccumulator, type StreamResult } from "../lib/stream/accumulator.ts";
+import { createSseDecoder } from "../lib/stream/sse.ts";
 import {
   clean,
   type OracleResult,
