@@ -58,7 +58,7 @@ export function assertAgrees(ours: StreamResult, sdk: OracleResult, label: strin
   assert.deepEqual(message, sdk.lastSnapshot, `${label}: partial snapshot differs from the SDK`);
 }
 
-// Fixtures where sluice deliberately differs from the SDK (each documented in the README).
+// Fixtures where sluice deliberately differs from the SDK (each documented in docs/accumulator.md).
 export const KNOWN_DIFFERENCES: Record<string, string> = {
   // No usage in message_delta: the SDK throws a TypeError; sluice keeps the message.
   "docs-extended-thinking.sse": "message_delta without usage",

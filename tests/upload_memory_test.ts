@@ -82,7 +82,7 @@ Deno.test("a 100 MB upload and download stream through sluice without holding th
   const upload = async (bytes: number) => {
     // A body of known length, as the SDKs and curl send a file (multipart of a sized file). A
     // body without a declared length is counted in JavaScript against SLUICE_MAX_FILE_BYTES, so
-    // it leaves garbage for the collector; see the README.
+    // it leaves garbage for the collector; see docs/api.md.
     const file = new Uint8Array(bytes);
     for (let i = 0; i < bytes; i += CHUNK.length) file.set(CHUNK.subarray(0, bytes - i), i);
     const response = await fetch(`${sluice.url}/v1/files`, {

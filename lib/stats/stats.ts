@@ -396,7 +396,7 @@ export function createKvStats(options: KvStatsOptions): KvStats {
    * A write for what was just recorded: right away, or with every record of the next
    * `writeIntervalMs`. Batching by time is what keeps stats cheap under load: one commit of a few
    * dozen merged mutations a second instead of one per request (the gateway bench measured the
-   * per-request commits delaying other streams' deltas; see the README).
+   * per-request commits delaying other streams' deltas; see docs/performance.md).
    */
   function schedule(): void {
     if (writeIntervalMs <= 0) writeNow();

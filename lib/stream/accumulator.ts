@@ -8,7 +8,7 @@
  * partial JSON; `message_delta` sets the stop reason and replaces the usage fields it carries),
  * so that at the end of a stream its snapshot equals
  * the SDK's `finalMessage()` for the same bytes. The deliberate differences, each listed in the
- * README: a `message_delta` without `usage` is applied instead of crashing; the snapshot of a
+ * docs/accumulator.md: a `message_delta` without `usage` is applied instead of crashing; the snapshot of a
  * stream that ends without `message_stop` is kept (as the Python SDK does) and flagged
  * `incomplete`; and the SDK-only `parsed_output` field is not added.
  *
@@ -135,7 +135,7 @@ export class EventAccumulator {
   #ended = false;
   #result: StreamResult | undefined;
   // Maps, not records: a record keyed by event name is a megamorphic store on every event (the
-  // profile in the README); they become records once, in end().
+  // profile in docs/performance.md); they become records once, in end().
   #events = new Map<string, number>();
   #deltas = new Map<string, number>();
   #unknown = 0;
@@ -443,7 +443,7 @@ const CHUNK_PIECES = 64;
  * Parses a tool's input JSON as the SDK does (`partialParse`), faster. For complete JSON whose
  * value is not a bare number, `partialParse` re-tokenises the text and hands it back to
  * `JSON.parse` unchanged, so `JSON.parse` alone gives the same value in a fraction of the time
- * (the profile in the README: `partialParse` was 90% of a 5,000-chunk tool stream). A bare
+ * (the profile in docs/performance.md: `partialParse` was 90% of a 5,000-chunk tool stream). A bare
  * number, or anything `JSON.parse` refuses, takes the SDK's path.
  */
 function parseToolInput(buffer: string): unknown {
@@ -468,7 +468,7 @@ const DELTA_TAIL = '"}}';
  * Only the string is parsed (not at all when it has no escapes). Returns the object `JSON.parse`
  * would build (same keys, same order), or undefined for anything else, which then goes to
  * `JSON.parse`. Hand-written because `JSON.parse` was the largest cost per event in the profile
- * (see the README).
+ * (see docs/performance.md).
  */
 export function parseDeltaEvent(data: string): StreamEvent | undefined {
   if (!data.startsWith(DELTA_HEAD)) return undefined;
@@ -521,7 +521,7 @@ function applyMessageDelta(snapshot: Snapshot, event: StreamEvent) {
   snapshot.stop_details = delta.stop_details;
   if (delta.container != null) snapshot.container = delta.container;
   const usage = event.usage as Record<string, unknown> | undefined;
-  if (!usage || typeof usage !== "object") return; // the SDK throws here; see the README
+  if (!usage || typeof usage !== "object") return; // the SDK throws here; see docs/performance.md
   snapshot.usage ??= {};
   snapshot.usage.output_tokens = usage.output_tokens;
   for (

@@ -33,7 +33,7 @@ export function createSseDecoder(
   options: SseDecoderOptions = {},
 ): SseDecoder {
   // Hand-written around TextDecoder rather than `decode(chunk, { stream: true })`: in Deno the
-  // streaming form costs about 2.5x a one-shot decode per call (the profile in the README), and
+  // streaming form costs about 2.5x a one-shot decode per call (the profile in docs/performance.md), and
   // this runs once per chunk of every stream. Each chunk is decoded in one shot up to its last
   // complete character; an incomplete trailing sequence (at most 3 bytes) is carried over to
   // the next chunk, which yields exactly the streaming decoder's text.
@@ -143,7 +143,7 @@ export interface TapOptions {
    * Ends the stream when it aborts (graceful shutdown's cut): the upstream read is cancelled and
    * `onError` gets the signal's reason, so its last words (an SSE `error` event) come from the
    * tap itself. This used to be a separate guard stream behind the tap; one JavaScript stream
-   * layer fewer per chunk was ~5% of the gateway's CPU per event in the bench (see the README).
+   * layer fewer per chunk was ~5% of the gateway's CPU per event in the bench (see docs/performance.md).
    */
   cut?: AbortSignal;
 }
@@ -229,10 +229,10 @@ export function tapStream(
   };
   // Keep-alives and the idle deadline share one timer per stream, armed when a wait begins and
   // no timer is armed, re-armed only when it fires early. (A timer set and cleared on every read
-  // was 2.6 µs of sluice's 6 µs of CPU per event, measured in-process; see the README.) The
+  // was 2.6 µs of sluice's 6 µs of CPU per event, measured in-process; see docs/performance.md.) The
   // timer acts by itself (enqueues a keep-alive, or cancels the read and ends the stream) while
   // the pull awaits its read: racing every read against a timeout promise cost ~1 KB of garbage
-  // per event (see the README).
+  // per event (see docs/performance.md).
   let waiting = false;
   let waitStart = 0;
   let lastSent = 0;

@@ -28,7 +28,7 @@ export class ChatApiError extends Error {
   }
 }
 
-/** A `/chat` request body (see the README for every field). */
+/** A `/chat` request body (docs/chat.md lists every field). */
 export interface ChatRequest {
   message: string;
   conversation_id?: string;
