@@ -7,7 +7,7 @@
  * block; deltas append text, thinking, signatures, citations and tool input, the last parsed as
  * partial JSON; `message_delta` sets the stop reason and replaces the usage fields it carries),
  * so that at the end of a stream its snapshot equals
- * the SDK's `finalMessage()` for the same bytes. The deliberate differences, each listed in the
+ * the SDK's `finalMessage()` for the same bytes. The deliberate differences, each listed in
  * docs/accumulator.md: a `message_delta` without `usage` is applied instead of crashing; the snapshot of a
  * stream that ends without `message_stop` is kept (as the Python SDK does) and flagged
  * `incomplete`; and the SDK-only `parsed_output` field is not added.
