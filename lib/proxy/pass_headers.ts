@@ -16,9 +16,10 @@
  * (language, version, OS, runtime, helper method); the two an SDK sets per attempt of its own,
  * `x-stainless-retry-count` and `x-stainless-timeout`, describe sluice's attempts upstream and
  * are set by sluice's own client, so the caller's values of those two are not forwarded.
+ * `x-app` and `x-claude-code-session-id` are how Claude Code names itself and its session.
  */
 export const REQUEST_HEADERS: RegExp =
-  /^(anthropic-.+|content-type|accept|idempotency-key|user-agent|x-stainless-(?!retry-count$|timeout$).+)$/i;
+  /^(anthropic-.+|content-type|accept|idempotency-key|user-agent|x-app|x-claude-code-session-id|x-stainless-(?!retry-count$|timeout$).+)$/i;
 
 /**
  * Response headers passed back to the client verbatim. (`x-request-id` is where OpenAI SDKs read
