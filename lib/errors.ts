@@ -75,20 +75,28 @@ export function errorBody(type: string, message: string, requestId?: string): An
   return body;
 }
 
+/** Where an error response goes besides its body: its request id and extra headers. */
+export interface ErrorResponseOptions {
+  requestId?: string;
+  headers?: Record<string, string>;
+}
+
+/** A JSON error response with `body`, labelled and carrying the request id. */
+function jsonError(status: number, body: unknown, options: ErrorResponseOptions): Response {
+  const headers = new Headers(options.headers);
+  headers.set("content-type", "application/json");
+  if (options.requestId) headers.set("request-id", options.requestId);
+  return new Response(JSON.stringify(body), { status, headers });
+}
+
 /** Builds an error response in Anthropic's shape. */
 export function errorResponse(
   status: number,
   type: string,
   message: string,
-  options: { requestId?: string; headers?: Record<string, string> } = {},
+  options: ErrorResponseOptions = {},
 ): Response {
-  const headers = new Headers(options.headers);
-  headers.set("content-type", "application/json");
-  if (options.requestId) headers.set("request-id", options.requestId);
-  return new Response(JSON.stringify(errorBody(type, message, options.requestId)), {
-    status,
-    headers,
-  });
+  return jsonError(status, errorBody(type, message, options.requestId), options);
 }
 
 /** Formats one SSE `error` event, as the API sends it mid-stream. */
@@ -125,12 +133,9 @@ export function openaiErrorResponse(
   status: number,
   type: string,
   message: string,
-  options: { requestId?: string; headers?: Record<string, string> } = {},
+  options: ErrorResponseOptions = {},
 ): Response {
-  const headers = new Headers(options.headers);
-  headers.set("content-type", "application/json");
-  if (options.requestId) headers.set("request-id", options.requestId);
-  return new Response(JSON.stringify(openaiErrorBody(type, message)), { status, headers });
+  return jsonError(status, openaiErrorBody(type, message), options);
 }
 
 /** Formats one mid-stream error as OpenAI streams carry it: a `data:` line with `error`. */

@@ -2,7 +2,7 @@
  * Conversations: the history `/chat` sends upstream, kept in Deno KV under the gateway key that
  * made it.
  *
- * A conversation is one KV value, keyed `["conversations", owner, id]`: putting the owner (a key
+ * A conversation is one KV value, keyed `["sluice", "conversations", owner, id]`: putting the owner (a key
  * id, never a key) in the KV key means another key's lookup simply finds nothing, so it cannot
  * tell a foreign conversation from a missing one. The value is the conversation's JSON as UTF-8
  * bytes, so its size is exactly what the byte bound counts (KV caps a value at 64 KiB; a JS
@@ -99,7 +99,8 @@ export class ConversationTooLargeError extends Error {
 }
 
 const ID_PATTERN = /^conv_[0-9a-f]{32}$/;
-const PREFIX = "conversations";
+// Under sluice's one prefix, beside stats and limits, so one KV database can be shared.
+const PREFIX = ["sluice", "conversations"] as const;
 // Conflicting writers (two answers finishing at once) retry this many times.
 const MAX_ATTEMPTS = 8;
 
@@ -144,7 +145,7 @@ export function createConversationStore(options: ConversationStoreOptions): Conv
   const { kv, limits } = options;
   const clock = options.clock ?? systemClock;
   const newId = options.newId ?? newConversationId;
-  const keyOf = (owner: string, id: string): Deno.KvKey => [PREFIX, owner, id];
+  const keyOf = (owner: string, id: string): Deno.KvKey => [...PREFIX, owner, id];
 
   async function read(owner: string, id: string) {
     if (!isConversationId(id)) return null;
@@ -221,7 +222,10 @@ export function createConversationStore(options: ConversationStoreOptions): Conv
     async list(owner, { limit, cursor }) {
       // One entry more than the page, to know whether there is a next page; the page's cursor is
       // the one after its last entry. Expired entries (not yet deleted by KV) are skipped.
-      const iter = kv.list<Uint8Array>({ prefix: [PREFIX, owner] }, { limit: limit + 1, cursor });
+      const iter = kv.list<Uint8Array>({ prefix: [...PREFIX, owner] }, {
+        limit: limit + 1,
+        cursor,
+      });
       const conversations: Conversation[] = [];
       let seen = 0;
       let pageCursor = "";

@@ -557,19 +557,3 @@ function parseErrorEvent(data: string): StreamError {
 function numberOr<T>(value: unknown, fallback: T): number | T {
   return typeof value === "number" && Number.isFinite(value) ? value : fallback;
 }
-
-/** Convenience: accumulates a whole byte sequence, split into the given chunks. */
-export function accumulateChunks(
-  chunks: Iterable<Uint8Array>,
-  decoderFactory: (onEvent: (e: SseEvent) => void) => {
-    feed(c: Uint8Array): void;
-    end(): void;
-  },
-  options: AccumulatorOptions = {},
-): StreamResult {
-  const accumulator = new EventAccumulator(options);
-  const decoder = decoderFactory((event) => accumulator.push(event));
-  for (const chunk of chunks) decoder.feed(chunk);
-  decoder.end();
-  return accumulator.end();
-}
