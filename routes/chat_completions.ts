@@ -15,9 +15,8 @@ import { z } from "zod";
 import type { AppEnv, RouteDeps } from "../lib/app_env.ts";
 import { CHAT_COMPLETIONS_PATH, startChatCompletionsCall } from "../lib/openai/call.ts";
 import { SluiceError } from "../lib/errors.ts";
-import { upstreamHeaders } from "../lib/proxy/pass_headers.ts";
+import { respondWithCall, upstreamRequestOf } from "../lib/proxy/call_http.ts";
 import { describeIssues } from "../lib/http/validate.ts";
-import { SSE_HEADERS } from "./messages.ts";
 
 /** The fields sluice reads; everything else passes through unread. */
 const chatCompletionsBody = z.looseObject({
@@ -29,10 +28,8 @@ const chatCompletionsBody = z.looseObject({
 export function chatCompletionsRoute(deps: RouteDeps): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
   app.post(CHAT_COMPLETIONS_PATH, async (c) => {
-    const url = new URL(c.req.url);
     const raw = new Uint8Array(await c.req.arrayBuffer());
     const body = readBody(raw);
-    const stream = body.stream === true;
     const call = await startChatCompletionsCall({
       upstream: deps.upstream,
       clock: deps.clock,
@@ -41,25 +38,11 @@ export function chatCompletionsRoute(deps: RouteDeps): Hono<AppEnv> {
       requestId: c.get("requestId"),
       model: body.model ?? null,
       keyId: c.get("keyId"),
-      request: {
-        // The path as the caller sent it, query string included.
-        path: url.pathname + url.search,
-        body: raw,
-        stream,
-        headers: upstreamHeaders(c.req.raw.headers),
-        authStyle: c.get("authStyle"),
-        fixture: c.req.header("x-sluice-fixture"),
-      },
+      request: upstreamRequestOf(c, raw, body.stream === true),
       clientSignal: c.req.raw.signal,
       cut: deps.lifecycle?.cut,
     });
-    deps.record(call.finished);
-    if (call.kind === "stream") {
-      deps.lifecycle?.adopt(call.stream!, call.finished);
-      for (const [key, value] of Object.entries(SSE_HEADERS)) call.headers.set(key, value);
-      return new Response(call.stream, { status: call.status, headers: call.headers });
-    }
-    return new Response(call.body, { status: call.status, headers: call.headers });
+    return respondWithCall(deps, call);
   });
   return app;
 }

@@ -7,7 +7,7 @@ import { Hono } from "hono";
 import { z } from "zod";
 import type { AppEnv, RouteDeps } from "../lib/app_env.ts";
 import { startCall } from "../lib/proxy/messages_call.ts";
-import { upstreamHeaders } from "../lib/proxy/pass_headers.ts";
+import { respondWithCall, upstreamRequestOf } from "../lib/proxy/call_http.ts";
 import { jsonBody, requireJsonContentType } from "../lib/http/validate.ts";
 
 /**
@@ -20,51 +20,28 @@ const messagesBody = z.looseObject({
   stream: z.boolean().optional(),
 });
 
-/** SSE response headers that stop proxies from buffering or transforming the stream. */
-export const SSE_HEADERS = {
-  "cache-control": "no-cache, no-transform",
-  "x-accel-buffering": "no",
-};
-
 /** Mounts `POST /v1/messages`. */
 export function messagesRoute(deps: RouteDeps): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
   app.post("/v1/messages", requireJsonContentType(), jsonBody(messagesBody), async (c) => {
-    const startedAt = c.get("startedAt");
-    const url = new URL(c.req.url);
     const body = c.req.valid("json");
     const raw = new Uint8Array(await c.req.arrayBuffer());
-    const stream = body.stream === true;
     const call = await startCall({
       upstream: deps.upstream,
       clock: deps.clock,
       logger: deps.logger,
-      startedAt,
+      startedAt: c.get("startedAt"),
       endpoint: "/v1/messages",
       requestId: c.get("requestId"),
       model: body.model ?? null,
       keyId: c.get("keyId"),
-      request: {
-        // The path as the caller sent it: `?beta=true` and any other query string included.
-        path: url.pathname + url.search,
-        body: raw,
-        stream,
-        headers: upstreamHeaders(c.req.raw.headers),
-        authStyle: c.get("authStyle"),
-        fixture: c.req.header("x-sluice-fixture"),
-      },
+      request: upstreamRequestOf(c, raw, body.stream === true),
       // Watched only until the answer is handed over; the stream's cancel takes over then.
       clientSignal: c.req.raw.signal,
       // The tap ends the stream itself at shutdown (no guard stream around it).
       cut: deps.lifecycle?.cut,
     });
-    deps.record(call.finished);
-    if (call.kind === "stream") {
-      deps.lifecycle?.adopt(call.stream!, call.finished);
-      for (const [key, value] of Object.entries(SSE_HEADERS)) call.headers.set(key, value);
-      return new Response(call.stream, { status: call.status, headers: call.headers });
-    }
-    return new Response(call.body, { status: call.status, headers: call.headers });
+    return respondWithCall(deps, call);
   });
   return app;
 }

@@ -11,7 +11,7 @@
 import type { AccumulatorObserver, Message } from "../stream/accumulator.ts";
 import type { ChatDone } from "./encoding.ts";
 import { errorLine, errorPayload, sseEvent, statsLine } from "./encoding.ts";
-import type { Call } from "../proxy/messages_call.ts";
+import type { Call, StreamCall } from "../proxy/messages_call.ts";
 import type { SseEvent } from "../stream/sse.ts";
 import { decodeAll, KEEP_ALIVE_COMMENT } from "../stream/sse.ts";
 
@@ -36,7 +36,7 @@ export interface ChatViewOptions {
 /** A view: attach `observer` to the call, then serve `body(call)`. */
 export interface ChatView {
   observer: AccumulatorObserver;
-  body(call: Call): ReadableStream<Uint8Array>;
+  body(call: StreamCall): ReadableStream<Uint8Array>;
 }
 
 /** The text of a message's text blocks. */
@@ -97,14 +97,14 @@ export function createChatView(options: ChatViewOptions): ChatView {
     return `${gap}${errorLine(type, message)}`;
   }
 
-  function body(call: Call): ReadableStream<Uint8Array> {
-    const reader = call.stream!.getReader();
+  function body(call: StreamCall): ReadableStream<Uint8Array> {
+    const reader = call.stream.getReader();
     let cancelled = false;
     let ended = false;
     let tapError: SseEvent | undefined;
 
     async function finish(): Promise<string> {
-      const result = call.result?.();
+      const result = call.result();
       if (result?.error) return failure(result.error.type, result.error.message);
       if (!result?.complete || !result.message) {
         const reported = tapError ? errorOf(tapError.data) : null;
@@ -154,7 +154,7 @@ export function createChatView(options: ChatViewOptions): ChatView {
             // The tap's keep-alive while the upstream is silent: pass it on, so proxies keep
             // the browser's stream open too. (Plain text has no comment to send.)
             pending.push(": keep-alive\n\n");
-          } else if (call.result?.() && !call.result()!.complete) {
+          } else if (call.result() && !call.result()!.complete) {
             // The tap ended a cut or silent stream with its own error event (not part of the
             // upstream's answer, so the accumulator never saw it): keep its explanation.
             tapError = decodeAll(value).find((event) => event.event === "error");

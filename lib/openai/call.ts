@@ -219,6 +219,8 @@ export async function startChatCompletionsCall(options: ChatCompletionsCallOptio
     retries,
     kind: "stream",
     stream,
+    // No Messages accumulator here: the chunk tap's figures are in the summary.
+    result: () => undefined,
     finished,
     abort: (reason) => controller.abort(reason),
   };

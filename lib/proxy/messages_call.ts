@@ -50,24 +50,34 @@ export interface CallOptions {
   cut?: AbortSignal;
 }
 
-/** The upstream's answer, ready for the client. */
-export interface Call {
+/** The upstream's answer, ready for the client: a stream or a whole body. */
+export type Call = StreamCall | JsonCall;
+
+/** What every answer has, streamed or whole. */
+interface CallBase {
   status: number;
   /** Upstream headers worth passing on (`request-id`, rate-limit headers, …). */
   headers: Headers;
   retries: number;
-  /** `stream`: an SSE body, tapped; `json`: a whole body (a message or an error). */
-  kind: "stream" | "json";
-  /** For `stream`: the client's byte stream. */
-  stream?: ReadableStream<Uint8Array>;
-  /** For `json`: the body bytes. */
-  body?: Uint8Array<ArrayBuffer>;
-  /** The accumulated result (streams only), available once `finished` resolves. */
-  result?: () => StreamResult | undefined;
   /** Resolves once, when the response is over (completed, failed or abandoned). */
   finished: Promise<RequestSummary>;
   /** Stops the upstream request. */
   abort(reason?: unknown): void;
+}
+
+/** A streamed answer: the upstream's SSE body, tapped. */
+export interface StreamCall extends CallBase {
+  kind: "stream";
+  /** The client's byte stream. */
+  stream: ReadableStream<Uint8Array>;
+  /** The accumulated result, available once `finished` resolves. */
+  result: () => StreamResult | undefined;
+}
+
+/** A whole body: a message, or an error in the API's shape. */
+export interface JsonCall extends CallBase {
+  kind: "json";
+  body: Uint8Array<ArrayBuffer>;
 }
 
 /** Sends the request upstream and prepares the answer for the client. */
