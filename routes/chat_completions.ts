@@ -15,7 +15,7 @@ import { z } from "zod";
 import type { AppEnv, RouteDeps } from "../lib/app_env.ts";
 import { CHAT_COMPLETIONS_PATH, startChatCompletionsCall } from "../lib/openai/call.ts";
 import { SluiceError } from "../lib/errors.ts";
-import { respondWithCall, upstreamRequestOf } from "../lib/proxy/call_http.ts";
+import { callContext, respondWithCall, upstreamRequestOf } from "../lib/proxy/call_http.ts";
 import { describeIssues } from "../lib/http/validate.ts";
 
 /** The fields sluice reads; everything else passes through unread. */
@@ -31,16 +31,9 @@ export function chatCompletionsRoute(deps: RouteDeps): Hono<AppEnv> {
     const raw = new Uint8Array(await c.req.arrayBuffer());
     const body = readBody(raw);
     const call = await startChatCompletionsCall({
-      upstream: deps.upstream,
-      clock: deps.clock,
-      logger: deps.logger,
-      startedAt: c.get("startedAt"),
-      requestId: c.get("requestId"),
+      ...callContext(deps, c),
       model: body.model ?? null,
-      keyId: c.get("keyId"),
       request: upstreamRequestOf(c, raw, body.stream === true),
-      clientSignal: c.req.raw.signal,
-      cut: deps.lifecycle?.cut,
     });
     return respondWithCall(deps, call);
   });

@@ -7,7 +7,7 @@ import { Hono } from "hono";
 import { z } from "zod";
 import type { AppEnv, RouteDeps } from "../lib/app_env.ts";
 import { startCall } from "../lib/proxy/messages_call.ts";
-import { respondWithCall, upstreamRequestOf } from "../lib/proxy/call_http.ts";
+import { callContext, respondWithCall, upstreamRequestOf } from "../lib/proxy/call_http.ts";
 import { jsonBody, requireJsonContentType } from "../lib/http/validate.ts";
 
 /**
@@ -27,19 +27,10 @@ export function messagesRoute(deps: RouteDeps): Hono<AppEnv> {
     const body = c.req.valid("json");
     const raw = new Uint8Array(await c.req.arrayBuffer());
     const call = await startCall({
-      upstream: deps.upstream,
-      clock: deps.clock,
-      logger: deps.logger,
-      startedAt: c.get("startedAt"),
+      ...callContext(deps, c),
       endpoint: "/v1/messages",
-      requestId: c.get("requestId"),
       model: body.model ?? null,
-      keyId: c.get("keyId"),
       request: upstreamRequestOf(c, raw, body.stream === true),
-      // Watched only until the answer is handed over; the stream's cancel takes over then.
-      clientSignal: c.req.raw.signal,
-      // The tap ends the stream itself at shutdown (no guard stream around it).
-      cut: deps.lifecycle?.cut,
     });
     return respondWithCall(deps, call);
   });

@@ -36,6 +36,24 @@ export function upstreamRequestOf(
 }
 
 /**
+ * What every tapped call takes from the app and the request: the upstream, clock and logger, the
+ * request's arrival, ids and key, the client's signal (watched only until the answer is handed
+ * over; the stream's cancel takes over then) and the shutdown cut (the tap ends the stream itself).
+ */
+export function callContext(deps: RouteDeps, c: Context<AppEnv>) {
+  return {
+    upstream: deps.upstream,
+    clock: deps.clock,
+    logger: deps.logger,
+    startedAt: c.get("startedAt"),
+    requestId: c.get("requestId"),
+    keyId: c.get("keyId"),
+    clientSignal: c.req.raw.signal,
+    cut: deps.lifecycle?.cut,
+  };
+}
+
+/**
  * The client's response for a call: records its summary when it is over, hands a stream to the
  * shutdown lifecycle (which ends it with an error event if it is still running then) with the
  * SSE headers, or sends the whole body.
