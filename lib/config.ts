@@ -46,6 +46,10 @@ const envSchema = z.object({
   // A conversation is one Deno KV value, and KV caps a value at 64 KiB.
   SLUICE_CONVERSATION_MAX_BYTES: int(1024).max(60_000).default(60_000),
   SLUICE_CONVERSATION_TTL_HOURS: z.coerce.number().positive().default(24),
+  SLUICE_ON_DISCONNECT: z.enum(["finish", "abort"]).default("finish"),
+  SLUICE_RESUME_TTL_MS: int(1).default(10 * 60 * 1000),
+  SLUICE_RESUME_FLUSH_MS: int(1).max(60_000).default(250),
+  SLUICE_RESUME_STALE_MS: int(100).default(10_000),
   SLUICE_LOG_LEVEL: z.enum(["debug", "info", "warn", "error", "silent"]).default("info"),
 });
 
@@ -95,6 +99,13 @@ export interface Config {
   chatMaxTokens: number;
   /** Bounds of a stored conversation: turns, bytes of history, hours kept after the last use. */
   conversation: { maxTurns: number; maxBytes: number; ttlHours: number };
+  /** `/chat`, when the client leaves mid-answer: read the answer to its end, or stop the call. */
+  onDisconnect: "finish" | "abort";
+  /**
+   * Resumable `/chat` streams (ms): how long one stays resumable after its answer ended, how
+   * long an event waits to be written to KV, and the silence after which a writer is dead.
+   */
+  resume: { ttlMs: number; flushMs: number; staleMs: number };
   logLevel: "debug" | "info" | "warn" | "error" | "silent";
   /** True when running on Deno Deploy (detected from its environment). */
   onDeploy: boolean;
@@ -172,6 +183,12 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
       maxTurns: e.SLUICE_CONVERSATION_MAX_TURNS,
       maxBytes: e.SLUICE_CONVERSATION_MAX_BYTES,
       ttlHours: e.SLUICE_CONVERSATION_TTL_HOURS,
+    },
+    onDisconnect: e.SLUICE_ON_DISCONNECT,
+    resume: {
+      ttlMs: e.SLUICE_RESUME_TTL_MS,
+      flushMs: e.SLUICE_RESUME_FLUSH_MS,
+      staleMs: e.SLUICE_RESUME_STALE_MS,
     },
     logLevel: e.SLUICE_LOG_LEVEL,
     onDeploy: isOnDeploy(env),

@@ -1,15 +1,27 @@
 /**
- * `POST /chat`: thin route; the work is in lib/chat.ts.
+ * `POST /chat` and `GET /chat/streams/{id}`: thin routes; the work is in lib/chat/.
  */
 import { Hono } from "hono";
 import type { AppEnv, RouteDeps } from "../lib/app_env.ts";
-import { handleChat } from "../lib/chat/chat.ts";
+import { type ChatStreams, handleChat } from "../lib/chat/chat.ts";
 import { statsRequested } from "../lib/chat/encoding.ts";
-import { conversationStoreFor } from "../lib/chat/conversations.ts";
+import { type ConversationStore, conversationStoreFor } from "../lib/chat/conversations.ts";
+import {
+  type CutStream,
+  isStreamId,
+  LiveStreams,
+  openResumedStream,
+  parseEventId,
+} from "../lib/chat/resume.ts";
+import { SluiceError } from "../lib/errors.ts";
+import { tokenUsage } from "../lib/stats/request_summary.ts";
 
-/** Mounts `POST /chat`. */
+/** Mounts `POST /chat` and, with Deno KV, `GET /chat/streams/{id}`. */
 export function chatRoute(deps: RouteDeps): Hono<AppEnv> {
   const store = conversationStoreFor(deps);
+  const streams: ChatStreams | undefined = deps.kv
+    ? { kv: deps.kv, live: new LiveStreams() }
+    : undefined;
   const app = new Hono<AppEnv>();
   app.post("/chat", async (c) =>
     await handleChat(deps, store, {
@@ -24,6 +36,93 @@ export function chatRoute(deps: RouteDeps): Hono<AppEnv> {
       anthropicBeta: c.req.header("anthropic-beta"),
       fixture: c.req.header("x-sluice-fixture"),
       clientSignal: c.req.raw.signal,
-    }));
+    }, streams));
+
+  app.get("/chat/streams/:id", async (c) => {
+    const id = c.req.param("id");
+    const notFound = new SluiceError(
+      404,
+      "not_found_error",
+      `stream ${JSON.stringify(id)} not found (it may have expired)`,
+    );
+    if (!streams) {
+      throw new SluiceError(
+        503,
+        "api_error",
+        "resumable streams need Deno KV, which is not set up",
+      );
+    }
+    // `Last-Event-ID` is what EventSource sends on its own; `?after=` is for fetch and curl.
+    const raw = c.req.header("last-event-id") ?? c.req.query("after");
+    const after = raw === undefined ? 0 : parseEventId(raw);
+    if (after === null) {
+      throw new SluiceError(
+        400,
+        "invalid_request_error",
+        "Last-Event-ID (or ?after=) must be the id of an event of this stream, a whole number",
+      );
+    }
+    if (!isStreamId(id)) throw notFound;
+    const keyId = c.get("keyId");
+    const body = await openResumedStream({
+      kv: streams.kv,
+      owner: keyId,
+      id,
+      after,
+      clock: deps.clock,
+      settings: deps.config.resume,
+      keepAliveMs: deps.config.keepAliveMs,
+      local: streams.live.get(id),
+      logger: deps.logger,
+      onCut: (cut) => recordCut(deps, store, keyId, cut),
+    });
+    if (!body) throw notFound;
+    return new Response(body, {
+      headers: {
+        "content-type": "text/event-stream; charset=utf-8",
+        "cache-control": "no-cache, no-transform",
+        "x-accel-buffering": "no",
+        "x-content-type-options": "nosniff",
+        "x-sluice-stream-id": id,
+      },
+    });
+  });
   return app;
+}
+
+/**
+ * A stream whose writer died: its conversation gets the buffered part of the answer, marked
+ * incomplete, and the stats a request with outcome `incomplete` (the dead instance recorded
+ * nothing; its usage is unknown here and counts as 0).
+ */
+async function recordCut(
+  deps: RouteDeps,
+  store: ConversationStore | undefined,
+  keyId: string,
+  { head, partialText }: CutStream,
+): Promise<void> {
+  const now = deps.clock.now();
+  deps.record(Promise.resolve({
+    id: head.requestId,
+    endpoint: "/chat",
+    streaming: true,
+    model: head.model,
+    outcome: "incomplete",
+    status: 200,
+    retries: 0,
+    startedAt: head.startedAt,
+    ttftMs: null,
+    totalMs: now - head.startedAt,
+    upstreamTtftMs: null,
+    usage: tokenUsage(undefined),
+    stopReason: null,
+    events: {},
+    keyId,
+  }));
+  // An empty assistant turn could not be sent upstream again: then nothing is stored.
+  if (!store || !head.conversationId || head.message === null || partialText === "") return;
+  await store.append(keyId, head.conversationId, [
+    { role: "user", content: head.message },
+    { role: "assistant", content: partialText, incomplete: true },
+  ]);
 }

@@ -7,7 +7,12 @@ import { Hono } from "hono";
 import { z } from "zod";
 import type { AppEnv, RouteDeps } from "../lib/app_env.ts";
 import { startCall } from "../lib/proxy/messages_call.ts";
-import { callContext, respondWithCall, upstreamRequestOf } from "../lib/proxy/call_http.ts";
+import {
+  callContext,
+  ON_DISCONNECT_HEADER,
+  respondWithCall,
+  upstreamRequestOf,
+} from "../lib/proxy/call_http.ts";
 import { jsonBody, requireJsonContentType } from "../lib/http/validate.ts";
 
 /**
@@ -32,7 +37,9 @@ export function messagesRoute(deps: RouteDeps): Hono<AppEnv> {
       model: body.model ?? null,
       request: upstreamRequestOf(c, raw, body.stream === true),
     });
-    return respondWithCall(deps, call);
+    return respondWithCall(deps, call, {
+      finishOnDisconnect: c.req.header(ON_DISCONNECT_HEADER)?.trim().toLowerCase() === "finish",
+    });
   });
   return app;
 }

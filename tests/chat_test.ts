@@ -375,8 +375,9 @@ function stallingSleep(ms: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
-Deno.test("a client that leaves mid-answer aborts the upstream and stores nothing", async (t) => {
+Deno.test("with SLUICE_ON_DISCONNECT=abort, a client that leaves mid-answer aborts the upstream and stores nothing", async (t) => {
   const { app, kv, chat, signals, stats } = await chatApp({
+    env: { SLUICE_ON_DISCONNECT: "abort" },
     pace: { ttftMs: 0, tokensPerSecond: 1, speed: 1 },
     sleep: stallingSleep,
   });

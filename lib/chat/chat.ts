@@ -16,6 +16,8 @@ import type { Conversation, ConversationStore, Turn } from "./conversations.ts";
 import { SluiceError } from "../errors.ts";
 import type { Message } from "../stream/accumulator.ts";
 import { startCall } from "../proxy/messages_call.ts";
+import type { LiveStreams, StreamWriter } from "./resume.ts";
+import { createStreamWriter } from "./resume.ts";
 
 /** What `/chat` needs from the HTTP request. */
 export interface ChatInput {
@@ -34,6 +36,12 @@ export interface ChatInput {
   fixture?: string;
   /** The request's signal: lets a client that leaves before its answer starts stop the call. */
   clientSignal?: AbortSignal;
+}
+
+/** Where resumable SSE streams are kept (only with Deno KV). */
+export interface ChatStreams {
+  kv: Deno.Kv;
+  live: LiveStreams;
 }
 
 /** Response headers that keep proxies from buffering or rewriting a streamed answer. */
@@ -55,6 +63,7 @@ export async function handleChat(
   deps: RouteDeps,
   store: ConversationStore | undefined,
   input: ChatInput,
+  streams?: ChatStreams,
 ): Promise<Response> {
   const chat = parseChatBody(input.bodyText);
   let conversation: Conversation | null = null;
@@ -96,8 +105,31 @@ export async function handleChat(
     }
     : undefined;
 
+  // A streamed SSE answer is resumable when there is a KV to buffer it in. The writer is made
+  // here but writes nothing until the view's first event: a call that fails first costs none.
+  let writer: StreamWriter | undefined;
+  if (streams && format === "sse") {
+    writer = createStreamWriter({
+      kv: streams.kv,
+      owner: input.keyId,
+      clock: deps.clock,
+      logger: deps.logger,
+      settings: deps.config.resume,
+      meta: {
+        requestId: input.requestId,
+        startedAt: input.startedAt,
+        model: String(body.model),
+        conversationId,
+        message: conversationId ? chat.message! : null,
+      },
+      onEnd: () => streams.live.delete(writer!.id),
+    });
+  }
+
   const view = createChatView({
     format: format === "json" ? "text" : format,
+    onDisconnect: deps.config.onDisconnect,
+    writer,
     withStats: input.withStats,
     requestId: input.requestId,
     conversationId,
@@ -129,6 +161,7 @@ export async function handleChat(
     clientSignal: input.clientSignal,
   });
   deps.record(call.finished);
+  if (writer && call.kind !== "stream") writer.end(); // nothing was pushed: nothing is written
 
   const headers = new Headers(call.headers);
   headers.set("x-sluice-request-id", input.requestId);
@@ -136,6 +169,10 @@ export async function handleChat(
   if (call.kind === "stream") {
     for (const [key, value] of Object.entries(STREAM_HEADERS)) headers.set(key, value);
     headers.set("content-type", CONTENT_TYPES[format === "json" ? "text" : format]);
+    if (writer) {
+      streams!.live.add(writer);
+      headers.set("x-sluice-stream-id", writer.id);
+    }
     return new Response(view.body(call), { status: call.status, headers });
   }
 

@@ -19,6 +19,11 @@ import { systemClock } from "../clock.ts";
 export interface Turn {
   role: "user" | "assistant";
   content: string;
+  /**
+   * An assistant turn whose answer was cut (the instance writing it died): what was buffered,
+   * marked so. Never sent upstream as a field (only role and content are).
+   */
+  incomplete?: true;
 }
 
 /** A stored conversation. Times are epoch milliseconds. */

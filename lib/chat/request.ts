@@ -101,7 +101,9 @@ export function buildMessagesBody(
   defaults: ChatDefaults,
   history: readonly Turn[] = [],
 ): Record<string, unknown> {
-  const messages = chat.messages ?? [...history, { role: "user", content: chat.message! }];
+  // Only role and content go upstream: a stored turn may carry sluice's own marks (`incomplete`).
+  const turns = history.map(({ role, content }) => ({ role, content }));
+  const messages = chat.messages ?? [...turns, { role: "user", content: chat.message! }];
   const system = chat.system ?? defaults.system;
   return {
     model: chat.model ?? defaults.conversationModel ?? defaults.model,

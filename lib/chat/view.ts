@@ -10,10 +10,13 @@
  */
 import type { AccumulatorObserver, Message } from "../stream/accumulator.ts";
 import type { ChatDone } from "./encoding.ts";
+import { concatBytes } from "../bytes.ts";
 import { errorLine, errorPayload, sseEvent, statsLine } from "./encoding.ts";
 import type { Call, StreamCall } from "../proxy/messages_call.ts";
 import type { SseEvent } from "../stream/sse.ts";
 import { decodeAll, KEEP_ALIVE_COMMENT } from "../stream/sse.ts";
+import type { StreamWriter } from "./resume.ts";
+import { CHUNK_BYTES } from "./resume.ts";
 
 /** Options for {@link createChatView}. */
 export interface ChatViewOptions {
@@ -31,6 +34,16 @@ export interface ChatViewOptions {
   onComplete?: (message: Message) => Promise<boolean>;
   /** Reports a failure of `onComplete`; the answer still ends normally, with `stored: false`. */
   onCompleteError?: (error: unknown) => void;
+  /**
+   * When the client leaves mid-answer: `finish` (default) reads the upstream to its end, so
+   * the answer is stored and its usage recorded; `abort` stops the upstream call at once.
+   */
+  onDisconnect?: "finish" | "abort";
+  /**
+   * SSE only: a resumable stream's writer. Every event then gets an `id:` line and is buffered
+   * for `GET /chat/streams/{id}`.
+   */
+  writer?: StreamWriter;
 }
 
 /** A view: attach `observer` to the call, then serve `body(call)`. */
@@ -75,6 +88,22 @@ export async function chatDone(
   };
 }
 
+const KEEP_ALIVE = ": keep-alive\n\n";
+
+/**
+ * A text delta as `text` events each small enough for one KV chunk (a delta is a few bytes in
+ * practice; a huge one is split at a character boundary rather than break the chunk bound).
+ */
+function textEvents(delta: string): string[] {
+  const event = sseEvent("text", { text: delta });
+  // UTF-16 length x 3 bounds the UTF-8 length; the id line is far under the headroom.
+  if (event.length * 3 <= CHUNK_BYTES - 64 || delta.length < 2) return [event];
+  let half = Math.floor(delta.length / 2);
+  const code = delta.charCodeAt(half - 1);
+  if (code >= 0xd800 && code <= 0xdbff) half++; // never split a surrogate pair
+  return [...textEvents(delta.slice(0, half)), ...textEvents(delta.slice(half))];
+}
+
 /** Creates the view of one `/chat` answer. */
 export function createChatView(options: ChatViewOptions): ChatView {
   const encoder = new TextEncoder();
@@ -86,7 +115,9 @@ export function createChatView(options: ChatViewOptions): ChatView {
     onText(delta) {
       if (delta === "") return;
       lastText = delta;
-      pending.push(options.format === "sse" ? sseEvent("text", { text: delta }) : delta);
+      if (options.format !== "sse") pending.push(delta);
+      else if (options.writer) pending.push(...textEvents(delta));
+      else pending.push(sseEvent("text", { text: delta }));
     },
   };
 
@@ -132,45 +163,102 @@ export function createChatView(options: ChatViewOptions): ChatView {
       return newline + (options.withStats ? statsLine(done) : "");
     }
 
+    const writer = options.format === "sse" ? options.writer : undefined;
+    const finishOnDisconnect = (options.onDisconnect ?? "finish") === "finish";
+    let finalTaken = false;
+    /** One read of the tapped stream; its text (and, at the end, the final event) is pending. */
+    async function step(): Promise<void> {
+      const { done, value } = await reader.read();
+      if (done) {
+        ended = true;
+        pending.push(await finish());
+      } else if (value === KEEP_ALIVE_COMMENT && options.format === "sse") {
+        // The tap's keep-alive while the upstream is silent: pass it on, so proxies keep
+        // the browser's stream open too. (Plain text has no comment to send.)
+        pending.push(KEEP_ALIVE);
+      } else if (call.result() && !call.result()!.complete) {
+        // The tap ended a cut or silent stream with its own error event (not part of the
+        // upstream's answer, so the accumulator never saw it): keep its explanation.
+        tapError = decodeAll(value).find((event) => event.event === "error");
+      }
+    }
+    /** The pending events as bytes: numbered and buffered when the stream is resumable. */
+    function take(): Uint8Array | null {
+      const events = pending;
+      pending = [];
+      if (events.length === 0) return null;
+      if (!writer) {
+        const text = events.join("");
+        return text === "" ? null : encoder.encode(text);
+      }
+      const parts: Uint8Array[] = [];
+      for (const event of events) {
+        if (event === "") continue;
+        // Keep-alives are not events: no id, nothing to replay.
+        parts.push(event === KEEP_ALIVE ? KEEP_ALIVE_COMMENT : writer.push(event));
+      }
+      if (ended && !finalTaken) {
+        finalTaken = true;
+        writer.end();
+      }
+      return parts.length === 0 ? null : concatBytes(parts);
+    }
+    // Steps run one at a time: a drain that takes over after a cancel waits for the pull's.
+    let stepping: Promise<void> = Promise.resolve();
+    const next = () => (stepping = stepping.then(step));
+
     return new ReadableStream<Uint8Array>({
       start(controller) {
         if (options.format === "sse") {
           const requestId = call.headers.get("request-id") ?? options.requestId;
-          controller.enqueue(
-            encoder.encode(
-              sseEvent("start", { request_id: requestId, conversation_id: conversationId }),
-            ),
-          );
+          pending.push(sseEvent("start", {
+            request_id: requestId,
+            conversation_id: conversationId,
+            ...(writer ? { stream_id: writer.id } : {}),
+          }));
+          const bytes = take();
+          if (bytes) controller.enqueue(bytes);
         }
       },
       async pull(controller) {
         while (pending.length === 0 && !ended) {
-          const { done, value } = await reader.read();
+          await next();
           if (cancelled) return;
-          if (done) {
-            ended = true;
-            pending.push(await finish());
-          } else if (value === KEEP_ALIVE_COMMENT && options.format === "sse") {
-            // The tap's keep-alive while the upstream is silent: pass it on, so proxies keep
-            // the browser's stream open too. (Plain text has no comment to send.)
-            pending.push(": keep-alive\n\n");
-          } else if (call.result() && !call.result()!.complete) {
-            // The tap ended a cut or silent stream with its own error event (not part of the
-            // upstream's answer, so the accumulator never saw it): keep its explanation.
-            tapError = decodeAll(value).find((event) => event.event === "error");
-          }
         }
         if (cancelled) return;
-        const text = pending.join("");
-        pending = [];
-        if (text !== "") controller.enqueue(encoder.encode(text));
+        const bytes = take();
+        if (bytes) controller.enqueue(bytes);
         if (ended) controller.close();
       },
       async cancel(reason) {
-        // The client went away: cancelling the tap aborts the upstream request, and nothing of
-        // this answer is stored.
         cancelled = true;
+        if (finishOnDisconnect && !ended) {
+          // The client went away, but the answer is paid for: read it to its end (the
+          // accumulator, the conversation and the stats see all of it, and a resuming client
+          // gets it from KV). The upstream is read as fast as it sends now.
+          (async () => {
+            while (!ended) {
+              await next();
+              take();
+            }
+            take();
+          })().catch((error) => options.onCompleteError?.(error));
+          return;
+        }
+        // `abort`: cancelling the tap aborts the upstream request, and nothing of this answer
+        // is stored; a resumable stream ends with an error event that says why.
         await reader.cancel(reason);
+        if (writer && !finalTaken) {
+          pending = [sseEvent(
+            "error",
+            errorPayload(
+              "api_error",
+              "the client disconnected and SLUICE_ON_DISCONNECT=abort stopped the answer",
+            ),
+          )];
+          ended = true;
+          take();
+        }
       },
     }, { highWaterMark: 0 });
   }

@@ -58,12 +58,49 @@ export function callContext(deps: RouteDeps, c: Context<AppEnv>) {
  * shutdown lifecycle (which ends it with an error event if it is still running then) with the
  * SSE headers, or sends the whole body.
  */
-export function respondWithCall(deps: RouteDeps, call: Call): Response {
+export function respondWithCall(
+  deps: RouteDeps,
+  call: Call,
+  options: { finishOnDisconnect?: boolean } = {},
+): Response {
   deps.record(call.finished);
   if (call.kind === "json") {
     return new Response(call.body, { status: call.status, headers: call.headers });
   }
-  deps.lifecycle?.adopt(call.stream, call.finished);
+  // Only when asked for: the default path stays the tap itself, with no layer added.
+  const stream = options.finishOnDisconnect ? finishOnCancel(call.stream) : call.stream;
+  deps.lifecycle?.adopt(stream, call.finished);
   for (const [key, value] of Object.entries(SSE_HEADERS)) call.headers.set(key, value);
-  return new Response(call.stream, { status: call.status, headers: call.headers });
+  return new Response(stream, { status: call.status, headers: call.headers });
+}
+
+/**
+ * The header a `/v1/messages` caller sends to have its answer read to the end when it leaves
+ * (`x-sluice-on-disconnect: finish`): the usage of the whole answer is recorded. Without it
+ * the SDKs' semantics hold: a client that leaves aborts the upstream call at once.
+ */
+export const ON_DISCONNECT_HEADER = "x-sluice-on-disconnect";
+
+/**
+ * `stream` for a client whose leaving must not stop it: a cancel reads the rest of `stream` to
+ * its end (its tap sees every event) instead of cancelling it. Hand-written: no stream
+ * combinator keeps reading a source after its consumer cancelled.
+ */
+export function finishOnCancel(stream: ReadableStream<Uint8Array>): ReadableStream<Uint8Array> {
+  const reader = stream.getReader();
+  let cancelled = false;
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      const { done, value } = await reader.read();
+      if (cancelled) return;
+      if (done) controller.close();
+      else controller.enqueue(value);
+    },
+    cancel() {
+      cancelled = true;
+      (async () => {
+        while (!(await reader.read()).done) { /* drained: the tap records it */ }
+      })().catch(() => {});
+    },
+  }, { highWaterMark: 0 });
 }
