@@ -32,6 +32,10 @@ const CHUNKS_PER_COMMIT = 8;
 /** Chunks outlive the head by this much: a chunk is written once, the head again and again. */
 const CHUNK_GRACE_MS = 60 * 60 * 1000;
 
+/** The final event's message when the instance writing an answer died. */
+export const CUT_MESSAGE =
+  "the instance writing this answer stopped; the answer was cut and is incomplete";
+
 /** How resumable streams are kept. */
 export interface ResumeSettings {
   /** How long a stream stays resumable after its answer ended (ms). */
@@ -281,6 +285,7 @@ export async function openResumedStream(
   let head: Deno.KvEntryMaybe<StreamHead> = first;
   let nextChunk = 0;
   let last = options.after;
+  let sentUpTo = 0;
   let cancelled = false;
   let lastSent = performance.now();
   let wake: (() => void) | undefined;
@@ -315,6 +320,7 @@ export async function openResumedStream(
             for (let i = 0; i < ends.length; i++) {
               if (start + i <= last) continue;
               parts.push(bytes.subarray(i === 0 ? 0 : ends[i - 1], ends[i]));
+              sentUpTo = start + i;
             }
             last = Math.max(last, start + ends.length - 1);
           }
@@ -327,6 +333,11 @@ export async function openResumedStream(
           continue;
         }
         if (value.state !== "live") {
+          // A client that got events the dead writer never stored has an id past the cut
+          // event's: it still must not see a silent end.
+          if (value.state === "cut" && sentUpTo < value.seq) {
+            controller.enqueue(encodeEvent("error", CUT_MESSAGE));
+          }
           controller.close();
           return;
         }
@@ -365,10 +376,7 @@ export async function openResumedStream(
       `id: ${value.seq + 1}\n` +
         sseEvent(
           "error",
-          errorPayload(
-            "api_error",
-            "the instance writing this answer stopped; the answer was cut and is incomplete",
-          ),
+          errorPayload("api_error", CUT_MESSAGE),
         ),
     );
     const chunk: StreamChunk = { first: value.seq + 1, ends: [event.length], bytes: event };
