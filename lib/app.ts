@@ -171,9 +171,18 @@ function mountHardening(app: Hono<AppEnv>, deps: AppDeps) {
         "anthropic-dangerous-direct-browser-access",
         "idempotency-key",
         "x-sluice-fixture",
+        // Resuming a stream, and a request's own disconnect policy.
+        "last-event-id",
+        "x-sluice-on-disconnect",
         ...STAINLESS_HEADERS,
       ],
-      exposeHeaders: ["request-id", "x-sluice-request-id", "retry-after", "retry-after-ms"],
+      exposeHeaders: [
+        "request-id",
+        "x-sluice-request-id",
+        "x-sluice-stream-id",
+        "retry-after",
+        "retry-after-ms",
+      ],
       maxAge: 600,
     }));
   }

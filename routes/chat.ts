@@ -15,6 +15,16 @@ import {
 } from "../lib/chat/resume.ts";
 import { SluiceError } from "../lib/errors.ts";
 import { tokenUsage } from "../lib/stats/request_summary.ts";
+import { ON_DISCONNECT_HEADER } from "../lib/proxy/call_http.ts";
+
+/**
+ * A request's own disconnect policy: a client whose Stop button means "stop paying" sends
+ * `x-sluice-on-disconnect: abort`; anything else leaves `SLUICE_ON_DISCONNECT` in charge.
+ */
+function disconnectPolicy(value: string | undefined): "finish" | "abort" | undefined {
+  const policy = value?.trim().toLowerCase();
+  return policy === "finish" || policy === "abort" ? policy : undefined;
+}
 
 /** Mounts `POST /chat` and, with Deno KV, `GET /chat/streams/{id}`. */
 export function chatRoute(deps: RouteDeps): Hono<AppEnv> {
@@ -36,6 +46,7 @@ export function chatRoute(deps: RouteDeps): Hono<AppEnv> {
       anthropicBeta: c.req.header("anthropic-beta"),
       fixture: c.req.header("x-sluice-fixture"),
       clientSignal: c.req.raw.signal,
+      onDisconnect: disconnectPolicy(c.req.header(ON_DISCONNECT_HEADER)),
     }, streams));
 
   app.get("/chat/streams/:id", async (c) => {

@@ -282,7 +282,11 @@ export async function startMain(env: Record<string, string>) {
         pid: child.pid,
         seen: () => seen,
         async stop() {
-          child.kill("SIGTERM");
+          try {
+            child.kill("SIGTERM");
+          } catch {
+            // Already gone (a test killed it with SIGKILL): its pipes still need closing.
+          }
           await lines.cancel();
           await child.stderr.cancel();
           await child.status;

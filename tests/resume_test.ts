@@ -251,6 +251,32 @@ Deno.test("a client that leaves mid-answer does not lose it (SLUICE_ON_DISCONNEC
       assert.equal(stats.records[0].outcome, "ok");
       assert.ok(stats.records[0].usage.output_tokens > 1);
     });
+
+    await t.step(
+      "x-sluice-on-disconnect: abort stops the call at once, and a resume says why",
+      async () => {
+        const other = await (await request("/conversations", { method: "POST" })).json();
+        const response = await chat(
+          { message: "Tell me about sluice", conversation_id: other.id },
+          {
+            headers: { "x-sluice-on-disconnect": "abort" },
+          },
+        );
+        const id = response.headers.get("x-sluice-stream-id")!;
+        const got = decodeAll(await readThenCut(response, 300));
+        await eventually(() => stats.records.length === 2, "the stats record");
+        assert.equal(stats.records[1].outcome, "client_aborted");
+        const rest = decodeAll(
+          new Uint8Array(
+            await (await request(`/chat/streams/${id}?after=${got.at(-1)!.id}`)).arrayBuffer(),
+          ),
+        );
+        assert.equal(rest.at(-1)!.event, "error");
+        assert.match(JSON.parse(rest.at(-1)!.data).error.message, /abort/);
+        const conversation = await (await request(`/conversations/${other.id}`)).json();
+        assert.deepEqual(conversation.messages, []);
+      },
+    );
   } finally {
     gate.allow(Infinity);
     kv.close();

@@ -36,6 +36,8 @@ export interface ChatInput {
   fixture?: string;
   /** The request's signal: lets a client that leaves before its answer starts stop the call. */
   clientSignal?: AbortSignal;
+  /** `x-sluice-on-disconnect`: this request's policy, over `SLUICE_ON_DISCONNECT`. */
+  onDisconnect?: "finish" | "abort";
 }
 
 /** Where resumable SSE streams are kept (only with Deno KV). */
@@ -128,7 +130,7 @@ export async function handleChat(
 
   const view = createChatView({
     format: format === "json" ? "text" : format,
-    onDisconnect: deps.config.onDisconnect,
+    onDisconnect: input.onDisconnect ?? deps.config.onDisconnect,
     writer,
     withStats: input.withStats,
     requestId: input.requestId,
