@@ -123,6 +123,8 @@ import { createUpstream, type Upstream } from "../lib/upstream.ts";
 export interface SeenRequest {
   method: string;
   path: string;
+  /** The query string as received, with its `?` (empty when none). */
+  search: string;
   headers: Headers;
   body: string;
 }
@@ -140,9 +142,11 @@ export function startFakeUpstream(
 ): FakeUpstream {
   const requests: SeenRequest[] = [];
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async (req) => {
+    const url = new URL(req.url);
     const seen: SeenRequest = {
       method: req.method,
-      path: new URL(req.url).pathname,
+      path: url.pathname,
+      search: url.search,
       headers: req.headers,
       body: await req.clone().text(),
     };
@@ -154,6 +158,38 @@ export function startFakeUpstream(
     requests,
     close: () => server.shutdown(),
   };
+}
+
+/**
+ * A fake upstream that answers `POST /v1/messages` from the project's fixtures: the one the
+ * request's model names (`fixture/NAME`), else `fallback` (for clients whose model cannot be
+ * chosen freely). A streamed request gets the fixture's SSE bytes, a non-streamed one its JSON.
+ */
+export function startFixtureUpstream(
+  options: { fallback?: string; chunkSize?: number } = {},
+): FakeUpstream {
+  return startFakeUpstream(async (request, seen) => {
+    const set = await projectFixtures();
+    const body = JSON.parse(seen.body || "{}");
+    const named = /^fixture\/(.+)$/.exec(String(body.model))?.[1];
+    const fixture = set.fixtures.get(named ?? options.fallback ?? set.defaultFixture);
+    if (!fixture || request.method !== "POST" || !seen.path.startsWith("/v1/messages")) {
+      return Response.json(
+        { type: "error", error: { type: "not_found_error", message: "no fixture" } },
+        { status: 404 },
+      );
+    }
+    if (fixture.http) {
+      return Response.json(fixture.http.body, {
+        status: fixture.http.status,
+        headers: fixture.http.headers,
+      });
+    }
+    if (body.stream) return sseResponse(fixture.sse!, { chunkSize: options.chunkSize ?? 13 });
+    return new Response(fixture.json ?? "{}", {
+      headers: { "content-type": "application/json", "request-id": "req_fake_json" },
+    });
+  });
 }
 
 /** Serves `bytes` as an SSE response, `chunkSize` bytes at a time. */
