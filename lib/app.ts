@@ -7,10 +7,12 @@ import { Hono } from "hono";
 import { HTTPException } from "hono/http-exception";
 import { requestId } from "hono/request-id";
 import { bodyLimit } from "hono/body-limit";
+import { isUpload, streamingBodyLimit } from "./upload_limit.ts";
 import { cors } from "hono/cors";
 import { secureHeaders } from "hono/secure-headers";
 import { createLimiter, kvLimitStore, limitMiddleware, memoryLimitStore } from "./limits.ts";
 import { loopbackOnly } from "./local_only.ts";
+import { STAINLESS_HEADERS } from "./pass_headers.ts";
 import { type Lifecycle, lifecycleMiddleware } from "./shutdown.ts";
 import type { AppEnv, RouteDeps } from "./app_env.ts";
 import { gatewayAuth } from "./auth.ts";
@@ -23,10 +25,10 @@ import { createLogger } from "./log.ts";
 import type { StatsSink } from "./request_summary.ts";
 import type { Upstream } from "./upstream.ts";
 import { healthRoute } from "../routes/health.ts";
-import { countTokensRoute } from "../routes/count_tokens.ts";
 import { messagesRoute } from "../routes/messages.ts";
-import { modelsRoute } from "../routes/models.ts";
+import { replayFixturesRoute } from "../routes/replay_fixtures.ts";
 import { chatRoute } from "../routes/chat.ts";
+import { forwardRoute } from "../routes/forward.ts";
 import { conversationsRoute } from "../routes/conversations.ts";
 import { pageRoute } from "../routes/page.ts";
 import { statsRoute } from "../routes/stats.ts";
@@ -84,10 +86,11 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   app.use("*", gatewayAuth(deps.config.apiKeys));
   mountLimits(app, deps, clock, logger);
   app.route("/", messagesRoute(routeDeps));
-  app.route("/", countTokensRoute(routeDeps));
-  app.route("/", modelsRoute(routeDeps));
+  app.route("/", replayFixturesRoute(routeDeps));
   app.route("/", chatRoute(routeDeps));
   app.route("/", conversationsRoute(routeDeps));
+  // Last: any other `/v1/*` call goes upstream as it is.
+  app.route("/", forwardRoute(routeDeps));
 
   app.notFound((c) =>
     errorResponse(404, "not_found_error", `no route for ${c.req.method} ${c.req.path}`, {
@@ -151,22 +154,26 @@ function mountHardening(app: Hono<AppEnv>, deps: AppDeps) {
   if (config.corsOrigins.length > 0) {
     app.use(cors({
       origin: config.corsOrigins.includes("*") ? "*" : config.corsOrigins,
-      allowMethods: ["GET", "POST", "DELETE", "OPTIONS"],
+      allowMethods: ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+      // What the SDKs send from a browser (`dangerouslyAllowBrowser`), and the fixture name.
       allowHeaders: [
         "content-type",
+        "accept",
         "x-api-key",
         "authorization",
         "anthropic-version",
         "anthropic-beta",
         "anthropic-dangerous-direct-browser-access",
-        "accept",
+        "idempotency-key",
+        "x-sluice-fixture",
+        ...STAINLESS_HEADERS,
       ],
       exposeHeaders: ["request-id", "x-sluice-request-id", "retry-after", "retry-after-ms"],
       maxAge: 600,
     }));
   }
   if (config.upstream === "live" && config.apiKeys.length === 0) app.use(loopbackOnly());
-  app.use(bodyLimit({
+  const jsonLimit = bodyLimit({
     maxSize: config.maxBodyBytes,
     onError: () => {
       throw new SluiceError(
@@ -175,7 +182,14 @@ function mountHardening(app: Hono<AppEnv>, deps: AppDeps) {
         `request body is larger than ${config.maxBodyBytes} bytes (SLUICE_MAX_BODY_BYTES)`,
       );
     },
-  }));
+  });
+  // Uploads have their own, larger limit, enforced as the body streams through (Hono's
+  // bodyLimit reads a body without content-length into memory to count it).
+  const fileLimit = streamingBodyLimit({
+    maxBytes: config.maxFileBytes,
+    variable: "SLUICE_MAX_FILE_BYTES",
+  });
+  app.use((c, next) => (isUpload(c.req.method, c.req.path) ? fileLimit : jsonLimit)(c, next));
   if (deps.lifecycle) app.use(lifecycleMiddleware(deps.lifecycle));
 }
 

@@ -33,12 +33,14 @@ const envSchema = z.object({
   SLUICE_IDLE_TIMEOUT_MS: int(0).default(300_000),
   SLUICE_KEEPALIVE_MS: int(0).default(15_000),
   SLUICE_MAX_BODY_BYTES: int(1).default(32 * 1024 * 1024),
+  // The API takes files up to 500 MB; uploads stream through, so this costs no memory.
+  SLUICE_MAX_FILE_BYTES: int(1).default(500 * 1024 * 1024),
   SLUICE_CORS_ORIGINS: csv.default([]),
   SLUICE_RATE_LIMIT_RPM: int(0).default(0),
   SLUICE_MAX_CONCURRENT_STREAMS: int(0).default(0),
   SLUICE_SHUTDOWN_GRACE_MS: int(0).default(8_000),
   SLUICE_STATS_WRITE_MS: int(0).max(60_000).default(1_000),
-  SLUICE_DEFAULT_MODEL: z.string().min(1).default("claude-sonnet-4-5-20250929"),
+  SLUICE_DEFAULT_MODEL: z.string().min(1).default("claude-sonnet-5-5"),
   SLUICE_CHAT_MAX_TOKENS: int(1).default(1024),
   SLUICE_CONVERSATION_MAX_TURNS: int(2).default(40),
   // A conversation is one Deno KV value, and KV caps a value at 64 KiB.
@@ -76,6 +78,8 @@ export interface Config {
   keepAliveMs: number;
   /** Largest request body accepted (bytes). */
   maxBodyBytes: number;
+  /** Largest upload (`POST /v1/files`), streamed through. */
+  maxFileBytes: number;
   /** Origins allowed by CORS ("*" for any); empty: no CORS headers. */
   corsOrigins: string[];
   /** Requests per minute per gateway key on the upstream-calling routes (0: no limit). */
@@ -156,6 +160,7 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
     idleTimeoutMs: e.SLUICE_IDLE_TIMEOUT_MS,
     keepAliveMs: e.SLUICE_KEEPALIVE_MS,
     maxBodyBytes: e.SLUICE_MAX_BODY_BYTES,
+    maxFileBytes: e.SLUICE_MAX_FILE_BYTES,
     corsOrigins: e.SLUICE_CORS_ORIGINS,
     rateLimitRpm: e.SLUICE_RATE_LIMIT_RPM,
     maxConcurrentStreams: e.SLUICE_MAX_CONCURRENT_STREAMS,

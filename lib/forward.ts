@@ -1,28 +1,303 @@
 /**
- * Forwards a Messages API call that is not a message (`count_tokens`, `models`): the caller's
- * bytes go upstream through the same SDK client, the whole JSON answer comes back with its
- * status and the headers a client acts on. No accumulator and no stats: these calls produce no
- * tokens and no time to first token.
+ * Forwards any Messages API call that is not a message (`count_tokens`, batches, files, models,
+ * and whatever `/v1/*` path the API adds next): the caller's method, path, query string, body
+ * and API headers go upstream through the same SDK client as messages, with the server's key;
+ * the answer comes back with its status and the headers a client acts on.
+ *
+ * Bodies stream both ways: a large upload is sent upstream as it arrives and a download (a file's
+ * content, a batch's JSONL results) reaches the client chunk by chunk, so neither is held in
+ * memory. Only small bodies are read whole: a request body of at most {@link BUFFER_BYTES} (so
+ * the SDK can retry it) and a JSON answer (so a body cut mid-answer becomes a clear 502 rather
+ * than a truncated document). No accumulator: these calls produce no tokens and no time to first
+ * token; each is recorded with its endpoint, status, outcome and duration.
  */
-import { PASS_HEADERS, unreadBody } from "./messages_call.ts";
-import { readBody } from "./sse.ts";
-import type { Upstream, UpstreamRequest } from "./upstream.ts";
+import type { Clock } from "./clock.ts";
+import { SluiceError } from "./errors.ts";
+import type { Logger } from "./log.ts";
+import { unreadBody } from "./messages_call.ts";
+import { clientHeaders, upstreamHeaders } from "./pass_headers.ts";
+import { type RequestSummary, tokenUsage } from "./request_summary.ts";
+import { readBody, UpstreamIdleError } from "./sse.ts";
+import type { Upstream, UpstreamMethod } from "./upstream.ts";
 
-/** Sends `request` upstream and returns the upstream's answer for the client. */
-export async function forwardJson(
-  upstream: Upstream,
-  request: Omit<UpstreamRequest, "stream">,
-): Promise<Response> {
-  const { response } = await upstream.send({ ...request, stream: false });
-  const headers = new Headers({ "content-type": "application/json" });
-  response.headers.forEach((value, key) => {
-    if (PASS_HEADERS.test(key)) headers.set(key, value);
+/** Request bodies up to this size are read whole, so the SDK can retry them (1 MiB). */
+export const BUFFER_BYTES = 1024 * 1024;
+
+const METHODS: readonly string[] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+
+/** Options for {@link forward}. */
+export interface ForwardOptions {
+  upstream: Upstream;
+  clock: Clock;
+  logger: Logger;
+  /** The caller's request (its body is read here, once). */
+  request: Request;
+  /** Request arrival on `clock`. */
+  startedAt: number;
+  requestId: string;
+  keyId?: string;
+  authStyle?: "bearer" | "x-api-key";
+  /**
+   * The upstream's base URL. A batch names its results by an absolute `results_url` on the
+   * upstream, which the SDK then fetches; sluice points it at itself, or the caller would go
+   * around sluice with a gateway key the API does not know.
+   */
+  upstreamBaseUrl?: string;
+}
+
+/** The client's response, and the request's summary once its body has been sent. */
+export interface Forwarded {
+  response: Response;
+  finished: Promise<RequestSummary>;
+}
+
+/** Sends the caller's request upstream and returns the upstream's answer for the client. */
+export async function forward(options: ForwardOptions): Promise<Forwarded> {
+  const { request, clock, startedAt } = options;
+  const url = new URL(request.url);
+  const method = request.method.toUpperCase();
+  if (!METHODS.includes(method)) {
+    throw new SluiceError(405, "not_found_error", `sluice does not forward ${method} requests`);
+  }
+  const path = checkedPath(url);
+  const endpoint = endpointLabel(method, url.pathname);
+  const controller = new AbortController();
+  const onClientGone = () => controller.abort();
+  request.signal.addEventListener("abort", onClientGone, { once: true });
+  const unwatch = () => request.signal.removeEventListener("abort", onClientGone);
+
+  const summary = (fields: Partial<RequestSummary>): RequestSummary => ({
+    id: options.requestId,
+    endpoint,
+    streaming: false,
+    model: null,
+    outcome: "ok",
+    status: 200,
+    retries: 0,
+    startedAt,
+    ttftMs: null,
+    totalMs: clock.now() - startedAt,
+    upstreamTtftMs: null,
+    usage: tokenUsage(undefined),
+    stopReason: null,
+    events: {},
+    keyId: options.keyId,
+    ...fields,
   });
+
+  let sent;
   try {
-    const body = await readBody(response.body, upstream.streamPolicy.idleTimeoutMs);
-    return new Response(body, { status: response.status, headers });
+    sent = await options.upstream.send({
+      method: method as UpstreamMethod,
+      path,
+      body: await requestBody(request),
+      stream: false,
+      headers: upstreamHeaders(request.headers),
+      authStyle: options.authStyle,
+      signal: controller.signal,
+    });
   } catch (error) {
-    const { status, body } = unreadBody(error, response.headers.get("request-id") ?? undefined);
-    return Response.json(body, { status, headers });
+    unwatch();
+    if (!controller.signal.aborted) throw error;
+    const gone = summary({ outcome: "client_aborted", status: 499 });
+    return { response: new Response(null, { status: 499 }), finished: Promise.resolve(gone) };
+  }
+  const { response, retries } = sent;
+  const id = response.headers.get("request-id") ?? options.requestId;
+  const headers = clientHeaders(response.headers);
+  const outcomeOf = (body?: Uint8Array) =>
+    response.ok ? "ok" : errorTypeOf(body) ?? `http_${response.status}`;
+
+  if (/json/i.test(response.headers.get("content-type") ?? "") || !response.body) {
+    try {
+      let body = await readBody(response.body, options.upstream.streamPolicy.idleTimeoutMs);
+      unwatch();
+      if (options.upstreamBaseUrl && endpoint.includes("/v1/messages/batches")) {
+        body = pointResultsAtSluice(body, options.upstreamBaseUrl, url.origin);
+      }
+      const done = summary({ id, status: response.status, retries, outcome: outcomeOf(body) });
+      return {
+        response: new Response(body, { status: response.status, headers }),
+        finished: Promise.resolve(done),
+      };
+    } catch (error) {
+      unwatch();
+      options.logger.warn("upstream body failed", { id, error: String(error) });
+      const unread = unreadBody(error, id);
+      headers.set("content-type", "application/json");
+      return {
+        response: Response.json(unread.body, { status: unread.status, headers }),
+        finished: Promise.resolve(
+          summary({ id, status: unread.status, retries, outcome: "incomplete" }),
+        ),
+      };
+    }
+  }
+
+  unwatch();
+  let settle!: (s: RequestSummary) => void;
+  const finished = new Promise<RequestSummary>((resolve) => (settle = resolve));
+  const end = (outcome: string) =>
+    settle(summary({ id, status: response.status, retries, outcome }));
+  const body = passThrough(response.body, {
+    idleTimeoutMs: options.upstream.streamPolicy.idleTimeoutMs,
+    onEnd: (outcome) => {
+      if (outcome !== "ok") controller.abort();
+      if (outcome === "incomplete") options.logger.warn("upstream body failed", { id });
+      end(outcome === "ok" ? outcomeOf() : outcome);
+    },
+  });
+  return { response: new Response(body, { status: response.status, headers }), finished };
+}
+
+/**
+ * The path and query string to send upstream, exactly as the caller wrote them. Percent-encoded
+ * slashes, backslashes and dots are refused: the URL parser has already resolved literal `..`
+ * segments, and an encoded one must not let a caller walk the upstream's path with the server's
+ * key.
+ */
+function checkedPath(url: URL): string {
+  // `/v1/models/..` and `/v1/models/%2e%2e` arrive here already resolved to `/v1/`: the API has
+  // nothing there, so nothing is sent.
+  if (/^\/v1\/?$/.test(url.pathname)) {
+    throw new SluiceError(404, "not_found_error", `no API endpoint at ${url.pathname}`);
+  }
+  if (/%(2f|5c|2e)/i.test(url.pathname)) {
+    throw new SluiceError(
+      400,
+      "invalid_request_error",
+      "the path holds an encoded slash, backslash or dot; sluice does not forward it",
+    );
+  }
+  return url.pathname + url.search;
+}
+
+/** The caller's body: none, bytes when small enough to retry, else the stream itself. */
+async function requestBody(
+  request: Request,
+): Promise<Uint8Array | ReadableStream<Uint8Array> | null> {
+  if (!request.body || request.method === "GET" || request.method === "DELETE") return null;
+  const length = Number(request.headers.get("content-length") ?? NaN);
+  if (Number.isFinite(length) && length <= BUFFER_BYTES) {
+    return new Uint8Array(await request.arrayBuffer());
+  }
+  return request.body;
+}
+
+/** The API's endpoints, as stats labels: ids become `:id`, so the label set stays small. */
+const ENDPOINTS: [RegExp, string][] = [
+  [/^\/v1\/messages\/count_tokens$/, "/v1/messages/count_tokens"],
+  [/^\/v1\/messages\/batches$/, "/v1/messages/batches"],
+  [/^\/v1\/messages\/batches\/[^/]+$/, "/v1/messages/batches/:id"],
+  [/^\/v1\/messages\/batches\/[^/]+\/cancel$/, "/v1/messages/batches/:id/cancel"],
+  [/^\/v1\/messages\/batches\/[^/]+\/results$/, "/v1/messages/batches/:id/results"],
+  [/^\/v1\/models$/, "/v1/models"],
+  [/^\/v1\/models\/[^/]+$/, "/v1/models/:id"],
+  [/^\/v1\/files$/, "/v1/files"],
+  [/^\/v1\/files\/[^/]+$/, "/v1/files/:id"],
+  [/^\/v1\/files\/[^/]+\/content$/, "/v1/files/:id/content"],
+];
+
+/**
+ * The stats label of a forwarded call: `METHOD:template`, e.g. `GET:/v1/models/:id`; a path the
+ * list does not know is `METHOD:/v1/other` (it is still forwarded; only its label is grouped).
+ */
+export function endpointLabel(method: string, pathname: string): string {
+  const template = ENDPOINTS.find(([pattern]) => pattern.test(pathname))?.[1] ?? "/v1/other";
+  return `${method.toUpperCase()}:${template}`;
+}
+
+/**
+ * The upstream's body for the client, chunk by chunk, reporting once how it ended: `ok`, the
+ * client cancelled (`client_aborted`), or the upstream failed or went silent (`incomplete`: the
+ * client's body is errored, so it sees a cut transfer, never a clean end). Hand-written rather
+ * than a TransformStream because a transform cannot time out a silent source.
+ */
+function passThrough(
+  source: ReadableStream<Uint8Array>,
+  options: { idleTimeoutMs: number; onEnd: (outcome: string) => void },
+): ReadableStream<Uint8Array> {
+  const reader = source.getReader();
+  let ended = false;
+  const end = (outcome: string) => {
+    if (ended) return;
+    ended = true;
+    options.onEnd(outcome);
+  };
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      let idleFired = false;
+      if (options.idleTimeoutMs > 0) {
+        timer = setTimeout(() => {
+          idleFired = true;
+          reader.cancel(new UpstreamIdleError(options.idleTimeoutMs)).catch(() => {});
+        }, options.idleTimeoutMs);
+      }
+      try {
+        const { done, value } = await reader.read();
+        if (done) {
+          // A read ended by the idle timer's cancel reports done: that is a failure, not an end.
+          if (idleFired) {
+            end("incomplete");
+            controller.error(new UpstreamIdleError(options.idleTimeoutMs));
+            return;
+          }
+          end("ok");
+          controller.close();
+          return;
+        }
+        controller.enqueue(value);
+      } catch (error) {
+        end("incomplete");
+        controller.error(error);
+      } finally {
+        clearTimeout(timer);
+      }
+    },
+    cancel(reason) {
+      end("client_aborted");
+      return reader.cancel(reason);
+    },
+  }, { highWaterMark: 0 });
+}
+
+/**
+ * `body` with every batch's `results_url` on `upstreamBase` moved to `origin` (sluice), for a
+ * batch or a page of batches; any other body is returned as it is, byte for byte.
+ */
+export function pointResultsAtSluice(
+  body: Uint8Array<ArrayBuffer>,
+  upstreamBase: string,
+  origin: string,
+): Uint8Array<ArrayBuffer> {
+  const text = new TextDecoder().decode(body);
+  if (!text.includes('"results_url"')) return body;
+  const from = upstreamBase.replace(/\/+$/, "") + "/";
+  let json;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    return body;
+  }
+  const batches = Array.isArray(json?.data) ? json.data : [json];
+  let changed = false;
+  for (const batch of batches) {
+    const results = batch?.results_url;
+    if (typeof results === "string" && results.startsWith(from)) {
+      batch.results_url = origin + "/" + results.slice(from.length);
+      changed = true;
+    }
+  }
+  return changed ? new TextEncoder().encode(JSON.stringify(json)) : body;
+}
+
+function errorTypeOf(body?: Uint8Array): string | null {
+  if (!body) return null;
+  try {
+    const type = JSON.parse(new TextDecoder().decode(body))?.error?.type;
+    return typeof type === "string" ? type : null;
+  } catch {
+    return null;
   }
 }

@@ -12,6 +12,7 @@ import { EventAccumulator } from "./accumulator.ts";
 import type { Clock } from "./clock.ts";
 import { errorBody, ServerShutdownError, sseErrorEvent } from "./errors.ts";
 import type { Logger } from "./log.ts";
+import { clientHeaders } from "./pass_headers.ts";
 import type { RequestSummary } from "./request_summary.ts";
 import { tokenUsage } from "./request_summary.ts";
 import { createSseDecoder, readBody, tapStream, UpstreamIdleError } from "./sse.ts";
@@ -69,10 +70,6 @@ export interface Call {
   abort(reason?: unknown): void;
 }
 
-/** Upstream response headers a client may act on; the rest stay with sluice. */
-export const PASS_HEADERS: RegExp =
-  /^(request-id|retry-after|retry-after-ms|x-should-retry|anthropic-ratelimit-.*|anthropic-organization-id|anthropic-workspace-id|x-sluice-fixture)$/i;
-
 /** Sends the request upstream and prepares the answer for the client. */
 export async function startCall(options: CallOptions): Promise<Call> {
   const { clock, startedAt } = options;
@@ -95,10 +92,9 @@ export async function startCall(options: CallOptions): Promise<Call> {
     return clientGone(options, clock.now());
   }
   const { response, retries } = sent;
-  const headers = new Headers();
-  response.headers.forEach((value, key) => {
-    if (PASS_HEADERS.test(key)) headers.set(key, value);
-  });
+  const headers = clientHeaders(response.headers);
+  // sluice sets the type itself below: a body it rewrites is labelled by what it became.
+  headers.delete("content-type");
   const id = response.headers.get("request-id") ?? options.requestId;
   const base = {
     id,
@@ -212,7 +208,22 @@ export async function startCall(options: CallOptions): Promise<Call> {
     response.body!,
     {
       onChunk: (chunk) => decoder.feed(chunk),
-      onClose: () => finish(),
+      onClose: (state) => {
+        finish();
+        // A clean close is not a complete answer: without `message_stop` (and without an
+        // upstream `error` event, which already ends the answer) the client must not mistake
+        // the stream for a finished one. Bytes are added only here, after the upstream's last.
+        const result = accumulator.end();
+        if (result.events.message_stop || result.events.error) return undefined;
+        options.logger.warn("upstream stream ended without message_stop", { id });
+        const prefix = state.atEventBoundary ? "" : "\n\n";
+        return new TextEncoder().encode(
+          prefix + sseErrorEvent(
+            "api_error",
+            "the upstream stream ended without message_stop; the answer is incomplete",
+          ),
+        );
+      },
       onCancel: (reason) => {
         // Abort first: the upstream stops generating (and billing) before anything else runs.
         controller.abort();

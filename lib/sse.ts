@@ -100,8 +100,12 @@ export function decodeAll(bytes: Uint8Array): SseEvent[] {
 export interface TapHooks {
   /** A chunk was handed to the client. */
   onChunk(chunk: Uint8Array): void;
-  /** The upstream body ended normally. */
-  onClose(): void;
+  /**
+   * The upstream body ended normally (a clean close). May return bytes to send the client after
+   * the upstream's last byte, before the stream ends (an SSE `error` event when the answer is
+   * incomplete), or nothing. `atEventBoundary` is as for `onError`.
+   */
+  onClose(state: { atEventBoundary: boolean }): Uint8Array | undefined | void;
   /** The client went away (the response body was cancelled). */
   onCancel(reason: unknown): void;
   /**
@@ -310,8 +314,12 @@ export function tapStream(
         finished = true;
         stopTimer();
         unwatchCut();
+        let last: Uint8Array | undefined | void;
+        safely(() => {
+          last = hooks.onClose({ atEventBoundary: boundary.atBoundary() });
+        });
+        if (last) controller.enqueue(last);
         controller.close();
-        safely(() => hooks.onClose());
         return;
       }
       const chunk = result.value;

@@ -14,21 +14,30 @@ import Anthropic, {
   APIUserAbortError,
 } from "@anthropic-ai/sdk";
 import { errorBody, errorTypeForStatus } from "./errors.ts";
+import { clientHeaders } from "./pass_headers.ts";
 import { readBody } from "./sse.ts";
 
 /** One request to the upstream. */
 export interface UpstreamRequest {
   /**
-   * The API path with its query string; `/v1/messages` by default. sluice also forwards
-   * `/v1/messages/count_tokens` and `/v1/models` (see routes/models.ts and count_tokens.ts).
+   * The API path with the caller's query string, verbatim; `/v1/messages` by default. Any
+   * `/v1/*` path may be sent (see forward.ts).
    */
   path?: string;
-  /** `POST` (with `body`) by default; `GET` sends no body. */
-  method?: "GET" | "POST";
-  /** The caller's JSON body, byte for byte (ignored for `GET`). */
-  body: Uint8Array;
+  /** `POST` by default. */
+  method?: UpstreamMethod;
+  /**
+   * The caller's body, byte for byte: bytes (retried like any SDK call), a stream (a large
+   * upload, sent as it arrives and therefore never retried: it cannot be read twice), or none.
+   */
+  body: Uint8Array | ReadableStream<Uint8Array> | null;
   stream: boolean;
-  /** Forwarded verbatim when present. */
+  /**
+   * The caller's headers the API reads, already filtered by pass_headers.ts; they win over the
+   * client's defaults (`anthropic-version`, `user-agent`, `x-stainless-*`).
+   */
+  headers?: Record<string, string>;
+  /** Forwarded verbatim when present (for callers that build a request, like `/chat`). */
   anthropicVersion?: string;
   anthropicBeta?: string;
   /**
@@ -41,6 +50,9 @@ export interface UpstreamRequest {
   /** Replay only: the fixture to serve (the caller's `x-sluice-fixture`); ignored when live. */
   fixture?: string;
 }
+
+/** The methods sluice forwards (the ones the SDK's client sends). */
+export type UpstreamMethod = "GET" | "POST" | "PUT" | "PATCH" | "DELETE";
 
 /** The upstream's answer: a raw response (success or HTTP error) and how many retries it took. */
 export interface UpstreamResult {
@@ -83,10 +95,6 @@ export interface UpstreamOptions {
   /** Idle timeout and keep-alives of streamed answers; both off unless given. */
   streamPolicy?: Partial<StreamPolicy>;
 }
-
-/** Response headers an SDK client acts on; kept when an upstream error is passed back. */
-const ERROR_HEADERS =
-  /^(request-id|retry-after|retry-after-ms|x-should-retry|anthropic-ratelimit-.*|anthropic-organization-id|anthropic-workspace-id)$/i;
 
 /** Creates the upstream client. */
 export function createUpstream(options: UpstreamOptions): Upstream {
@@ -145,7 +153,12 @@ export function createUpstream(options: UpstreamOptions): Upstream {
       keepAliveMs: options.streamPolicy?.keepAliveMs ?? 0,
     },
     async send(request) {
-      const headers: Record<string, string | null> = { "content-type": "application/json" };
+      const method = request.method ?? "POST";
+      const hasBody = request.body !== null && method !== "GET" && method !== "DELETE";
+      const headers: Record<string, string | null> = {
+        "content-type": hasBody ? "application/json" : null,
+        ...request.headers,
+      };
       if (request.anthropicVersion) headers["anthropic-version"] = request.anthropicVersion;
       if (request.anthropicBeta) headers["anthropic-beta"] = request.anthropicBeta;
       if (options.mode === "replay" && request.fixture) {
@@ -157,17 +170,17 @@ export function createUpstream(options: UpstreamOptions): Upstream {
       }
       try {
         const path = request.path ?? "/v1/messages";
-        const response = await (request.method === "GET"
-          ? client.get(path, {
-            headers: { ...headers, "content-type": null },
-            signal: request.signal,
-          })
-          : client.post(path, {
-            body: request.body,
-            stream: request.stream,
-            headers,
-            signal: request.signal,
-          })).asResponse();
+        const streamedBody = request.body instanceof ReadableStream;
+        const response = await client.request({
+          method: method.toLowerCase() as Lowercase<UpstreamMethod>,
+          path,
+          body: hasBody ? request.body : undefined,
+          stream: request.stream,
+          headers,
+          signal: request.signal,
+          // A body read as it arrives cannot be sent twice.
+          ...(streamedBody ? { maxRetries: 0 } : {}),
+        }).asResponse();
         return { response, retries: attempts.get(response.headers) ?? 0 };
       } catch (error) {
         if (error instanceof APIUserAbortError) throw error;
@@ -205,9 +218,7 @@ function upstreamFailure(
       const headers = new Headers();
       const seen = error.headers as Headers | undefined;
       const upstreamHeaders = seen ? original.get(seen) ?? seen : undefined;
-      upstreamHeaders?.forEach((value: string, key: string) => {
-        if (ERROR_HEADERS.test(key)) headers.set(key, value);
-      });
+      if (upstreamHeaders) clientHeaders(upstreamHeaders, headers);
       // The SDK parsed the body. Anthropic's error shape passes as is; anything else (an HTML
       // page or a foreign JSON shape from a proxy) becomes one, so clients can rely on it.
       const type = errorTypeForStatus(error.status);

@@ -19,7 +19,9 @@ export function describeIssues(issues: readonly z.core.$ZodIssue[]): string {
 export function requireJsonContentType(): MiddlewareHandler {
   return async (c, next) => {
     const type = c.req.header("content-type") ?? "";
-    if (!/^application\/(.+\+)?json\b/i.test(type)) {
+    // One media type, JSON (`application/json` or `application/…+json`, parameters allowed);
+    // a list such as `application/json, text/plain` is not a content type.
+    if (!/^application\/([\w.-]+\+)?json\s*(;|$)/i.test(type)) {
       throw new SluiceError(
         400,
         "invalid_request_error",

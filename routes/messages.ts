@@ -7,18 +7,16 @@ import { Hono } from "hono";
 import { z } from "zod";
 import type { AppEnv, RouteDeps } from "../lib/app_env.ts";
 import { startCall } from "../lib/messages_call.ts";
+import { upstreamHeaders } from "../lib/pass_headers.ts";
 import { jsonBody, requireJsonContentType } from "../lib/validate.ts";
 
-/** The fields sluice checks before spending an upstream call; everything else passes through. */
+/**
+ * The only fields sluice reads itself: `stream` (which answer to tap) and `model` (for stats).
+ * Everything else (roles, block types, new parameters) is the upstream's to judge: sluice is
+ * never stricter than the API, and the API's own 400 comes back unchanged.
+ */
 const messagesBody = z.looseObject({
-  model: z.string().min(1),
-  max_tokens: z.number().int().positive(),
-  messages: z.array(
-    z.looseObject({
-      role: z.enum(["user", "assistant"]),
-      content: z.union([z.string(), z.array(z.unknown())]),
-    }),
-  ).min(1),
+  model: z.string().optional(),
   stream: z.boolean().optional(),
 });
 
@@ -33,6 +31,7 @@ export function messagesRoute(deps: RouteDeps): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
   app.post("/v1/messages", requireJsonContentType(), jsonBody(messagesBody), async (c) => {
     const startedAt = c.get("startedAt");
+    const url = new URL(c.req.url);
     const body = c.req.valid("json");
     const raw = new Uint8Array(await c.req.arrayBuffer());
     const stream = body.stream === true;
@@ -43,13 +42,14 @@ export function messagesRoute(deps: RouteDeps): Hono<AppEnv> {
       startedAt,
       endpoint: "/v1/messages",
       requestId: c.get("requestId"),
-      model: body.model,
+      model: body.model ?? null,
       keyId: c.get("keyId"),
       request: {
+        // The path as the caller sent it: `?beta=true` and any other query string included.
+        path: url.pathname + url.search,
         body: raw,
         stream,
-        anthropicVersion: c.req.header("anthropic-version"),
-        anthropicBeta: c.req.header("anthropic-beta"),
+        headers: upstreamHeaders(c.req.raw.headers),
         authStyle: c.get("authStyle"),
         fixture: c.req.header("x-sluice-fixture"),
       },

@@ -35,7 +35,7 @@ export function messageStart(id: string): string {
       id,
       type: "message",
       role: "assistant",
-      model: "claude-sonnet-4-5-20250929",
+      model: "claude-sonnet-5-5",
       content: [],
       stop_reason: null,
       stop_sequence: null,

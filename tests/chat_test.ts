@@ -297,7 +297,7 @@ Deno.test("/chat refuses bad bodies with a 400 in Anthropic's shape, before any 
 Deno.test("/chat passes an upstream error before the stream as JSON with its status", async () => {
   const { kv, chat } = await chatApp();
   try {
-    const response = await chat({ message: "rate limit me" });
+    const response = await chat({ message: "[fixture:rate-limited] me" });
     assert.equal(response.status, 429);
     assert.equal(response.headers.get("content-type"), "application/json");
     assert.ok(response.headers.get("retry-after"));
@@ -315,7 +315,7 @@ Deno.test("/chat reports failures after the stream started in-band", async (t) =
     const overloaded = await expected("overloaded-mid-stream");
 
     await t.step("plain text: the text so far, then a marked error line last", async () => {
-      const body = await (await chat({ message: "overload" })).text();
+      const body = await (await chat({ message: "[fixture:overloaded-mid-stream]" })).text();
       const lines = body.split("\n");
       assert.equal(lines.at(-1), "");
       assert.equal(
@@ -327,7 +327,9 @@ Deno.test("/chat reports failures after the stream started in-band", async (t) =
     });
 
     await t.step("SSE: text events, then an error event and no done", async () => {
-      const response = await chat({ message: "overload" }, { accept: "text/event-stream" });
+      const response = await chat({ message: "[fixture:overloaded-mid-stream]" }, {
+        accept: "text/event-stream",
+      });
       const events = chatEvents(await response.text());
       const last = events.at(-1)!;
       assert.equal(last.event, "error");
@@ -339,7 +341,9 @@ Deno.test("/chat reports failures after the stream started in-band", async (t) =
     });
 
     await t.step("a cut connection ends with an api_error event saying so", async () => {
-      const response = await chat({ message: "cut please" }, { accept: "text/event-stream" });
+      const response = await chat({ message: "[fixture:connection-cut] please" }, {
+        accept: "text/event-stream",
+      });
       const events = chatEvents(await response.text());
       const texts = events.filter((e) => e.event === "text").map((e) => e.data.text).join("");
       assert.equal(texts, (await expected("connection-cut")).text);
@@ -471,7 +475,9 @@ Deno.test("/chat with a conversation sends the history and stores complete excha
     });
 
     await t.step("a failed answer leaves the conversation as it was", async () => {
-      const body = await (await chat({ message: "overload", conversation_id: id })).text();
+      const body =
+        await (await chat({ message: "[fixture:overloaded-mid-stream]", conversation_id: id }))
+          .text();
       assert.match(body, /\[sluice error\] overloaded_error/);
       const conversation = await (await app.request(`/conversations/${id}`)).json();
       assert.equal(conversation.messages.length, 4);

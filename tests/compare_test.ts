@@ -8,7 +8,7 @@ import {
   runCompare,
 } from "../lib/cli/compare.ts";
 import { RELATIVE_ERROR } from "../lib/histogram.ts";
-import { pickFixture, schedule } from "../lib/replay.ts";
+import { pickFixture, schedule, truncateAtMaxTokens } from "../lib/replay.ts";
 import { decodeAll } from "../lib/sse.ts";
 import { projectFixtures } from "./helpers.ts";
 import { expectedFor, PACE, timedStatsApp } from "./stats_support.ts";
@@ -38,17 +38,29 @@ Deno.test("compare measures the tutorial's prompt streaming and not, interleaved
     const results = await runCompare(options, (r) => seen.push(`${r.run}:${r.streaming}`));
     assert.deepEqual(seen, ["1:true", "1:false", "2:false", "2:true", "3:true", "3:false"]);
 
-    // The fixture replay picks for this request, and what it implies.
+    // The fixture replay picks for this request, cut at its max_tokens (the tutorial's 500),
+    // and what it implies.
     const set = await projectFixtures();
     const fixture = pickFixture(set, {
       max_tokens: options.maxTokens,
       messages: [{ role: "user", content: options.prompt }],
     })!;
-    const chunks = schedule(fixture, PACE);
+    const served = {
+      name: fixture.name,
+      sse: truncateAtMaxTokens(fixture.sse!, options.maxTokens) ?? fixture.sse,
+    };
+    const chunks = schedule(served, PACE);
     const firstDelta = chunks.find((c) =>
       decodeAll(c.bytes).some((e) => e.event === "content_block_delta")
     )!;
-    const streamed = await expectedFor(fixture.name, true, 200, new Uint8Array());
+    const streamed = {
+      usage: {
+        output_tokens: Math.min(
+          options.maxTokens,
+          (await expectedFor(fixture.name, true, 200, new Uint8Array())).usage.output_tokens,
+        ),
+      },
+    };
     for (const r of results) {
       assert.equal(r.status, 200);
       assert.equal(r.error, null);

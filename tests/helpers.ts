@@ -126,6 +126,7 @@ export interface SeenRequest {
   /** The query string as received, with its `?` (empty when none). */
   search: string;
   headers: Headers;
+  /** The body as text; empty when the fake was started with `readBodies: false`. */
   body: string;
 }
 
@@ -139,8 +140,10 @@ export interface FakeUpstream {
 /** Starts a fake upstream that answers with `respond`. */
 export function startFakeUpstream(
   respond: (request: Request, seen: SeenRequest) => Response | Promise<Response>,
+  options: { readBodies?: boolean } = {},
 ): FakeUpstream {
   const requests: SeenRequest[] = [];
+  const readBodies = options.readBodies ?? true;
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async (req) => {
     const url = new URL(req.url);
     const seen: SeenRequest = {
@@ -148,7 +151,8 @@ export function startFakeUpstream(
       path: url.pathname,
       search: url.search,
       headers: req.headers,
-      body: await req.clone().text(),
+      // Streamed uploads are read by `respond` itself (a copy here would hold them in memory).
+      body: readBodies ? await req.clone().text() : "",
     };
     requests.push(seen);
     return respond(req, seen);
@@ -252,7 +256,11 @@ export const TEST_SERVER_KEY = "sk-ant-test-upstream-key";
 /** sluice in live mode in front of `upstreamUrl` (no retries), plus config overrides. */
 export function liveApp(upstreamUrl: string, env: Record<string, string> = {}) {
   return createApp({
-    config: testConfig({ ANTHROPIC_API_KEY: TEST_SERVER_KEY, ...env }),
+    config: testConfig({
+      ANTHROPIC_API_KEY: TEST_SERVER_KEY,
+      ANTHROPIC_BASE_URL: upstreamUrl,
+      ...env,
+    }),
     upstream: createUpstream({
       mode: "live",
       apiKey: TEST_SERVER_KEY,
@@ -269,4 +277,45 @@ export function serveOnLoopback(
 ): { url: string; close(): Promise<void> } {
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, app.fetch);
   return { url: `http://127.0.0.1:${server.addr.port}`, close: () => server.shutdown() };
+}
+
+/** main.ts, for tests that start it as a process. */
+export const MAIN_PATH: string = new URL("../main.ts", import.meta.url).pathname;
+const MAIN = MAIN_PATH;
+
+/**
+ * Starts main.ts as a real process (as `deno task start` runs it) on a free loopback port;
+ * resolves once it says where it listens.
+ */
+export async function startMain(env: Record<string, string>) {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-net=127.0.0.1", "--allow-env", "--allow-read", "--allow-write", MAIN],
+    env: { NO_COLOR: "1", PORT: "0", HOSTNAME: "127.0.0.1", ...env },
+    clearEnv: true,
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let seen = "";
+  for (;;) {
+    const { value, done } = await lines.read();
+    if (done) break;
+    seen += value;
+    const match = /listening on (http:\/\/[^\s]+)/.exec(seen);
+    if (match) {
+      return {
+        url: match[1],
+        pid: child.pid,
+        seen: () => seen,
+        async stop() {
+          child.kill("SIGTERM");
+          await lines.cancel();
+          await child.stderr.cancel();
+          await child.status;
+        },
+      };
+    }
+  }
+  const status = await child.status;
+  throw new Error(`main.ts exited (${status.code}) before listening: ${seen}`);
 }

@@ -2,42 +2,7 @@
  * `main.ts` as a newcomer runs it: no key, replay mode, one command.
  */
 import assert from "node:assert/strict";
-import { readFixture } from "./helpers.ts";
-
-const MAIN = new URL("../main.ts", import.meta.url).pathname;
-
-/** Starts main.ts on a free loopback port; resolves once it says where it listens. */
-async function startMain(env: Record<string, string>) {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-net=127.0.0.1", "--allow-env", "--allow-read", "--allow-write", MAIN],
-    env: { NO_COLOR: "1", PORT: "0", HOSTNAME: "127.0.0.1", ...env },
-    clearEnv: true,
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let seen = "";
-  for (;;) {
-    const { value, done } = await lines.read();
-    if (done) break;
-    seen += value;
-    const match = /listening on (http:\/\/[^\s]+)/.exec(seen);
-    if (match) {
-      return {
-        url: match[1],
-        seen: () => seen,
-        async stop() {
-          child.kill("SIGTERM");
-          await lines.cancel();
-          await child.stderr.cancel();
-          await child.status;
-        },
-      };
-    }
-  }
-  const status = await child.status;
-  throw new Error(`main.ts exited (${status.code}) before listening: ${seen}`);
-}
+import { MAIN_PATH, readFixture, startMain } from "./helpers.ts";
 
 Deno.test("with no API key, main.ts serves recorded streams in replay mode", async () => {
   const kvDir = await Deno.makeTempDir();
@@ -54,7 +19,8 @@ Deno.test("with no API key, main.ts serves recorded streams in replay mode", asy
       method: "POST",
       headers: { "content-type": "application/json" },
       body: JSON.stringify({
-        model: "claude-sonnet-4-5-20250929",
+        // The recording's own model: replay echoes the requested one, so the bytes are the file's.
+        model: "claude-haiku-4-5-20251001",
         max_tokens: 1024,
         stream: true,
         messages: [{ role: "user", content: "Write me a 3 word sentence" }],
@@ -73,7 +39,14 @@ Deno.test("with no API key, main.ts serves recorded streams in replay mode", asy
 
 Deno.test("a bad environment value stops main.ts with a message naming the variable", async () => {
   const output = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-net=127.0.0.1", "--allow-env", "--allow-read", "--allow-write", MAIN],
+    args: [
+      "run",
+      "--allow-net=127.0.0.1",
+      "--allow-env",
+      "--allow-read",
+      "--allow-write",
+      MAIN_PATH,
+    ],
     env: { NO_COLOR: "1", PORT: "not-a-port" },
     clearEnv: true,
     stdout: "piped",

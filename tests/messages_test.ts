@@ -4,7 +4,15 @@ import { silentLogger } from "../lib/log.ts";
 import { memorySink } from "../lib/request_summary.ts";
 import { createLifecycle } from "../lib/shutdown.ts";
 import { createUpstream } from "../lib/upstream.ts";
-import { projectFixtures, readFixture, replayApp, sseResponse, testConfig } from "./helpers.ts";
+import { decodeAll } from "../lib/sse.ts";
+import {
+  projectFixtures,
+  readFixture,
+  replayApp,
+  sdkOracle,
+  sseResponse,
+  testConfig,
+} from "./helpers.ts";
 
 const body = (extra: Record<string, unknown> = {}) =>
   JSON.stringify({
@@ -48,6 +56,14 @@ function appWithFakeFetch(
   return { app, seen, stats };
 }
 
+/** The model a recorded stream's `message_start` names (replay echoes the requested one). */
+function recordedModel(sse: Uint8Array): string {
+  const start = decodeAll(sse).find((event) => event.event === "message_start")!;
+  return JSON.parse(start.data).message.model;
+}
+
+const dec = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
+
 Deno.test("streamed fixtures reach the client byte for byte, with SSE headers", async (t) => {
   const app = await replayApp();
   const set = await projectFixtures();
@@ -55,16 +71,85 @@ Deno.test("streamed fixtures reach the client byte for byte, with SSE headers", 
     if (!fixture.sse) continue;
     await t.step(fixture.name, async () => {
       const response = await app.request(
-        post(body({ stream: true }), { "x-sluice-fixture": fixture.name }),
+        post(body({ stream: true, model: recordedModel(fixture.sse!) }), {
+          "x-sluice-fixture": fixture.name,
+        }),
       );
       assert.equal(response.status, 200);
       assert.match(response.headers.get("content-type")!, /^text\/event-stream/);
       assert.equal(response.headers.get("cache-control"), "no-cache, no-transform");
       assert.equal(response.headers.get("x-accel-buffering"), "no");
       assert.match(response.headers.get("request-id")!, /^req_/);
-      assert.deepEqual(new Uint8Array(await response.arrayBuffer()), fixture.sse);
+      const bytes = new Uint8Array(await response.arrayBuffer());
+      // Every byte of the recording, in order; sluice adds bytes only after the last one, and
+      // only to a stream that ended without message_stop or an error event of its own.
+      assert.deepEqual(bytes.subarray(0, fixture.sse!.length), fixture.sse);
+      const recorded = decodeAll(fixture.sse!).map((e) => e.event);
+      const added = dec(bytes.subarray(fixture.sse!.length));
+      if (recorded.includes("message_stop") || recorded.includes("error")) {
+        assert.equal(added, "");
+      } else {
+        const last = decodeAll(bytes).at(-1)!;
+        assert.equal(last.event, "error");
+        assert.equal(JSON.parse(last.data).error.type, "api_error");
+        assert.match(added, /^\n\nevent: error\n/, "a blank line first ends the cut event");
+      }
     });
   }
+});
+
+Deno.test("a replayed cut connection ends like a dropped upstream: an api_error event, recorded as incomplete", async () => {
+  const stats = memorySink();
+  const app = await replayApp({ stats });
+  const response = await app.request(
+    post(body({ stream: true, messages: [{ role: "user", content: "[fixture:connection-cut]" }] })),
+  );
+  const last = decodeAll(new Uint8Array(await response.arrayBuffer())).at(-1)!;
+  assert.equal(last.event, "error");
+  assert.match(JSON.parse(last.data).error.message, /dropped mid-stream/);
+  await new Promise((r) => setTimeout(r, 0));
+  assert.equal(stats.records[0].outcome, "incomplete");
+  const whole = await app.request(
+    post(body({ messages: [{ role: "user", content: "[fixture:connection-cut]" }] })),
+  );
+  assert.equal(whole.status, 502, "without streaming: a 502, never a 500");
+  const error = await whole.json();
+  assert.equal(error.type, "error");
+  assert.equal(error.error.type, "api_error");
+});
+
+Deno.test("an upstream stream that closes cleanly without message_stop ends with an api_error event after its last byte", async (t) => {
+  const whole = await readFixture("three-words.sse");
+  const text = dec(whole);
+  const cases: Record<string, string> = {
+    "between events": text.slice(0, text.indexOf("event: message_stop")),
+    "inside an event": text.slice(0, text.indexOf("event: content_block_stop") + 30),
+    "with no events at all": "",
+  };
+  for (const [name, sent] of Object.entries(cases)) {
+    await t.step(name, async () => {
+      const bytes = new TextEncoder().encode(sent);
+      const { app, stats } = appWithFakeFetch(() => sseResponse(bytes, { chunkSize: 17 }));
+      const response = await app.request(post(body({ stream: true })));
+      const received = new Uint8Array(await response.arrayBuffer());
+      assert.deepEqual(received.subarray(0, bytes.length), bytes, "the upstream's bytes first");
+      const last = decodeAll(received).at(-1)!;
+      assert.equal(last.event, "error");
+      const error = JSON.parse(last.data);
+      assert.equal(error.error.type, "api_error");
+      assert.match(error.error.message, /without message_stop; the answer is incomplete/);
+      assert.equal(decodeAll(received).filter((e) => e.event === "error").length, 1);
+      const oracle = await sdkOracle([received]);
+      assert.ok(oracle.error, "the official SDK raises an error instead of a truncated message");
+      await new Promise((r) => setTimeout(r, 0));
+      assert.equal(stats.records[0].outcome, "incomplete");
+    });
+  }
+  await t.step("a complete stream gets nothing added", async () => {
+    const { app } = appWithFakeFetch(() => sseResponse(whole, { chunkSize: 17 }));
+    const response = await app.request(post(body({ stream: true })));
+    assert.deepEqual(new Uint8Array(await response.arrayBuffer()), whole);
+  });
 });
 
 Deno.test("the upstream's chunks are forwarded as they arrive, not re-framed", async () => {
@@ -180,14 +265,8 @@ Deno.test("bad requests get a 400 in Anthropic's error shape naming the problem"
       new Request("http://s/v1/messages", { method: "POST", body: body() }),
       /content-type/,
     ],
-    [
-      "missing model",
-      post(JSON.stringify({ max_tokens: 5, messages: [{ role: "user", content: "x" }] })),
-      /model/,
-    ],
-    ["mistyped max_tokens", post(body({ max_tokens: "lots" })), /max_tokens/],
-    ["empty messages", post(body({ messages: [] })), /messages/],
-    ["a bad role", post(body({ messages: [{ role: "system", content: "x" }] })), /role/],
+    ["a model that is not a string", post(body({ model: 7 })), /model/],
+    ["a stream flag that is not a boolean", post(body({ stream: "yes" })), /stream/],
     ["a JSON array", post("[1,2]"), /body|expected object/],
   ];
   for (const [name, request, message] of cases) {

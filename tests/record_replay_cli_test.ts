@@ -77,6 +77,30 @@ Deno.test("replay without --json prints the text, then TTFT, total time and toke
   assert.match(stdout, new RegExp(`Output tokens: ${message.usage.output_tokens}\\b`));
 });
 
+Deno.test("replay --list names every fixture, says which are on request only and how to ask for each", async (t) => {
+  const fixtures = new URL("../fixtures/", import.meta.url).pathname;
+  const set = await loadFixtures(fixtures);
+  const args = ["run", "--allow-read", "--allow-env", CLI("replay"), "--list"];
+  const env = { SLUICE_FIXTURES_DIR: fixtures };
+  await t.step("as text", async () => {
+    const { code, stdout } = await run(args, env);
+    assert.equal(code, 0);
+    for (const name of set.fixtures.keys()) {
+      assert.match(stdout, new RegExp(`^${name} \\((stream|http)\\)`, "m"), name);
+      assert.ok(stdout.includes(`"x-sluice-fixture: ${name}" or "[fixture:${name}]"`), name);
+    }
+    assert.match(stdout, /^connection-cut .*\n {2}served for: on request only$/m);
+  });
+  await t.step("as JSON", async () => {
+    const { code, stdout } = await run([...args, "--json"], env);
+    assert.equal(code, 0);
+    const listed = JSON.parse(stdout).fixtures as { name: string; served_when: string | null }[];
+    assert.deepEqual(listed.map((f) => f.name), [...set.fixtures.keys()].sort());
+    const ruled = new Set([set.defaultFixture, ...set.rules.map((r) => r.fixture)]);
+    for (const f of listed) assert.equal(f.served_when === null, !ruled.has(f.name), f.name);
+  });
+});
+
 Deno.test("record writes the upstream's exact bytes with timing, and the result replays byte for byte", async () => {
   const bytes = await readFixture("essay.sse");
   const upstream = startFakeUpstream(() => sseResponse(bytes, { chunkSize: 512 }));

@@ -51,7 +51,6 @@ Deno.test("the official SDK streams through sluice exactly as it streams from th
         "thinking",
         "web-search",
         "overloaded-mid-stream",
-        "connection-cut",
         "multibyte",
       ]
     ) {
@@ -62,6 +61,25 @@ Deno.test("the official SDK streams through sluice exactly as it streams from th
         assert.deepEqual(through, direct);
       });
     }
+  } finally {
+    await sluice.close();
+    await upstream.close();
+  }
+});
+
+Deno.test("a stream the upstream closes without message_stop makes the official SDK raise an error through sluice", async () => {
+  const upstream = await fixtureUpstream();
+  const sluice = startSluice(upstream.url);
+  try {
+    const direct = await streamThrough(sdk(upstream.url), "connection-cut");
+    const through = await streamThrough(sdk(sluice.url), "connection-cut");
+    // The same events up to the cut; then sluice's error event, where the upstream alone ends
+    // silently and the SDK would hand over a truncated message as if it were whole.
+    assert.ok(direct.events.length > 0);
+    assert.deepEqual(through.events, direct.events);
+    assert.equal(direct.error, null);
+    assert.notEqual(through.error, null);
+    assert.equal(through.message, null);
   } finally {
     await sluice.close();
     await upstream.close();

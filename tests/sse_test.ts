@@ -92,7 +92,9 @@ Deno.test("the tap forwards every chunk unchanged and in order, then tells its h
   let closed = false;
   const tapped = tapStream(streamOf(chunks), {
     onChunk: (chunk) => seen.push(new TextDecoder().decode(chunk)),
-    onClose: () => (closed = true),
+    onClose: () => {
+      closed = true;
+    },
     onCancel: () => assert.fail("not cancelled"),
     onError: () => assert.fail("no error"),
   });
@@ -101,6 +103,32 @@ Deno.test("the tap forwards every chunk unchanged and in order, then tells its h
   assert.deepEqual(received, chunks);
   assert.equal(seen.join(""), new TextDecoder().decode(concatBytes(chunks)));
   assert.equal(closed, true);
+});
+
+Deno.test("bytes onClose returns follow the upstream's last byte, then the stream ends", async (t) => {
+  for (
+    const [name, upstream, boundary] of [
+      ["at an event boundary", "event: a\ndata: 1\n\n", true],
+      ["inside an event", "event: a\ndata: 1\n\nevent: b\nda", false],
+    ] as const
+  ) {
+    await t.step(name, async () => {
+      const states: boolean[] = [];
+      const tapped = tapStream(streamOf(splitEvery(enc(upstream), 4)), {
+        onChunk: () => {},
+        onClose: (state) => {
+          states.push(state.atEventBoundary);
+          return enc("LAST");
+        },
+        onCancel: () => assert.fail("not cancelled"),
+        onError: () => assert.fail("no error"),
+      });
+      const received: Uint8Array[] = [];
+      for await (const chunk of tapped) received.push(chunk);
+      assert.equal(new TextDecoder().decode(concatBytes(received)), upstream + "LAST");
+      assert.deepEqual(states, [boundary]);
+    });
+  }
 });
 
 Deno.test("a hook that throws does not stop the bytes", async () => {

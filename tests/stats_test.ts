@@ -449,7 +449,8 @@ Deno.test("requests refused before the upstream are recorded as invalid_request"
     const bad = await app.request("http://sluice.test/v1/messages", {
       method: "POST",
       headers: { "content-type": "application/json" },
-      body: JSON.stringify({ model: MODEL, stream: true, messages: [] }),
+      // `stream` is one of the two fields sluice reads itself: a string there is refused.
+      body: JSON.stringify({ model: MODEL, stream: "yes", messages: [] }),
     });
     assert.equal(bad.status, 400);
     await bad.body?.cancel();
@@ -468,7 +469,7 @@ Deno.test("requests refused before the upstream are recorded as invalid_request"
         "invalid_request",
         400,
         MODEL,
-        true,
+        false,
         null,
         0,
       ]],

@@ -1,4 +1,8 @@
 /**
+ * `deno task replay --list [--json]`: the fixtures replay mode serves (the folder of
+ * `SLUICE_FIXTURES_DIR`, else the bundled one), what each carries, which ordinary requests get it
+ * and how to ask for it by name.
+ *
  * `deno task replay FILE [--json] [--speed N]`: replays a recorded `.sse` file through the decoder
  * and the accumulator, like a client would see it.
  *
@@ -12,7 +16,15 @@ import { parseArgs } from "node:util";
 import { EventAccumulator, type StreamResult } from "../accumulator.ts";
 import { systemClock } from "../clock.ts";
 import { parseConfig } from "../config.ts";
-import { abortableSleep, type Fixture, schedule } from "../replay.ts";
+import {
+  abortableSleep,
+  describeFixtures,
+  type Fixture,
+  type FixtureListing,
+  loadFixtures,
+  schedule,
+  SELECTION_RULES,
+} from "../replay.ts";
 import { createSseDecoder } from "../sse.ts";
 
 /** Options for {@link replayFile}. */
@@ -84,6 +96,25 @@ export function summaryLines(result: StreamResult): string[] {
   return lines;
 }
 
+/** The `--list` table: one fixture per paragraph, how to ask for it, when it is served anyway. */
+export function listingLines(listing: FixtureListing[]): string[] {
+  const lines = [
+    "How replay picks an answer:",
+    ...SELECTION_RULES.map((rule) => `  - ${rule}`),
+    "",
+  ];
+  for (const fixture of listing) {
+    lines.push(
+      `${fixture.name} (${fixture.kind})${fixture.description ? `: ${fixture.description}` : ""}`,
+    );
+    lines.push(`  served for: ${fixture.served_when ?? "on request only"}`);
+    lines.push(
+      `  ask for it: header "${fixture.ask.header}" or "${fixture.ask.marker}" in the prompt`,
+    );
+  }
+  return lines;
+}
+
 /** `deno task` runs in the project folder; resolve a relative path from where the user was. */
 export function resolveFromCaller(path: string): string {
   const from = Deno.env.get("INIT_CWD");
@@ -95,13 +126,26 @@ async function main(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
-    options: { json: { type: "boolean", default: false }, speed: { type: "string" } },
+    options: {
+      json: { type: "boolean", default: false },
+      list: { type: "boolean", default: false },
+      speed: { type: "string" },
+    },
   });
-  if (positionals.length !== 1) {
-    console.error("usage: deno task replay FILE.sse [--json] [--speed N]");
+  const config = parseConfig(Deno.env.toObject());
+  if (values.list && positionals.length === 0) {
+    const listing = describeFixtures(await loadFixtures(config.fixturesDir));
+    if (values.json) {
+      console.log(JSON.stringify({ selection: SELECTION_RULES, fixtures: listing }, null, 2));
+    } else console.log(listingLines(listing).join("\n"));
+    return 0;
+  }
+  if (positionals.length !== 1 || values.list) {
+    console.error(
+      "usage: deno task replay FILE.sse [--json] [--speed N]\n       deno task replay --list [--json]",
+    );
     return 2;
   }
-  const config = parseConfig(Deno.env.toObject());
   const speed = values.speed !== undefined ? Number(values.speed) : values.json ? 0 : 1;
   if (!Number.isFinite(speed) || speed < 0) {
     console.error(`--speed must be a number >= 0 (got ${values.speed})`);
