@@ -16,10 +16,17 @@ import {
   startFixtureUpstream,
   TEST_SERVER_KEY,
 } from "./helpers.ts";
+import { ownConnections } from "./client_tools.ts";
 
 /** `streamText` (its text stream's parts) and `generateText` against `baseUrl`. */
-async function aiSdkCalls(baseUrl: string, model: string, headers: Record<string, string> = {}) {
+async function aiSdkCalls(
+  baseUrl: string,
+  model: string,
+  fetch: typeof globalThis.fetch,
+  headers: Record<string, string> = {},
+) {
   const anthropic = createAnthropic({
+    fetch,
     baseURL: `${baseUrl}/v1`,
     apiKey: "sk-ant-caller-key-ai-sdk",
     headers,
@@ -47,8 +54,9 @@ async function fixtureText(name: string): Promise<string> {
 
 Deno.test("the AI SDK's streamText and generateText get the replayed answer from sluice with no key", async () => {
   const sluice = serveOnLoopback(await replayApp());
+  const http = ownConnections();
   try {
-    const calls = await aiSdkCalls(sluice.url, "claude-haiku-4-5", {
+    const calls = await aiSdkCalls(sluice.url, "claude-haiku-4-5", http.fetch, {
       "x-sluice-fixture": "three-words",
     });
     const expected = await fixtureText("three-words");
@@ -57,6 +65,7 @@ Deno.test("the AI SDK's streamText and generateText get the replayed answer from
     assert.equal(calls.streamedText, expected);
     assert.equal(calls.generatedText, expected);
   } finally {
+    http.close();
     await sluice.close();
   }
 });
@@ -64,16 +73,18 @@ Deno.test("the AI SDK's streamText and generateText get the replayed answer from
 Deno.test("the AI SDK gets through sluice what it gets from the upstream directly", async () => {
   const upstream = startFixtureUpstream();
   const sluice = serveOnLoopback(liveApp(upstream.url));
+  const http = ownConnections();
   try {
-    const direct = await aiSdkCalls(upstream.url, "fixture/three-words");
+    const direct = await aiSdkCalls(upstream.url, "fixture/three-words", http.fetch);
     const directCount = upstream.requests.length;
-    const proxied = await aiSdkCalls(sluice.url, "fixture/three-words");
+    const proxied = await aiSdkCalls(sluice.url, "fixture/three-words", http.fetch);
     assert.ok(direct.parts.length > 1, "the fixture streams more than one part");
     assert.deepEqual(proxied, direct);
     const viaSluice = upstream.requests.slice(directCount);
     assert.equal(viaSluice.length, 2);
     for (const seen of viaSluice) assert.equal(seen.headers.get("x-api-key"), TEST_SERVER_KEY);
   } finally {
+    http.close();
     await sluice.close();
     await upstream.close();
   }

@@ -5,10 +5,12 @@
 import { ChatAnthropic } from "@langchain/anthropic";
 import assert from "node:assert/strict";
 import { liveApp, serveOnLoopback, startFixtureUpstream, TEST_SERVER_KEY } from "./helpers.ts";
+import { ownConnections } from "./client_tools.ts";
 
 /** `.stream()` (each chunk's text) and `.invoke()` (the message's text) against `baseUrl`. */
-async function langchainCalls(baseUrl: string) {
+async function langchainCalls(baseUrl: string, fetch: typeof globalThis.fetch) {
   const model = new ChatAnthropic({
+    clientOptions: { fetch },
     model: "fixture/three-words",
     apiKey: "sk-ant-caller-key-langchain",
     anthropicApiUrl: baseUrl,
@@ -30,10 +32,11 @@ async function langchainCalls(baseUrl: string) {
 Deno.test("LangChain's ChatAnthropic streams and invokes through sluice as it does directly", async () => {
   const upstream = startFixtureUpstream();
   const sluice = serveOnLoopback(liveApp(upstream.url));
+  const http = ownConnections();
   try {
-    const direct = await langchainCalls(upstream.url);
+    const direct = await langchainCalls(upstream.url, http.fetch);
     const directCount = upstream.requests.length;
-    const proxied = await langchainCalls(sluice.url);
+    const proxied = await langchainCalls(sluice.url, http.fetch);
     assert.ok(direct.chunks.join("").length > 0, "the stream had text");
     assert.ok(direct.invokedText.length > 0, "invoke had text");
     assert.deepEqual(proxied, direct);
@@ -41,6 +44,7 @@ Deno.test("LangChain's ChatAnthropic streams and invokes through sluice as it do
     assert.ok(viaSluice.length >= 2);
     for (const seen of viaSluice) assert.equal(seen.headers.get("x-api-key"), TEST_SERVER_KEY);
   } finally {
+    http.close();
     await sluice.close();
     await upstream.close();
   }
