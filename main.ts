@@ -5,10 +5,11 @@
 import { createApp } from "./lib/app.ts";
 import { ConfigError, parseConfig } from "./lib/config.ts";
 import { createLogger } from "./lib/log.ts";
-import { createUpstreamFromConfig } from "./lib/upstream_from_config.ts";
+import { createUpstreamFromConfig } from "./lib/proxy/upstream_from_config.ts";
 import { openKv } from "./lib/kv.ts";
-import { createKvStats } from "./lib/stats.ts";
-import { createLifecycle, installShutdown } from "./lib/shutdown.ts";
+import { checkDefaultModel } from "./lib/proxy/model_check.ts";
+import { createKvStats } from "./lib/stats/stats.ts";
+import { createLifecycle, installShutdown } from "./lib/http/shutdown.ts";
 
 let config;
 try {
@@ -38,6 +39,10 @@ const server = Deno.serve({
     logger.info(`sluice listening on http://${hostname}:${port} (upstream: ${config.upstream})`);
     if (config.upstream === "replay") {
       logger.info("no ANTHROPIC_API_KEY: answering from recorded fixtures (replay mode)");
+    }
+    if (config.upstream === "live") {
+      // Off the start-up path: serving does not wait for the answer.
+      void checkDefaultModel(upstream, config.defaultModel, logger);
     }
     if (config.upstream === "live" && config.apiKeys.length === 0) {
       logger.warn(

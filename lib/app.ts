@@ -7,32 +7,34 @@ import { Hono } from "hono";
 import { HTTPException } from "hono/http-exception";
 import { requestId } from "hono/request-id";
 import { bodyLimit } from "hono/body-limit";
-import { isUpload, streamingBodyLimit } from "./upload_limit.ts";
+import { isUpload, streamingBodyLimit } from "./http/upload_limit.ts";
 import { cors } from "hono/cors";
 import { secureHeaders } from "hono/secure-headers";
-import { createLimiter, kvLimitStore, limitMiddleware, memoryLimitStore } from "./limits.ts";
-import { loopbackOnly } from "./local_only.ts";
-import { STAINLESS_HEADERS } from "./pass_headers.ts";
-import { type Lifecycle, lifecycleMiddleware } from "./shutdown.ts";
+import { createLimiter, kvLimitStore, limitMiddleware, memoryLimitStore } from "./http/limits.ts";
+import { loopbackOnly } from "./http/local_only.ts";
+import { STAINLESS_HEADERS } from "./proxy/pass_headers.ts";
+import { type Lifecycle, lifecycleMiddleware } from "./http/shutdown.ts";
 import type { AppEnv, RouteDeps } from "./app_env.ts";
-import { gatewayAuth } from "./auth.ts";
+import { gatewayAuth } from "./http/auth.ts";
 import type { Clock } from "./clock.ts";
 import { systemClock } from "./clock.ts";
 import type { Config } from "./config.ts";
-import { errorResponse, errorTypeForStatus, SluiceError } from "./errors.ts";
+import { errorResponse, errorTypeForStatus, openaiErrorResponse, SluiceError } from "./errors.ts";
+import { CHAT_COMPLETIONS_PATH } from "./openai/call.ts";
 import type { Logger } from "./log.ts";
 import { createLogger } from "./log.ts";
-import type { StatsSink } from "./request_summary.ts";
-import type { Upstream } from "./upstream.ts";
+import type { StatsSink } from "./stats/request_summary.ts";
+import type { Upstream } from "./proxy/upstream.ts";
 import { healthRoute } from "../routes/health.ts";
 import { messagesRoute } from "../routes/messages.ts";
+import { chatCompletionsRoute } from "../routes/chat_completions.ts";
 import { replayFixturesRoute } from "../routes/replay_fixtures.ts";
 import { chatRoute } from "../routes/chat.ts";
 import { forwardRoute } from "../routes/forward.ts";
 import { conversationsRoute } from "../routes/conversations.ts";
 import { pageRoute } from "../routes/page.ts";
 import { statsRoute } from "../routes/stats.ts";
-import { isStatsSource, refusalSummary } from "./stats.ts";
+import { isStatsSource, refusalSummary } from "./stats/stats.ts";
 
 /** What the app is built from. */
 export interface AppDeps {
@@ -86,6 +88,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   app.use("*", gatewayAuth(deps.config.apiKeys));
   mountLimits(app, deps, clock, logger);
   app.route("/", messagesRoute(routeDeps));
+  app.route("/", chatCompletionsRoute(routeDeps));
   app.route("/", replayFixturesRoute(routeDeps));
   app.route("/", chatRoute(routeDeps));
   app.route("/", conversationsRoute(routeDeps));
@@ -120,24 +123,26 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   };
   app.onError((error, c) => {
     const id = c.get("requestId");
+    // OpenAI clients parse OpenAI's error shape; every other path answers in Anthropic's.
+    const respond = c.req.path === CHAT_COMPLETIONS_PATH ? openaiErrorResponse : errorResponse;
     if (error instanceof SluiceError) recordRefusal(c, error.status, error.type);
     else if (error instanceof HTTPException) {
       recordRefusal(c, error.status, errorTypeForStatus(error.status));
     } else recordRefusal(c, 500, "api_error");
     if (error instanceof SluiceError) {
-      return errorResponse(error.status, error.type, error.message, {
+      return respond(error.status, error.type, error.message, {
         requestId: id,
         headers: error.headers,
       });
     }
     if (error instanceof HTTPException) {
       const status = error.status;
-      return errorResponse(status, errorTypeForStatus(status), error.message || "bad request", {
+      return respond(status, errorTypeForStatus(status), error.message || "bad request", {
         requestId: id,
       });
     }
     logger.error("unhandled error", { id, error: String(error) });
-    return errorResponse(500, "api_error", "internal error in sluice", { requestId: id });
+    return respond(500, "api_error", "internal error in sluice", { requestId: id });
   });
   return app;
 }

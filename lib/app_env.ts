@@ -1,13 +1,13 @@
 /**
  * The types routes share: Hono's context variables and the dependencies each route gets.
  */
-import type { AuthVariables } from "./auth.ts";
+import type { AuthVariables } from "./http/auth.ts";
 import type { Clock } from "./clock.ts";
 import type { Config } from "./config.ts";
 import type { Logger } from "./log.ts";
-import type { RequestSummary } from "./request_summary.ts";
-import type { Lifecycle } from "./shutdown.ts";
-import type { Upstream } from "./upstream.ts";
+import type { RequestSummary } from "./stats/request_summary.ts";
+import type { Lifecycle } from "./http/shutdown.ts";
+import type { Upstream } from "./proxy/upstream.ts";
 
 /** Hono environment of sluice's app. */
 export interface AppEnv {

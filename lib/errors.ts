@@ -75,20 +75,28 @@ export function errorBody(type: string, message: string, requestId?: string): An
   return body;
 }
 
+/** Where an error response goes besides its body: its request id and extra headers. */
+export interface ErrorResponseOptions {
+  requestId?: string;
+  headers?: Record<string, string>;
+}
+
+/** A JSON error response with `body`, labelled and carrying the request id. */
+function jsonError(status: number, body: unknown, options: ErrorResponseOptions): Response {
+  const headers = new Headers(options.headers);
+  headers.set("content-type", "application/json");
+  if (options.requestId) headers.set("request-id", options.requestId);
+  return new Response(JSON.stringify(body), { status, headers });
+}
+
 /** Builds an error response in Anthropic's shape. */
 export function errorResponse(
   status: number,
   type: string,
   message: string,
-  options: { requestId?: string; headers?: Record<string, string> } = {},
+  options: ErrorResponseOptions = {},
 ): Response {
-  const headers = new Headers(options.headers);
-  headers.set("content-type", "application/json");
-  if (options.requestId) headers.set("request-id", options.requestId);
-  return new Response(JSON.stringify(errorBody(type, message, options.requestId)), {
-    status,
-    headers,
-  });
+  return jsonError(status, errorBody(type, message, options.requestId), options);
 }
 
 /** Formats one SSE `error` event, as the API sends it mid-stream. */
@@ -105,4 +113,32 @@ export class ServerShutdownError extends Error {
     super(message);
     this.name = "ServerShutdownError";
   }
+}
+
+/**
+ * The JSON body of an error in OpenAI's shape, which OpenAI clients parse (`error.message`,
+ * `error.type`, `error.code`, `error.param`). sluice answers `/v1/chat/completions` with it.
+ */
+export interface OpenAIErrorBody {
+  error: { message: string; type: string; param: string | null; code: string | null };
+}
+
+/** Builds the body of an error in OpenAI's shape; `type` keeps Anthropic's names. */
+export function openaiErrorBody(type: string, message: string): OpenAIErrorBody {
+  return { error: { message, type, param: null, code: null } };
+}
+
+/** Builds an error response in OpenAI's shape (see {@link openaiErrorBody}). */
+export function openaiErrorResponse(
+  status: number,
+  type: string,
+  message: string,
+  options: ErrorResponseOptions = {},
+): Response {
+  return jsonError(status, openaiErrorBody(type, message), options);
+}
+
+/** Formats one mid-stream error as OpenAI streams carry it: a `data:` line with `error`. */
+export function openaiSseError(type: string, message: string): string {
+  return `data: ${JSON.stringify(openaiErrorBody(type, message))}\n\n`;
 }

@@ -3,9 +3,9 @@
  */
 import { Hono } from "hono";
 import type { AppEnv, RouteDeps } from "../lib/app_env.ts";
-import { handleChat } from "../lib/chat.ts";
-import { statsRequested } from "../lib/chat_encoding.ts";
-import { conversationStoreFor } from "../lib/conversations.ts";
+import { handleChat } from "../lib/chat/chat.ts";
+import { statsRequested } from "../lib/chat/encoding.ts";
+import { conversationStoreFor } from "../lib/chat/conversations.ts";
 
 /** Mounts `POST /chat`. */
 export function chatRoute(deps: RouteDeps): Hono<AppEnv> {

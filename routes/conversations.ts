@@ -5,16 +5,16 @@
 import { Hono } from "hono";
 import { z } from "zod";
 import type { AppEnv, RouteDeps } from "../lib/app_env.ts";
-import { parseJsonObject } from "../lib/chat_request.ts";
+import { parseJsonObject } from "../lib/chat/request.ts";
 import {
   conversationJson,
   conversationStoreFor,
   conversationSummaryJson,
   ConversationTooLargeError,
   InvalidCursorError,
-} from "../lib/conversations.ts";
+} from "../lib/chat/conversations.ts";
 import { SluiceError } from "../lib/errors.ts";
-import { describeIssues } from "../lib/validate.ts";
+import { describeIssues } from "../lib/http/validate.ts";
 
 /** `POST /conversations` body: optional defaults for every `/chat` on the conversation. */
 const createBody = z.strictObject({

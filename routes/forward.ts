@@ -5,7 +5,7 @@
  */
 import { Hono } from "hono";
 import type { AppEnv, RouteDeps } from "../lib/app_env.ts";
-import { forward } from "../lib/forward.ts";
+import { forward } from "../lib/proxy/forward.ts";
 
 /** Mounts the catch-all `/v1/*` forwarder. */
 export function forwardRoute(deps: RouteDeps): Hono<AppEnv> {

@@ -6,12 +6,12 @@
 import { Hono } from "hono";
 import { zValidator } from "@hono/zod-validator";
 import { z } from "zod";
-import { adminAuth } from "../lib/admin_auth.ts";
+import { adminAuth } from "../lib/http/admin_auth.ts";
 import type { AppEnv, RouteDeps } from "../lib/app_env.ts";
 import { SluiceError } from "../lib/errors.ts";
-import { PROMETHEUS_CONTENT_TYPE, renderPrometheus } from "../lib/prometheus.ts";
-import type { StatsSource } from "../lib/stats.ts";
-import { describeIssues } from "../lib/validate.ts";
+import { PROMETHEUS_CONTENT_TYPE, renderPrometheus } from "../lib/stats/prometheus.ts";
+import type { StatsSource } from "../lib/stats/stats.ts";
+import { describeIssues } from "../lib/http/validate.ts";
 
 const recentQuery = z.object({
   limit: z.coerce.number().int().min(1).max(1000).default(50),

@@ -5,8 +5,8 @@
  */
 import assert from "node:assert/strict";
 import { partialParse } from "@anthropic-ai/sdk/_vendor/partial-json-parser/parser";
-import { EventAccumulator, parseDeltaEvent } from "../lib/accumulator.ts";
-import { createSseDecoder } from "../lib/sse.ts";
+import { EventAccumulator, parseDeltaEvent } from "../lib/stream/accumulator.ts";
+import { createSseDecoder } from "../lib/stream/sse.ts";
 import { seededRandom } from "./helpers.ts";
 
 const delta = (index: string, text: string) =>

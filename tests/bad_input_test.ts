@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { createApp } from "../lib/app.ts";
 import { silentLogger } from "../lib/log.ts";
-import { createUpstream } from "../lib/upstream.ts";
+import { createUpstream } from "../lib/proxy/upstream.ts";
 import { readFixture, testConfig } from "./helpers.ts";
 
 const valid = {

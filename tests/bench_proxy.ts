@@ -24,9 +24,9 @@ import { createApp } from "../lib/app.ts";
 import { parseConfig } from "../lib/config.ts";
 import { openKv } from "../lib/kv.ts";
 import { createLogger } from "../lib/log.ts";
-import { createLifecycle } from "../lib/shutdown.ts";
-import { createKvStats } from "../lib/stats.ts";
-import { createUpstreamFromConfig } from "../lib/upstream_from_config.ts";
+import { createLifecycle } from "../lib/http/shutdown.ts";
+import { createKvStats } from "../lib/stats/stats.ts";
+import { createUpstreamFromConfig } from "../lib/proxy/upstream_from_config.ts";
 
 /** What `/__bench/usage` answers. */
 export interface ProxyUsage {

@@ -11,9 +11,9 @@ import { createApp } from "../lib/app.ts";
 import { parseConfig } from "../lib/config.ts";
 import { openKv } from "../lib/kv.ts";
 import { createLogger } from "../lib/log.ts";
-import { createLifecycle } from "../lib/shutdown.ts";
-import { createKvStats } from "../lib/stats.ts";
-import { createUpstream } from "../lib/upstream.ts";
+import { createLifecycle } from "../lib/http/shutdown.ts";
+import { createKvStats } from "../lib/stats/stats.ts";
+import { createUpstream } from "../lib/proxy/upstream.ts";
 import { messageEnd, messageStart, sse } from "./bench_support.ts";
 
 const requests = Number(Deno.args[0] ?? 20_000);

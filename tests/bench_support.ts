@@ -8,8 +8,8 @@
  */
 import Anthropic from "@anthropic-ai/sdk";
 import { createParser } from "eventsource-parser";
-import { EventAccumulator, type StreamResult } from "../lib/accumulator.ts";
-import { createSseDecoder, tapStream } from "../lib/sse.ts";
+import { EventAccumulator, type StreamResult } from "../lib/stream/accumulator.ts";
+import { createSseDecoder, tapStream } from "../lib/stream/sse.ts";
 
 const encoder = new TextEncoder();
 

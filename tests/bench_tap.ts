@@ -18,8 +18,8 @@
  *     tests/bench_tap.ts [events]
  */
 import process from "node:process";
-import { EventAccumulator } from "../lib/accumulator.ts";
-import { createSseDecoder, type TapHooks, type TapOptions, tapStream } from "../lib/sse.ts";
+import { EventAccumulator } from "../lib/stream/accumulator.ts";
+import { createSseDecoder, type TapHooks, type TapOptions, tapStream } from "../lib/stream/sse.ts";
 import { textStream } from "./bench_support.ts";
 
 const events = Number(Deno.args[0] ?? 20_000);

@@ -11,13 +11,13 @@
  */
 import assert from "node:assert/strict";
 import type { Page } from "playwright-core";
-import { EventAccumulator } from "../lib/accumulator.ts";
+import { EventAccumulator } from "../lib/stream/accumulator.ts";
 import { createApp } from "../lib/app.ts";
 import { silentLogger } from "../lib/log.ts";
-import { createReplayFetch } from "../lib/replay.ts";
-import { memorySink } from "../lib/request_summary.ts";
-import { decodeAll } from "../lib/sse.ts";
-import { createUpstream } from "../lib/upstream.ts";
+import { createReplayFetch } from "../lib/replay/replay.ts";
+import { memorySink } from "../lib/stats/request_summary.ts";
+import { decodeAll } from "../lib/stream/sse.ts";
+import { createUpstream } from "../lib/proxy/upstream.ts";
 import { projectFixtures, readFixture, testConfig } from "./helpers.ts";
 
 const CHROMIUM = "/usr/bin/chromium";

@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import { createApp } from "../lib/app.ts";
-import type { ChatDone } from "../lib/chat_encoding.ts";
-import type { TerminalIO } from "../lib/chat_repl.ts";
-import { runChat } from "../lib/chat_repl.ts";
+import type { ChatDone } from "../lib/chat/encoding.ts";
+import type { TerminalIO } from "../lib/cli/terminal/repl.ts";
+import { runChat } from "../lib/cli/terminal/repl.ts";
 import {
   colorEnabled,
   DEFAULT_URL,
@@ -13,12 +13,12 @@ import {
   statsText,
   styles,
   UsageError,
-} from "../lib/chat_terminal.ts";
+} from "../lib/cli/terminal/terminal.ts";
 import { silentLogger } from "../lib/log.ts";
-import type { Pace } from "../lib/replay.ts";
-import { createReplayFetch } from "../lib/replay.ts";
-import { memorySink } from "../lib/request_summary.ts";
-import { createUpstream } from "../lib/upstream.ts";
+import type { Pace } from "../lib/replay/replay.ts";
+import { createReplayFetch } from "../lib/replay/replay.ts";
+import { memorySink } from "../lib/stats/request_summary.ts";
+import { createUpstream } from "../lib/proxy/upstream.ts";
 import { projectFixtures, testConfig } from "./helpers.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;

@@ -1,15 +1,15 @@
 import assert from "node:assert/strict";
-import { EventAccumulator } from "../lib/accumulator.ts";
+import { EventAccumulator } from "../lib/stream/accumulator.ts";
 import { createApp } from "../lib/app.ts";
-import { chatFormat, statsRequested } from "../lib/chat_encoding.ts";
-import { buildMessagesBody, parseChatBody } from "../lib/chat_request.ts";
+import { chatFormat, statsRequested } from "../lib/chat/encoding.ts";
+import { buildMessagesBody, parseChatBody } from "../lib/chat/request.ts";
 import { SluiceError } from "../lib/errors.ts";
 import { silentLogger } from "../lib/log.ts";
-import type { Pace } from "../lib/replay.ts";
-import { createReplayFetch, loadFixtures } from "../lib/replay.ts";
-import { memorySink } from "../lib/request_summary.ts";
-import { decodeAll } from "../lib/sse.ts";
-import { createUpstream } from "../lib/upstream.ts";
+import type { Pace } from "../lib/replay/replay.ts";
+import { createReplayFetch, loadFixtures } from "../lib/replay/replay.ts";
+import { memorySink } from "../lib/stats/request_summary.ts";
+import { decodeAll } from "../lib/stream/sse.ts";
+import { createUpstream } from "../lib/proxy/upstream.ts";
 import { FIXTURES_DIR, readFixture, testConfig } from "./helpers.ts";
 
 const INSTANT: Pace = { ttftMs: 0, tokensPerSecond: 1e9, speed: 0 };

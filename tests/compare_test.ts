@@ -7,9 +7,9 @@ import {
   parseCompareArgs,
   runCompare,
 } from "../lib/cli/compare.ts";
-import { RELATIVE_ERROR } from "../lib/histogram.ts";
-import { pickFixture, schedule, truncateAtMaxTokens } from "../lib/replay.ts";
-import { decodeAll } from "../lib/sse.ts";
+import { RELATIVE_ERROR } from "../lib/stats/histogram.ts";
+import { pickFixture, schedule, truncateAtMaxTokens } from "../lib/replay/replay.ts";
+import { decodeAll } from "../lib/stream/sse.ts";
 import { projectFixtures } from "./helpers.ts";
 import { expectedFor, PACE, timedStatsApp } from "./stats_support.ts";
 

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { manualClock } from "../lib/clock.ts";
-import type { Conversation, ConversationLimits, Turn } from "../lib/conversations.ts";
+import type { Conversation, ConversationLimits, Turn } from "../lib/chat/conversations.ts";
 import {
   ConversationTooLargeError,
   createConversationStore,
@@ -8,7 +8,7 @@ import {
   fitConversation,
   InvalidCursorError,
   isConversationId,
-} from "../lib/conversations.ts";
+} from "../lib/chat/conversations.ts";
 import { replayApp, testConfig } from "./helpers.ts";
 
 const HOUR = 3_600_000;

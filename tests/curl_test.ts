@@ -5,8 +5,8 @@
 import assert from "node:assert/strict";
 import { createApp } from "../lib/app.ts";
 import { silentLogger } from "../lib/log.ts";
-import { createReplayFetch } from "../lib/replay.ts";
-import { createUpstream } from "../lib/upstream.ts";
+import { createReplayFetch } from "../lib/replay/replay.ts";
+import { createUpstream } from "../lib/proxy/upstream.ts";
 import {
   projectFixtures,
   readFixture,

@@ -5,7 +5,7 @@
  */
 import Anthropic from "@anthropic-ai/sdk";
 import assert from "node:assert/strict";
-import { estimateInputTokens } from "../lib/replay.ts";
+import { estimateInputTokens } from "../lib/replay/replay.ts";
 import {
   liveApp,
   projectFixtures,

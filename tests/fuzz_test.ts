@@ -10,9 +10,9 @@
 import assert from "node:assert/strict";
 import { createApp } from "../lib/app.ts";
 import { createLogger } from "../lib/log.ts";
-import { memorySink } from "../lib/request_summary.ts";
-import { decodeAll } from "../lib/sse.ts";
-import { createUpstream } from "../lib/upstream.ts";
+import { memorySink } from "../lib/stats/request_summary.ts";
+import { decodeAll } from "../lib/stream/sse.ts";
+import { createUpstream } from "../lib/proxy/upstream.ts";
 import {
   instantReplayUpstream,
   projectFixtures,

@@ -3,8 +3,6 @@
  */
 import Anthropic from "@anthropic-ai/sdk";
 
-/** Where the reference data (not the project's fixtures) lives. */
-export const REFERENCE_DIR = new URL("../../shared/reference/anthropic-sse/", import.meta.url);
 /** The project's own recordings. */
 export const FIXTURES_DIR = new URL("../fixtures/", import.meta.url);
 
@@ -116,8 +114,8 @@ import { createApp } from "../lib/app.ts";
 import type { AppDeps } from "../lib/app.ts";
 import { type Config, parseConfig } from "../lib/config.ts";
 import { silentLogger } from "../lib/log.ts";
-import { createReplayFetch, type FixtureSet, loadFixtures } from "../lib/replay.ts";
-import { createUpstream, type Upstream } from "../lib/upstream.ts";
+import { createReplayFetch, type FixtureSet, loadFixtures } from "../lib/replay/replay.ts";
+import { createUpstream, type Upstream } from "../lib/proxy/upstream.ts";
 
 /** A request the fake upstream received. */
 export interface SeenRequest {
@@ -253,8 +251,15 @@ export async function replayApp(overrides: Partial<AppDeps> = {}) {
 /** The server key the live-mode test apps send upstream. */
 export const TEST_SERVER_KEY = "sk-ant-test-upstream-key";
 
-/** sluice in live mode in front of `upstreamUrl` (no retries), plus config overrides. */
-export function liveApp(upstreamUrl: string, env: Record<string, string> = {}) {
+/**
+ * sluice in live mode in front of `upstreamUrl` (no retries), plus config overrides (as
+ * environment strings) and app deps (a stats sink, say).
+ */
+export function liveApp(
+  upstreamUrl: string,
+  env: Record<string, string> = {},
+  overrides: Partial<AppDeps> = {},
+) {
   return createApp({
     config: testConfig({
       ANTHROPIC_API_KEY: TEST_SERVER_KEY,
@@ -268,6 +273,7 @@ export function liveApp(upstreamUrl: string, env: Record<string, string> = {}) {
       maxRetries: 0,
     }),
     logger: silentLogger,
+    ...overrides,
   });
 }
 

@@ -16,7 +16,7 @@ import {
   quantile,
   RELATIVE_ERROR,
   ZERO_INDEX,
-} from "../lib/histogram.ts";
+} from "../lib/stats/histogram.ts";
 import { seededRandom } from "./helpers.ts";
 
 /** Nearest-rank percentile of samples: the ⌈q·n⌉-th smallest. */

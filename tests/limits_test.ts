@@ -7,10 +7,10 @@ import assert from "node:assert/strict";
 import { createApp } from "../lib/app.ts";
 import { manualClock } from "../lib/clock.ts";
 import { ConfigError, parseConfig } from "../lib/config.ts";
-import { createLimiter, kvLimitStore } from "../lib/limits.ts";
-import { isLoopback } from "../lib/local_only.ts";
+import { createLimiter, kvLimitStore } from "../lib/http/limits.ts";
+import { isLoopback } from "../lib/http/local_only.ts";
 import { silentLogger } from "../lib/log.ts";
-import { createUpstream } from "../lib/upstream.ts";
+import { createUpstream } from "../lib/proxy/upstream.ts";
 import { readFixture, testConfig } from "./helpers.ts";
 
 const body = JSON.stringify({

@@ -14,9 +14,9 @@
 import assert from "node:assert/strict";
 import { createApp } from "../lib/app.ts";
 import { silentLogger } from "../lib/log.ts";
-import { memorySink } from "../lib/request_summary.ts";
-import { createLifecycle } from "../lib/shutdown.ts";
-import { createUpstream } from "../lib/upstream.ts";
+import { memorySink } from "../lib/stats/request_summary.ts";
+import { createLifecycle } from "../lib/http/shutdown.ts";
+import { createUpstream } from "../lib/proxy/upstream.ts";
 import { testConfig } from "./helpers.ts";
 
 const STREAMS = Number(Deno.env.get("SLUICE_LOAD_STREAMS") ?? 1000);

@@ -1,10 +1,10 @@
 import assert from "node:assert/strict";
 import { createApp } from "../lib/app.ts";
 import { silentLogger } from "../lib/log.ts";
-import { memorySink } from "../lib/request_summary.ts";
-import { createLifecycle } from "../lib/shutdown.ts";
-import { createUpstream } from "../lib/upstream.ts";
-import { decodeAll } from "../lib/sse.ts";
+import { memorySink } from "../lib/stats/request_summary.ts";
+import { createLifecycle } from "../lib/http/shutdown.ts";
+import { createUpstream } from "../lib/proxy/upstream.ts";
+import { decodeAll } from "../lib/stream/sse.ts";
 import {
   projectFixtures,
   readFixture,

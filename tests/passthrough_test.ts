@@ -472,9 +472,9 @@ Deno.test("an upload over SLUICE_MAX_FILE_BYTES is refused with 413, declared or
 
 Deno.test("forwarded calls are recorded in stats by endpoint, ids left out of the label", async () => {
   const upstream = startFakeUpstream(() => Response.json({ id: "x" }));
-  const { memorySink } = await import("../lib/request_summary.ts");
+  const { memorySink } = await import("../lib/stats/request_summary.ts");
   const { createApp } = await import("../lib/app.ts");
-  const { createUpstream } = await import("../lib/upstream.ts");
+  const { createUpstream } = await import("../lib/proxy/upstream.ts");
   const { silentLogger } = await import("../lib/log.ts");
   const { testConfig } = await import("./helpers.ts");
   const sink = memorySink();

@@ -3,9 +3,9 @@
  * upstream on 127.0.0.1.
  */
 import assert from "node:assert/strict";
-import { EventAccumulator } from "../lib/accumulator.ts";
-import { createReplayFetch, loadFixtures } from "../lib/replay.ts";
-import { createSseDecoder } from "../lib/sse.ts";
+import { EventAccumulator } from "../lib/stream/accumulator.ts";
+import { createReplayFetch, loadFixtures } from "../lib/replay/replay.ts";
+import { createSseDecoder } from "../lib/stream/sse.ts";
 import { clean, readFixture, sdkOracle, sseResponse, startFakeUpstream } from "./helpers.ts";
 
 const CLI = (name: string) => new URL(`../lib/cli/${name}.ts`, import.meta.url).pathname;

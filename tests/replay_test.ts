@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import FakeTimers from "@sinonjs/fake-timers";
-import { EventAccumulator } from "../lib/accumulator.ts";
+import { EventAccumulator } from "../lib/stream/accumulator.ts";
 import {
   createReplayFetch,
   type Fixture,
@@ -9,8 +9,8 @@ import {
   schedule,
   selectFixture,
   truncateAtMaxTokens,
-} from "../lib/replay.ts";
-import { createSseDecoder, decodeAll } from "../lib/sse.ts";
+} from "../lib/replay/replay.ts";
+import { createSseDecoder, decodeAll } from "../lib/stream/sse.ts";
 import { clean, liveApp, projectFixtures, replayApp, sdkOracle, seededRandom } from "./helpers.ts";
 
 const INSTANT = { ttftMs: 0, tokensPerSecond: 1e9, speed: 0 };

@@ -6,10 +6,10 @@
 import assert from "node:assert/strict";
 import { createApp } from "../lib/app.ts";
 import { silentLogger } from "../lib/log.ts";
-import type { RequestSummary } from "../lib/request_summary.ts";
-import { decodeAll } from "../lib/sse.ts";
-import { createLifecycle, installShutdown, type Lifecycle } from "../lib/shutdown.ts";
-import { createUpstream } from "../lib/upstream.ts";
+import type { RequestSummary } from "../lib/stats/request_summary.ts";
+import { decodeAll } from "../lib/stream/sse.ts";
+import { createLifecycle, installShutdown, type Lifecycle } from "../lib/http/shutdown.ts";
+import { createUpstream } from "../lib/proxy/upstream.ts";
 import { readFixture, testConfig } from "./helpers.ts";
 
 const request = (url: string) =>

@@ -6,8 +6,8 @@ import {
   decodeAll,
   type SseEvent,
   tapStream,
-} from "../lib/sse.ts";
-import { splitEvents } from "../lib/replay.ts";
+} from "../lib/stream/sse.ts";
+import { splitEvents } from "../lib/replay/replay.ts";
 import { splitEvery, streamOf } from "./helpers.ts";
 
 const enc = (s: string) => new TextEncoder().encode(s);

@@ -7,7 +7,7 @@
 import { concatBytes } from "../lib/bytes.ts";
 import assert from "node:assert/strict";
 import { createParser, type EventSourceMessage } from "eventsource-parser";
-import { completeUtf8Length, createSseDecoder, type SseEvent } from "../lib/sse.ts";
+import { completeUtf8Length, createSseDecoder, type SseEvent } from "../lib/stream/sse.ts";
 import { seededRandom, splitEvery, splitRandom } from "./helpers.ts";
 
 const concat = (...parts: Uint8Array[]) => concatBytes(parts);

@@ -7,17 +7,17 @@ import type { Hono } from "hono";
 import type { AppDeps } from "../lib/app.ts";
 import type { AppEnv } from "../lib/app_env.ts";
 import { createApp } from "../lib/app.ts";
-import { EventAccumulator } from "../lib/accumulator.ts";
+import { EventAccumulator } from "../lib/stream/accumulator.ts";
 import { manualClock } from "../lib/clock.ts";
 import { silentLogger } from "../lib/log.ts";
-import type { Pace } from "../lib/replay.ts";
-import { createReplayFetch, schedule } from "../lib/replay.ts";
-import type { TokenUsage } from "../lib/request_summary.ts";
-import { tokenUsage } from "../lib/request_summary.ts";
-import { createSseDecoder, decodeAll } from "../lib/sse.ts";
-import type { KvStatsOptions } from "../lib/stats.ts";
-import { createKvStats } from "../lib/stats.ts";
-import { createUpstream } from "../lib/upstream.ts";
+import type { Pace } from "../lib/replay/replay.ts";
+import { createReplayFetch, schedule } from "../lib/replay/replay.ts";
+import type { TokenUsage } from "../lib/stats/request_summary.ts";
+import { tokenUsage } from "../lib/stats/request_summary.ts";
+import { createSseDecoder, decodeAll } from "../lib/stream/sse.ts";
+import type { KvStatsOptions } from "../lib/stats/stats.ts";
+import { createKvStats } from "../lib/stats/stats.ts";
+import { createUpstream } from "../lib/proxy/upstream.ts";
 import { projectFixtures, testConfig } from "./helpers.ts";
 
 /** A fixed start, on the hour, so windows hold whole test runs. */

@@ -2,11 +2,11 @@ import assert from "node:assert/strict";
 import type { Hono } from "hono";
 import type { AppEnv } from "../lib/app_env.ts";
 import { manualClock } from "../lib/clock.ts";
-import { RELATIVE_ERROR } from "../lib/histogram.ts";
+import { RELATIVE_ERROR } from "../lib/stats/histogram.ts";
 import { createLogger } from "../lib/log.ts";
-import { memorySink, type RequestSummary, tokenUsage } from "../lib/request_summary.ts";
-import type { LatencyFigures, RecentEntry, StatsReport, StatsView } from "../lib/stats.ts";
-import { createKvStats, WINDOWS } from "../lib/stats.ts";
+import { memorySink, type RequestSummary, tokenUsage } from "../lib/stats/request_summary.ts";
+import type { LatencyFigures, RecentEntry, StatsReport, StatsView } from "../lib/stats/stats.ts";
+import { createKvStats, WINDOWS } from "../lib/stats/stats.ts";
 import { projectFixtures, replayApp } from "./helpers.ts";
 import {
   exactQuantile,

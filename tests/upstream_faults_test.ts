@@ -7,14 +7,14 @@ import assert from "node:assert/strict";
 import FakeTimers from "@sinonjs/fake-timers";
 import { createApp } from "../lib/app.ts";
 import { createLogger, silentLogger } from "../lib/log.ts";
-import { memorySink, type RequestSummary } from "../lib/request_summary.ts";
-import { decodeAll, KEEP_ALIVE_COMMENT, tapStream } from "../lib/sse.ts";
+import { memorySink, type RequestSummary } from "../lib/stats/request_summary.ts";
+import { decodeAll, KEEP_ALIVE_COMMENT, tapStream } from "../lib/stream/sse.ts";
 import {
   clampRetryAfter,
   createUpstream,
   requestedWaitMs,
   type UpstreamOptions,
-} from "../lib/upstream.ts";
+} from "../lib/proxy/upstream.ts";
 import { readFixture, sdkOracle, splitEvery, streamOf, testConfig } from "./helpers.ts";
 
 const enc = (s: string) => new TextEncoder().encode(s);

@@ -2,9 +2,9 @@
  * `deno task chat`: the terminal client. Wiring only (arguments, the terminal, signals); the
  * loop is lib/chat_repl.ts.
  */
-import { runChat } from "../chat_repl.ts";
-import type { TerminalIO } from "../chat_repl.ts";
-import { colorEnabled, parseChatArgs, USAGE, UsageError } from "../chat_terminal.ts";
+import { runChat } from "./terminal/repl.ts";
+import type { TerminalIO } from "./terminal/repl.ts";
+import { colorEnabled, parseChatArgs, USAGE, UsageError } from "./terminal/terminal.ts";
 
 /** Reads stdin line by line. */
 function lineReader(input: ReadableStream<Uint8Array>): () => Promise<string | null> {

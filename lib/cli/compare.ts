@@ -9,11 +9,11 @@
  * Works the same against sluice in replay mode (no Anthropic key needed).
  */
 import { parseArgs } from "node:util";
-import { EventAccumulator } from "../accumulator.ts";
+import { EventAccumulator } from "../stream/accumulator.ts";
 import type { Clock } from "../clock.ts";
 import { systemClock } from "../clock.ts";
 import { parseConfig } from "../config.ts";
-import { createSseDecoder } from "../sse.ts";
+import { createSseDecoder } from "../stream/sse.ts";
 
 /** The tutorial's prompt and cut-off. */
 export const DEFAULT_PROMPT =

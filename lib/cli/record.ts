@@ -8,8 +8,8 @@
  */
 import { parseArgs } from "node:util";
 import { ConfigError, parseConfig } from "../config.ts";
-import { record, writeRecording } from "../record.ts";
-import { createUpstream } from "../upstream.ts";
+import { record, writeRecording } from "../replay/record.ts";
+import { createUpstream } from "../proxy/upstream.ts";
 import { resolveFromCaller } from "./replay.ts";
 
 async function main(args: string[]): Promise<number> {

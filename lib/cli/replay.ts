@@ -13,7 +13,7 @@
  * does not wait unless `--speed` is given).
  */
 import { parseArgs } from "node:util";
-import { EventAccumulator, type StreamResult } from "../accumulator.ts";
+import { EventAccumulator, type StreamResult } from "../stream/accumulator.ts";
 import { systemClock } from "../clock.ts";
 import { parseConfig } from "../config.ts";
 import {
@@ -24,8 +24,8 @@ import {
   loadFixtures,
   schedule,
   SELECTION_RULES,
-} from "../replay.ts";
-import { createSseDecoder } from "../sse.ts";
+} from "../replay/replay.ts";
+import { createSseDecoder } from "../stream/sse.ts";
 
 /** Options for {@link replayFile}. */
 export interface ReplayFileOptions {

@@ -1,0 +1,162 @@
+/**
+ * `POST /chat`: the request people type, answered as plain text, small SSE events or JSON.
+ *
+ * It is a view over the same call `/v1/messages` makes (`startCall`): same upstream, same tap,
+ * same accumulator, same stats (recorded with endpoint `/chat`). With a `conversation_id`, the
+ * stored history goes upstream before the new message, and the exchange is stored once the
+ * answer is complete.
+ */
+import type { RouteDeps } from "../app_env.ts";
+import type { ChatFormat } from "./encoding.ts";
+import { chatFormat } from "./encoding.ts";
+import { chatJsonAnswer, parseMessage } from "./json.ts";
+import { buildMessagesBody, encodeJson, parseChatBody } from "./request.ts";
+import { chatDone, createChatView, messageText } from "./view.ts";
+import type { Conversation, ConversationStore, Turn } from "./conversations.ts";
+import { SluiceError } from "../errors.ts";
+import type { Message } from "../stream/accumulator.ts";
+import { startCall } from "../proxy/messages_call.ts";
+
+/** What `/chat` needs from the HTTP request. */
+export interface ChatInput {
+  /** The raw body, read as JSON whatever the content type. */
+  bodyText: string;
+  accept?: string | null;
+  /** `?stats` asked for the plain-text stats line. */
+  withStats: boolean;
+  keyId: string;
+  authStyle: "bearer" | "x-api-key";
+  requestId: string;
+  startedAt: number;
+  anthropicVersion?: string;
+  anthropicBeta?: string;
+  /** Replay only: the fixture to serve (`x-sluice-fixture`). */
+  fixture?: string;
+  /** The request's signal: lets a client that leaves before its answer starts stop the call. */
+  clientSignal?: AbortSignal;
+}
+
+/** Response headers that keep proxies from buffering or rewriting a streamed answer. */
+const STREAM_HEADERS = {
+  "cache-control": "no-cache, no-transform",
+  "x-accel-buffering": "no",
+  // Without it, browsers may hold back the first KiB of text/plain to sniff its type.
+  "x-content-type-options": "nosniff",
+};
+
+const CONTENT_TYPES: Record<ChatFormat, string> = {
+  text: "text/plain; charset=utf-8",
+  sse: "text/event-stream; charset=utf-8",
+  json: "application/json",
+};
+
+/** Answers one `/chat` request. Errors before the answer starts are thrown as `SluiceError`. */
+export async function handleChat(
+  deps: RouteDeps,
+  store: ConversationStore | undefined,
+  input: ChatInput,
+): Promise<Response> {
+  const chat = parseChatBody(input.bodyText);
+  let conversation: Conversation | null = null;
+  if (chat.conversation_id !== undefined) {
+    if (!store) {
+      throw new SluiceError(503, "api_error", "conversations need Deno KV, which is not set up");
+    }
+    conversation = await store.get(input.keyId, chat.conversation_id);
+    if (!conversation) {
+      throw new SluiceError(
+        404,
+        "not_found_error",
+        `conversation ${JSON.stringify(chat.conversation_id)} not found (it may have expired)`,
+      );
+    }
+  }
+  const body = buildMessagesBody(chat, {
+    model: deps.config.defaultModel,
+    maxTokens: deps.config.chatMaxTokens,
+    system: conversation?.system,
+    conversationModel: conversation?.model,
+  }, conversation?.turns);
+  const format: ChatFormat = chat.stream === false ? "json" : chatFormat(input.accept);
+  const conversationId = conversation?.id ?? null;
+
+  // The exchange is stored only from here, once the answer is whole.
+  const owned = conversation && store ? { conversation, store } : null;
+  const storeExchange = owned
+    ? async (message: Message) => {
+      const answer = messageText(message);
+      // An answer with no text (only tool calls, say) cannot be replayed as a plain turn.
+      if (answer === "") return false;
+      const exchange: [Turn, Turn] = [
+        { role: "user", content: chat.message! },
+        { role: "assistant", content: answer },
+      ];
+      const result = await owned.store.append(input.keyId, owned.conversation.id, exchange);
+      return result.status === "stored";
+    }
+    : undefined;
+
+  const view = createChatView({
+    format: format === "json" ? "text" : format,
+    withStats: input.withStats,
+    requestId: input.requestId,
+    conversationId,
+    onComplete: storeExchange,
+    onCompleteError: (error) =>
+      deps.logger.warn("storing a conversation turn failed", {
+        id: input.requestId,
+        error: String(error),
+      }),
+  });
+  const call = await startCall({
+    upstream: deps.upstream,
+    clock: deps.clock,
+    logger: deps.logger,
+    startedAt: input.startedAt,
+    endpoint: "/chat",
+    requestId: input.requestId,
+    model: String(body.model),
+    keyId: input.keyId,
+    observer: format === "json" ? undefined : view.observer,
+    request: {
+      body: encodeJson(body),
+      stream: body.stream === true,
+      anthropicVersion: input.anthropicVersion,
+      anthropicBeta: input.anthropicBeta,
+      authStyle: input.authStyle,
+      fixture: input.fixture,
+    },
+    clientSignal: input.clientSignal,
+  });
+  deps.record(call.finished);
+
+  const headers = new Headers(call.headers);
+  headers.set("x-sluice-request-id", input.requestId);
+  if (conversationId) headers.set("x-sluice-conversation-id", conversationId);
+  if (call.kind === "stream") {
+    for (const [key, value] of Object.entries(STREAM_HEADERS)) headers.set(key, value);
+    headers.set("content-type", CONTENT_TYPES[format === "json" ? "text" : format]);
+    return new Response(view.body(call), { status: call.status, headers });
+  }
+
+  // A whole body: an upstream error (passed on in Anthropic's shape), or a non-streamed answer.
+  headers.set("content-type", CONTENT_TYPES.json);
+  const message = call.status < 300 ? parseMessage(call.body) : null;
+  if (!message) return new Response(call.body, { status: call.status, headers });
+  const done = await chatDone(call, input.requestId, conversationId, null);
+  if (storeExchange) {
+    try {
+      done.stored = await storeExchange(message);
+    } catch (error) {
+      deps.logger.warn("storing a conversation turn failed", {
+        id: input.requestId,
+        error: String(error),
+      });
+      done.stored = false;
+    }
+  }
+  return new Response(JSON.stringify(chatJsonAnswer(message, done)), {
+    status: call.status,
+    headers,
+  });
+}

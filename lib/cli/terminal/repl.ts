@@ -1,0 +1,200 @@
+/**
+ * The terminal client's loop: prompt, send, stream the answer, print the stats, repeat. All
+ * input and output go through {@link TerminalIO}, so the loop runs the same in a terminal
+ * (lib/cli/chat.ts) and in a test with a scripted input.
+ */
+import type { ChatClientOptions } from "./client.ts";
+import { ChatApiError, createConversation, streamChat } from "./client.ts";
+import type { ChatDone } from "../../chat/encoding.ts";
+import type { Styles } from "./terminal.ts";
+import { isQuit, SPINNER_CLEAR, spinnerFrame, statsText, styles } from "./terminal.ts";
+
+/** What the loop reads from and writes to. */
+export interface TerminalIO {
+  /** The next line typed, without its newline; null at end of input (Ctrl-D). */
+  readLine(): Promise<string | null>;
+  write(text: string): void;
+  /** Calls `handler` on each Ctrl-C (SIGINT) until the returned function is called. */
+  onInterrupt(handler: () => void): () => void;
+}
+
+/** Options for {@link runChat}. */
+export interface RunChatOptions extends ChatClientOptions {
+  io: TerminalIO;
+  color: boolean;
+  /** Animate a spinner until the first token (terminals only). */
+  spinner: boolean;
+  model?: string;
+  system?: string;
+  /** Spinner frame interval, in ms. */
+  spinnerMs?: number;
+  /** Milliseconds for telling signals apart; `performance.now` by default. */
+  now?: () => number;
+}
+
+const DOUBLE_SIGNAL_MS = 250;
+
+/**
+ * Runs the chat until the user leaves. Returns the exit code: 0 after quit/exit/Ctrl-D, 1 when
+ * sluice cannot be reached at start.
+ */
+export async function runChat(options: RunChatOptions): Promise<number> {
+  const { io } = options;
+  const s = styles(options.color);
+  const client: ChatClientOptions = { url: options.url, key: options.key, fetch: options.fetch };
+
+  // A conversation on the server keeps the history; without one (no KV there), we keep it here.
+  let conversationId: string | null;
+  try {
+    conversationId = await createConversation(client, { system: options.system });
+  } catch (error) {
+    io.write(s.error(`cannot start a conversation at ${options.url}: ${describe(error)}`) + "\n");
+    return 1;
+  }
+  const local: { role: "user" | "assistant"; content: string }[] = [];
+
+  io.write(
+    `${s.claude("sluice chat")} ${s.dim(`· ${options.url}`)}\n` +
+      s.dim("Type a message. Ctrl-C stops an answer; quit, exit or Ctrl-D leaves.") + "\n\n",
+  );
+
+  let current: AbortController | null = null;
+  let interruptsAtPrompt = 0;
+  let wake: (() => void) | null = null;
+  const now = options.now ?? (() => performance.now());
+  let lastInterrupt = -Infinity;
+  const stop = io.onInterrupt(() => {
+    // One Ctrl-C can arrive twice: the terminal signals the whole foreground group, and
+    // `deno task` also forwards it to its child. Signals this close together are one key press.
+    const at = now();
+    if (at - lastInterrupt < DOUBLE_SIGNAL_MS) return;
+    lastInterrupt = at;
+    if (current) {
+      current.abort();
+      return;
+    }
+    // At the prompt: a first Ctrl-C explains, a second one in a row leaves.
+    interruptsAtPrompt++;
+    if (interruptsAtPrompt >= 2) {
+      wake?.();
+      return;
+    }
+    io.write(`\n${s.dim("(Ctrl-C again, quit or Ctrl-D to leave)")}\n${s.you("You:")} `);
+  });
+
+  try {
+    for (;;) {
+      io.write(`${s.you("You:")} `);
+      const line = await Promise.race([
+        io.readLine(),
+        new Promise<null>((resolve) => (wake = () => resolve(null))),
+      ]);
+      wake = null;
+      if (line === null || isQuit(line)) {
+        io.write(`${line === null ? "\n" : ""}Goodbye!\n`);
+        return 0;
+      }
+      interruptsAtPrompt = 0;
+      const message = line.trim();
+      if (message === "") continue;
+
+      current = new AbortController();
+      try {
+        const request = conversationId
+          ? { message, conversation_id: conversationId, model: options.model }
+          : {
+            messages: [...local, { role: "user", content: message }],
+            model: options.model,
+            system: options.system,
+          };
+        let answer = "";
+        const done = await answerOnce(options, s, client, request, current.signal, (text) => {
+          answer += text;
+        }).catch(async (error) => {
+          // The server forgot the conversation (expired): start a new one and ask again, once.
+          if (error instanceof ChatApiError && error.status === 404 && conversationId) {
+            io.write(s.dim("(the conversation expired; starting a new one)") + "\n");
+            conversationId = await createConversation(client, { system: options.system });
+            if (conversationId) {
+              return await answerOnce(
+                options,
+                s,
+                client,
+                {
+                  message,
+                  conversation_id: conversationId,
+                  model: options.model,
+                },
+                current!.signal,
+                (text) => (answer += text),
+              );
+            }
+          }
+          throw error;
+        });
+        if (!conversationId) {
+          local.push({ role: "user", content: message }, { role: "assistant", content: answer });
+        }
+        io.write(`${s.dim(statsText(done))}\n\n`);
+      } catch (error) {
+        if (current.signal.aborted) {
+          io.write(`${s.dim("[stopped]")}\n\n`);
+        } else {
+          io.write(`${s.error(`[error] ${describe(error)}`)}\n\n`);
+        }
+      } finally {
+        current = null;
+      }
+    }
+  } finally {
+    stop();
+  }
+}
+
+/** Streams one answer to the terminal: label, spinner until the first token, text, newline. */
+async function answerOnce(
+  options: RunChatOptions,
+  s: Styles,
+  client: ChatClientOptions,
+  request: Parameters<typeof streamChat>[1],
+  signal: AbortSignal,
+  collect: (text: string) => void,
+): Promise<ChatDone> {
+  const { io } = options;
+  io.write(`${s.claude("Claude:")} `);
+  let frame = 0;
+  let spinning = options.spinner;
+  let timer: ReturnType<typeof setInterval> | undefined;
+  if (spinning) {
+    io.write(spinnerFrame(frame++));
+    timer = setInterval(() => io.write(spinnerFrame(frame++)), options.spinnerMs ?? 80);
+  }
+  const stopSpinner = () => {
+    if (!spinning) return;
+    spinning = false;
+    clearInterval(timer);
+    io.write(SPINNER_CLEAR);
+  };
+  let last = "";
+  try {
+    return await streamChat(client, request, {
+      signal,
+      onText(text) {
+        stopSpinner();
+        io.write(s.answer(text));
+        collect(text);
+        last = text;
+      },
+    });
+  } finally {
+    stopSpinner();
+    // The answer (or the marker after it) ends on its own line.
+    if (!last.endsWith("\n")) io.write("\n");
+  }
+}
+
+function describe(error: unknown): string {
+  if (error instanceof ChatApiError) return `${error.type}: ${error.message}`;
+  if (error instanceof TypeError) return `cannot reach sluice (${error.message})`;
+  return error instanceof Error ? error.message : String(error);
+}

@@ -1,0 +1,245 @@
+/**
+ * Forwards any Messages API call that is not a message (`count_tokens`, batches, files, models,
+ * and whatever `/v1/*` path the API adds next): the caller's method, path, query string, body
+ * and API headers go upstream through the same SDK client as messages, with the server's key;
+ * the answer comes back with its status and the headers a client acts on.
+ *
+ * Bodies stream both ways: a large upload is sent upstream as it arrives and a download (a file's
+ * content, a batch's JSONL results) reaches the client chunk by chunk, so neither is held in
+ * memory. Only small bodies are read whole: a request body of at most {@link BUFFER_BYTES} (so
+ * the SDK can retry it) and a JSON answer (so a body cut mid-answer becomes a clear 502 rather
+ * than a truncated document). No accumulator: these calls produce no tokens and no time to first
+ * token; each is recorded with its endpoint, status, outcome and time to its answer.
+ */
+import type { Clock } from "../clock.ts";
+import { SluiceError } from "../errors.ts";
+import type { Logger } from "../log.ts";
+import { unreadBody } from "./messages_call.ts";
+import { clientHeaders, upstreamHeaders } from "./pass_headers.ts";
+import { type RequestSummary, tokenUsage } from "../stats/request_summary.ts";
+import { readBody } from "../stream/sse.ts";
+import type { Upstream, UpstreamMethod } from "./upstream.ts";
+
+/** Request bodies up to this size are read whole, so the SDK can retry them (1 MiB). */
+export const BUFFER_BYTES = 1024 * 1024;
+
+const METHODS: readonly string[] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+
+/** Options for {@link forward}. */
+export interface ForwardOptions {
+  upstream: Upstream;
+  clock: Clock;
+  logger: Logger;
+  /** The caller's request (its body is read here, once). */
+  request: Request;
+  /** Request arrival on `clock`. */
+  startedAt: number;
+  requestId: string;
+  keyId?: string;
+  authStyle?: "bearer" | "x-api-key";
+  /**
+   * The upstream's base URL. A batch names its results by an absolute `results_url` on the
+   * upstream, which the SDK then fetches; sluice points it at itself, or the caller would go
+   * around sluice with a gateway key the API does not know.
+   */
+  upstreamBaseUrl?: string;
+}
+
+/** The client's response, and the request's summary once its body has been sent. */
+export interface Forwarded {
+  response: Response;
+  finished: Promise<RequestSummary>;
+}
+
+/** Sends the caller's request upstream and returns the upstream's answer for the client. */
+export async function forward(options: ForwardOptions): Promise<Forwarded> {
+  const { request, clock, startedAt } = options;
+  const url = new URL(request.url);
+  const method = request.method.toUpperCase();
+  if (!METHODS.includes(method)) {
+    throw new SluiceError(405, "not_found_error", `sluice does not forward ${method} requests`);
+  }
+  const path = checkedPath(url);
+  const endpoint = endpointLabel(method, url.pathname);
+  const controller = new AbortController();
+  const onClientGone = () => controller.abort();
+  request.signal.addEventListener("abort", onClientGone, { once: true });
+  const unwatch = () => request.signal.removeEventListener("abort", onClientGone);
+
+  const summary = (fields: Partial<RequestSummary>): RequestSummary => ({
+    id: options.requestId,
+    endpoint,
+    streaming: false,
+    model: null,
+    outcome: "ok",
+    status: 200,
+    retries: 0,
+    startedAt,
+    ttftMs: null,
+    totalMs: clock.now() - startedAt,
+    upstreamTtftMs: null,
+    usage: tokenUsage(undefined),
+    stopReason: null,
+    events: {},
+    keyId: options.keyId,
+    ...fields,
+  });
+
+  let sent;
+  try {
+    sent = await options.upstream.send({
+      method: method as UpstreamMethod,
+      path,
+      body: await requestBody(request),
+      stream: false,
+      headers: upstreamHeaders(request.headers),
+      authStyle: options.authStyle,
+      signal: controller.signal,
+    });
+  } catch (error) {
+    unwatch();
+    if (!controller.signal.aborted) throw error;
+    const gone = summary({ outcome: "client_aborted", status: 499 });
+    return { response: new Response(null, { status: 499 }), finished: Promise.resolve(gone) };
+  }
+  const { response, retries } = sent;
+  const id = response.headers.get("request-id") ?? options.requestId;
+  const headers = clientHeaders(response.headers);
+  const outcomeOf = (body?: Uint8Array) =>
+    response.ok ? "ok" : errorTypeOf(body) ?? `http_${response.status}`;
+
+  if (/json/i.test(response.headers.get("content-type") ?? "") || !response.body) {
+    try {
+      let body = await readBody(response.body, options.upstream.streamPolicy.idleTimeoutMs);
+      unwatch();
+      if (options.upstreamBaseUrl && endpoint.includes("/v1/messages/batches")) {
+        body = pointResultsAtSluice(body, options.upstreamBaseUrl, url.origin);
+      }
+      const done = summary({ id, status: response.status, retries, outcome: outcomeOf(body) });
+      return {
+        response: new Response(body, { status: response.status, headers }),
+        finished: Promise.resolve(done),
+      };
+    } catch (error) {
+      unwatch();
+      options.logger.warn("upstream body failed", { id, error: String(error) });
+      const unread = unreadBody(error, id);
+      headers.set("content-type", "application/json");
+      return {
+        response: Response.json(unread.body, { status: unread.status, headers }),
+        finished: Promise.resolve(
+          summary({ id, status: unread.status, retries, outcome: "incomplete" }),
+        ),
+      };
+    }
+  }
+
+  // Any other body (a file's content, a batch's JSONL results) is handed over untouched, so Deno
+  // pipes it to the client without JavaScript touching a chunk: watching its end here would
+  // copy every chunk through a JS stream (a 100 MB download left ~65 MB of garbage at peak,
+  // tests/upload_memory_test.ts). So the call is recorded when its headers arrive.
+  unwatch();
+  return {
+    response: new Response(response.body, { status: response.status, headers }),
+    finished: Promise.resolve(
+      summary({ id, status: response.status, retries, outcome: outcomeOf() }),
+    ),
+  };
+}
+
+/**
+ * The path and query string to send upstream, exactly as the caller wrote them. Percent-encoded
+ * slashes, backslashes and dots are refused: the URL parser has already resolved literal `..`
+ * segments, and an encoded one must not let a caller walk the upstream's path with the server's
+ * key.
+ */
+function checkedPath(url: URL): string {
+  // `/v1/models/..` and `/v1/models/%2e%2e` arrive here already resolved to `/v1/`: the API has
+  // nothing there, so nothing is sent.
+  if (/^\/v1\/?$/.test(url.pathname)) {
+    throw new SluiceError(404, "not_found_error", `no API endpoint at ${url.pathname}`);
+  }
+  if (/%(2f|5c|2e)/i.test(url.pathname)) {
+    throw new SluiceError(
+      400,
+      "invalid_request_error",
+      "the path holds an encoded slash, backslash or dot; sluice does not forward it",
+    );
+  }
+  return url.pathname + url.search;
+}
+
+/** The caller's body: none, bytes when small enough to retry, else the stream itself. */
+async function requestBody(
+  request: Request,
+): Promise<Uint8Array | ReadableStream<Uint8Array> | null> {
+  if (!request.body || request.method === "GET" || request.method === "DELETE") return null;
+  const length = Number(request.headers.get("content-length") ?? NaN);
+  if (Number.isFinite(length) && length <= BUFFER_BYTES) {
+    return new Uint8Array(await request.arrayBuffer());
+  }
+  return request.body;
+}
+
+/** The API's endpoints, as stats labels: ids become `:id`, so the label set stays small. */
+const ENDPOINTS: [RegExp, string][] = [
+  [/^\/v1\/messages\/count_tokens$/, "/v1/messages/count_tokens"],
+  [/^\/v1\/messages\/batches$/, "/v1/messages/batches"],
+  [/^\/v1\/messages\/batches\/[^/]+$/, "/v1/messages/batches/:id"],
+  [/^\/v1\/messages\/batches\/[^/]+\/cancel$/, "/v1/messages/batches/:id/cancel"],
+  [/^\/v1\/messages\/batches\/[^/]+\/results$/, "/v1/messages/batches/:id/results"],
+  [/^\/v1\/models$/, "/v1/models"],
+  [/^\/v1\/models\/[^/]+$/, "/v1/models/:id"],
+  [/^\/v1\/files$/, "/v1/files"],
+  [/^\/v1\/files\/[^/]+$/, "/v1/files/:id"],
+  [/^\/v1\/files\/[^/]+\/content$/, "/v1/files/:id/content"],
+];
+
+/**
+ * The stats label of a forwarded call: `METHOD:template`, e.g. `GET:/v1/models/:id`; a path the
+ * list does not know is `METHOD:/v1/other` (it is still forwarded; only its label is grouped).
+ */
+export function endpointLabel(method: string, pathname: string): string {
+  const template = ENDPOINTS.find(([pattern]) => pattern.test(pathname))?.[1] ?? "/v1/other";
+  return `${method.toUpperCase()}:${template}`;
+}
+
+/**
+ * `body` with every batch's `results_url` on `upstreamBase` moved to `origin` (sluice), for a
+ * batch or a page of batches; any other body is returned as it is, byte for byte.
+ */
+export function pointResultsAtSluice(
+  body: Uint8Array<ArrayBuffer>,
+  upstreamBase: string,
+  origin: string,
+): Uint8Array<ArrayBuffer> {
+  const text = new TextDecoder().decode(body);
+  if (!text.includes('"results_url"')) return body;
+  const from = upstreamBase.replace(/\/+$/, "") + "/";
+  let json;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    return body;
+  }
+  const batches = Array.isArray(json?.data) ? json.data : [json];
+  let changed = false;
+  for (const batch of batches) {
+    const results = batch?.results_url;
+    if (typeof results === "string" && results.startsWith(from)) {
+      batch.results_url = origin + "/" + results.slice(from.length);
+      changed = true;
+    }
+  }
+  return changed ? new TextEncoder().encode(JSON.stringify(json)) : body;
+}
+
+function errorTypeOf(body?: Uint8Array): string | null {
+  if (!body) return null;
+  try {
+    const type = JSON.parse(new TextDecoder().decode(body))?.error?.type;
+    return typeof type === "string" ? type : null;
+  } catch {
+    return null;
+  }
+}
