@@ -4,7 +4,7 @@
  * must work through sluice as it works against the API. It runs with a throwaway HOME and working
  * folder, nonessential traffic off, and nothing else from the environment, so it reaches only
  * 127.0.0.1. What it sends (one `POST /v1/messages?beta=true` with eight betas and a ~49 KB body
- * holding a `role: "system"` message) is written up in the pull request of issue 11.
+ * holding a `role: "system"` message) is described in docs/clients.md.
  */
 import assert from "node:assert/strict";
 import {
