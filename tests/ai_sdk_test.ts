@@ -16,7 +16,7 @@ import {
   startFixtureUpstream,
   TEST_SERVER_KEY,
 } from "./helpers.ts";
-import { ownConnections } from "./client_tools.ts";
+import { ownConnections } from "./helpers.ts";
 
 /** `streamText` (its text stream's parts) and `generateText` against `baseUrl`. */
 async function aiSdkCalls(

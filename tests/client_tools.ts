@@ -95,16 +95,3 @@ export function serveTapped(app: { fetch: (request: Request) => Response | Promi
 export function headerValues(headers: Headers, name: string): string[] {
   return (headers.get(name) ?? "").split(",").map((v) => v.trim()).filter(Boolean).sort();
 }
-
-/**
- * A `fetch` on its own connection pool, and `close` to drop its kept-alive connections. Under
- * Deno 2.5, a server's graceful shutdown waited ~90 s for the connections some clients (LangChain,
- * the AI SDK) leave open on the global pool; the client tests close theirs before the servers.
- */
-export function ownConnections(): { fetch: typeof globalThis.fetch; close(): void } {
-  const client = Deno.createHttpClient({});
-  return {
-    fetch: (input, init) => fetch(input, { ...init, client }),
-    close: () => client.close(),
-  };
-}

@@ -325,3 +325,18 @@ export async function startMain(env: Record<string, string>) {
   const status = await child.status;
   throw new Error(`main.ts exited (${status.code}) before listening: ${seen}`);
 }
+
+/**
+ * A `fetch` on its own connection pool, and `close` to drop its kept-alive connections. Under
+ * Deno 2.5, a server's graceful shutdown waited ~90 s for the connections some clients (LangChain,
+ * the AI SDK) leave open on the global pool; the client tests close theirs before the servers.
+ */
+export function ownConnections(
+  options: Deno.CreateHttpClientOptions = {},
+): { fetch: typeof globalThis.fetch; close(): void } {
+  const client = Deno.createHttpClient(options);
+  return {
+    fetch: (input, init) => fetch(input, { ...init, client }),
+    close: () => client.close(),
+  };
+}

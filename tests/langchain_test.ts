@@ -5,7 +5,7 @@
 import { ChatAnthropic } from "@langchain/anthropic";
 import assert from "node:assert/strict";
 import { liveApp, serveOnLoopback, startFixtureUpstream, TEST_SERVER_KEY } from "./helpers.ts";
-import { ownConnections } from "./client_tools.ts";
+import { ownConnections } from "./helpers.ts";
 
 /** `.stream()` (each chunk's text) and `.invoke()` (the message's text) against `baseUrl`. */
 async function langchainCalls(baseUrl: string, fetch: typeof globalThis.fetch) {
