@@ -162,6 +162,38 @@ export function startFakeUpstream(
   };
 }
 
+/**
+ * A fake upstream that answers `POST /v1/messages` from the project's fixtures: the one the
+ * request's model names (`fixture/NAME`), else `fallback` (for clients whose model cannot be
+ * chosen freely). A streamed request gets the fixture's SSE bytes, a non-streamed one its JSON.
+ */
+export function startFixtureUpstream(
+  options: { fallback?: string; chunkSize?: number } = {},
+): FakeUpstream {
+  return startFakeUpstream(async (request, seen) => {
+    const set = await projectFixtures();
+    const body = JSON.parse(seen.body || "{}");
+    const named = /^fixture\/(.+)$/.exec(String(body.model))?.[1];
+    const fixture = set.fixtures.get(named ?? options.fallback ?? set.defaultFixture);
+    if (!fixture || request.method !== "POST" || !seen.path.startsWith("/v1/messages")) {
+      return Response.json(
+        { type: "error", error: { type: "not_found_error", message: "no fixture" } },
+        { status: 404 },
+      );
+    }
+    if (fixture.http) {
+      return Response.json(fixture.http.body, {
+        status: fixture.http.status,
+        headers: fixture.http.headers,
+      });
+    }
+    if (body.stream) return sseResponse(fixture.sse!, { chunkSize: options.chunkSize ?? 13 });
+    return new Response(fixture.json ?? "{}", {
+      headers: { "content-type": "application/json", "request-id": "req_fake_json" },
+    });
+  });
+}
+
 /** Serves `bytes` as an SSE response, `chunkSize` bytes at a time. */
 export function sseResponse(
   bytes: Uint8Array,
@@ -296,4 +328,19 @@ export async function startMain(env: Record<string, string>) {
   }
   const status = await child.status;
   throw new Error(`main.ts exited (${status.code}) before listening: ${seen}`);
+}
+
+/**
+ * A `fetch` on its own connection pool, and `close` to drop its kept-alive connections. Under
+ * Deno 2.5, a server's graceful shutdown waited ~90 s for the connections some clients (LangChain,
+ * the AI SDK) leave open on the global pool; the client tests close theirs before the servers.
+ */
+export function ownConnections(
+  options: Deno.CreateHttpClientOptions = {},
+): { fetch: typeof globalThis.fetch; close(): void } {
+  const client = Deno.createHttpClient(options);
+  return {
+    fetch: (input, init) => fetch(input, { ...init, client }),
+    close: () => client.close(),
+  };
 }

@@ -2,6 +2,7 @@
  * The `openai` SDK's client for tests that reach sluice (or a fake upstream) over loopback.
  */
 import OpenAI from "openai";
+import { ownConnections } from "./helpers.ts";
 
 /**
  * An OpenAI client for `url` whose connections are never pooled. The SDK stops reading a stream
@@ -12,12 +13,7 @@ export function openaiClient(
   url: string,
   apiKey: string,
 ): { client: OpenAI; close(): void } {
-  const http = Deno.createHttpClient({ poolMaxIdlePerHost: 0 });
-  const client = new OpenAI({
-    baseURL: `${url}/v1`,
-    apiKey,
-    maxRetries: 0,
-    fetch: (input, init) => fetch(input, { ...init, client: http }),
-  });
-  return { client, close: () => http.close() };
+  const http = ownConnections({ poolMaxIdlePerHost: 0 });
+  const client = new OpenAI({ baseURL: `${url}/v1`, apiKey, maxRetries: 0, fetch: http.fetch });
+  return { client, close: http.close };
 }

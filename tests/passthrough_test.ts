@@ -8,6 +8,7 @@ import Anthropic, { toFile } from "@anthropic-ai/sdk";
 import {
   type FakeUpstream,
   liveApp,
+  ownConnections,
   type SeenRequest,
   serveOnLoopback,
   sseResponse,
@@ -269,7 +270,14 @@ Deno.test("the official SDK's batches calls work through sluice, results streame
   const gate = new Promise<void>((resolve) => (openGate = resolve));
   const upstream: FakeUpstream = startFakeUpstream(fakeBatches(gate, () => upstream.url));
   const sluice = serveOnLoopback(liveApp(upstream.url));
-  const client = new Anthropic({ apiKey: GATEWAY_KEY, baseURL: sluice.url, maxRetries: 0 });
+  // Its own pool, closed first: Deno 2.5's server shutdown waits ~90 s on kept-alive connections.
+  const http = ownConnections();
+  const client = new Anthropic({
+    apiKey: GATEWAY_KEY,
+    baseURL: sluice.url,
+    maxRetries: 0,
+    fetch: http.fetch,
+  });
   try {
     const created = await client.messages.batches.create({
       requests: [0, 1].map((i) => ({
@@ -298,7 +306,7 @@ Deno.test("the official SDK's batches calls work through sluice, results streame
     );
 
     // Results: read the JSONL body directly, to see the first line before the second is sent.
-    const response = await fetch(`${sluice.url}/v1/messages/batches/msgbatch_01/results`, {
+    const response = await http.fetch(`${sluice.url}/v1/messages/batches/msgbatch_01/results`, {
       headers: { "x-api-key": GATEWAY_KEY },
     });
     assert.equal(response.status, 200);
@@ -327,6 +335,7 @@ Deno.test("the official SDK's batches calls work through sluice, results streame
       assert.ok(!`${seen.headers.get("x-api-key")}`.includes(GATEWAY_KEY));
     }
   } finally {
+    http.close();
     await sluice.close();
     await upstream.close();
   }
@@ -364,7 +373,14 @@ Deno.test("files upload as multipart and download streamed through sluice, byte 
     return Response.json({ data: [], has_more: false, first_id: null, last_id: null });
   }, { readBodies: false });
   const sluice = serveOnLoopback(liveApp(upstream.url));
-  const client = new Anthropic({ apiKey: GATEWAY_KEY, baseURL: sluice.url, maxRetries: 0 });
+  // Its own pool, closed first: Deno 2.5's server shutdown waits ~90 s on kept-alive connections.
+  const http = ownConnections();
+  const client = new Anthropic({
+    apiKey: GATEWAY_KEY,
+    baseURL: sluice.url,
+    maxRetries: 0,
+    fetch: http.fetch,
+  });
   try {
     const file = await client.beta.files.upload({
       file: await toFile(content, "data.bin", { type: "application/octet-stream" }),
@@ -382,6 +398,7 @@ Deno.test("files upload as multipart and download streamed through sluice, byte 
     assert.equal((await client.beta.files.delete("file_01")).type, "file_deleted");
     await client.beta.files.list();
   } finally {
+    http.close();
     await sluice.close();
     await upstream.close();
   }

@@ -5,34 +5,10 @@
  */
 import Anthropic from "@anthropic-ai/sdk";
 import assert from "node:assert/strict";
-import {
-  clean,
-  liveApp,
-  projectFixtures,
-  serveOnLoopback,
-  sseResponse,
-  startFakeUpstream,
-} from "./helpers.ts";
+import { clean, liveApp, serveOnLoopback, startFixtureUpstream } from "./helpers.ts";
 
 /** A fake upstream that serves the fixture named by the request's model: `fixture/NAME`. */
-async function fixtureUpstream() {
-  const set = await projectFixtures();
-  return startFakeUpstream(async (request) => {
-    const body = await request.json();
-    const name = String(body.model).replace(/^fixture\//, "");
-    const fixture = set.fixtures.get(name)!;
-    if (fixture.http) {
-      return Response.json(fixture.http.body, {
-        status: fixture.http.status,
-        headers: fixture.http.headers,
-      });
-    }
-    if (body.stream) return sseResponse(fixture.sse!, { chunkSize: 13 });
-    return new Response(fixture.json ?? "{}", {
-      headers: { "content-type": "application/json", "request-id": "req_fake_json" },
-    });
-  });
-}
+const fixtureUpstream = () => startFixtureUpstream();
 
 function startSluice(upstreamUrl: string) {
   return serveOnLoopback(liveApp(upstreamUrl));
