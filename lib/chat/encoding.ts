@@ -3,7 +3,8 @@
  * streaming. Pure functions; chat_view.ts drives them.
  *
  * SSE events (each `data` is one line of JSON):
- * - `start` `{request_id, conversation_id}` once, first;
+ * - `start` `{request_id, conversation_id, stream_id?}` once, first (`stream_id` when the stream
+ *   is resumable, lib/chat/resume.ts; every event then has an `id:` line);
  * - `text` `{text}` for each piece of the answer;
  * - `done` {@link ChatDone} once, last, when the answer completed;
  * - `error` `{type:"error", error:{type, message}}` (Anthropic's shape) instead of `done` when
