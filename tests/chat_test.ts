@@ -418,6 +418,8 @@ Deno.test("with SLUICE_ON_DISCONNECT=abort, a client that leaves mid-answer abor
 
 Deno.test("/chat's SSE view passes the tap's keep-alives on while the upstream is silent", async () => {
   const { kv, chat } = await chatApp({
+    // The stream stalls for ever: the test's cancel must end it, not leave it to be finished.
+    env: { SLUICE_ON_DISCONNECT: "abort" },
     pace: { ttftMs: 0, tokensPerSecond: 1, speed: 1 },
     sleep: stallingSleep,
     keepAliveMs: 5,
