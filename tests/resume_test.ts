@@ -12,7 +12,12 @@ import { memorySink } from "../lib/stats/request_summary.ts";
 import type { SseEvent } from "../lib/stream/sse.ts";
 import { decodeAll } from "../lib/stream/sse.ts";
 import { EventAccumulator } from "../lib/stream/accumulator.ts";
-import { CUT_MESSAGE } from "../lib/chat/resume.ts";
+import {
+  CHUNK_BYTES,
+  createStreamWriter,
+  CUT_MESSAGE,
+  openResumedStream,
+} from "../lib/chat/resume.ts";
 import { FIXTURES_DIR, readFixture, seededRandom, startMain, testConfig } from "./helpers.ts";
 
 /**
@@ -550,5 +555,47 @@ Deno.test("kill -9 of the instance mid-answer: another instance sends what was b
     });
   } finally {
     await instances.close();
+  }
+});
+
+Deno.test("a stream larger than one KV value is stored in chunks under the limit and read back whole", async () => {
+  const kv = await Deno.openKv(":memory:");
+  try {
+    const writer = createStreamWriter({
+      kv,
+      owner: "owner",
+      clock: manualClock(Date.now()),
+      logger: silentLogger,
+      settings: { ttlMs: 60_000, flushMs: 1, staleMs: 10_000 },
+      meta: { requestId: "r", startedAt: 0, model: null, conversationId: null, message: null },
+    });
+    const random = seededRandom(5);
+    const sent: Uint8Array[] = [];
+    for (let i = 0; i < 400; i++) {
+      // Events of 1 to ~2 KB, with multi-byte text: about 400 KB in all.
+      const text = "é✓".repeat(1 + Math.floor(random() * 400));
+      sent.push(writer.push(`event: text\ndata: ${JSON.stringify({ text })}\n\n`));
+    }
+    sent.push(writer.push(`event: done\ndata: {}\n\n`));
+    writer.end();
+    await writer.flushed();
+    const chunks = await Array.fromAsync(kv.list<{ bytes: Uint8Array }>({
+      prefix: ["sluice", "streams", "owner", writer.id, "chunk"],
+    }));
+    assert.ok(chunks.length > 1);
+    for (const chunk of chunks) assert.ok(chunk.value.bytes.length <= CHUNK_BYTES);
+    const resumed = await openResumedStream({
+      kv,
+      owner: "owner",
+      id: writer.id,
+      after: 0,
+      clock: manualClock(Date.now()),
+      settings: { ttlMs: 60_000, flushMs: 1, staleMs: 10_000 },
+      keepAliveMs: 0,
+      logger: silentLogger,
+    });
+    assert.deepEqual(new Uint8Array(await new Response(resumed).arrayBuffer()), concat(sent));
+  } finally {
+    kv.close();
   }
 });
