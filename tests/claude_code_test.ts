@@ -7,8 +7,10 @@
  * holding a `role: "system"` message) is described in docs/clients.md.
  */
 import assert from "node:assert/strict";
+import { accumulate } from "./sdk_agreement.ts";
 import {
   liveApp,
+  readFixture,
   replayApp,
   serveOnLoopback,
   startFixtureUpstream,
@@ -41,13 +43,17 @@ async function askClaude(baseUrl: string) {
   }
 }
 
-Deno.test("Claude Code in print mode gets an answer from sluice in replay mode, with no key", async () => {
+Deno.test("Claude Code in print mode gets the answer its prompt asks for from sluice in replay mode, with no key", async () => {
   const sluice = serveOnLoopback(await replayApp());
   try {
     const run = await askClaude(sluice.url);
     assert.equal(run.code, 0, `claude exited ${run.code}: ${run.stdout}${run.stderr}`);
-    assert.ok(run.stdout.trim().length > 0, "claude printed no answer");
     assert.doesNotMatch(run.stdout, /API Error/);
+    // Its request enables adaptive thinking and holds the prompt in a user turn followed by a
+    // system message: replay still reads the prompt and answers with the three-word recording.
+    const expected = accumulate([await readFixture("three-words.sse")]).message!;
+    const text = expected.content.map((b) => b.type === "text" ? b.text : "").join("");
+    assert.equal(run.stdout.trim(), text.trim());
   } finally {
     await sluice.close();
   }
