@@ -101,7 +101,9 @@ Deno.test("cut /chat streams end the same way: an error event for SSE, a failed 
       const { app, signals, records } = await setup(lifecycle);
       const response = await app.request("http://sluice.test/chat", {
         method: "POST",
-        headers: { "content-type": "application/json", accept },
+        // The page and the terminal client send this; under the default (finish) the upstream
+        // call is read to its end instead of being stopped.
+        headers: { "content-type": "application/json", accept, "x-sluice-on-disconnect": "abort" },
         body: JSON.stringify({ message: "hi" }),
       });
       const reader = response.body!.getReader();

@@ -171,9 +171,12 @@ async function send(text) {
         : { message: text, conversation_id: conversationId };
       const model = modelInput.value.trim();
       if (model) request.model = model;
+      // Stop means stop: the answer is not finished and stored after the page lets go of it.
+      const chatHeaders = headers("text/event-stream");
+      chatHeaders["x-sluice-on-disconnect"] = "abort";
       response = await fetch("/chat", {
         method: "POST",
-        headers: headers("text/event-stream"),
+        headers: chatHeaders,
         body: JSON.stringify(request),
         signal: controller.signal,
       });

@@ -98,9 +98,12 @@ export async function streamChat(
   request: ChatRequest | { messages: unknown[]; model?: string; system?: string },
   handlers: StreamChatHandlers,
 ): Promise<ChatDone> {
+  const chatHeaders = headers(options, "text/event-stream");
+  // Ctrl-C means stop: the answer is not finished and stored after the client lets go of it.
+  chatHeaders.set("x-sluice-on-disconnect", "abort");
   const response = await (options.fetch ?? fetch)(endpoint(options, "chat"), {
     method: "POST",
-    headers: headers(options, "text/event-stream"),
+    headers: chatHeaders,
     body: JSON.stringify(request),
     signal: handlers.signal,
   });
