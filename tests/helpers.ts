@@ -339,8 +339,12 @@ export function ownConnections(
   options: Deno.CreateHttpClientOptions = {},
 ): { fetch: typeof globalThis.fetch; close(): void } {
   const client = Deno.createHttpClient(options);
-  return {
-    fetch: (input, init) => fetch(input, { ...init, client }),
-    close: () => client.close(),
-  };
+  // `Response` on the function tells the official SDK which Response class this fetch returns;
+  // without it the SDK's first upload probes with `fetch("data:,")` and never reads that body,
+  // which Deno's resource sanitizer reports as a leak in whichever test uploads first.
+  const ownFetch = Object.assign(
+    (input: RequestInfo | URL, init?: RequestInit) => fetch(input, { ...init, client }),
+    { Response },
+  );
+  return { fetch: ownFetch, close: () => client.close() };
 }
