@@ -35,6 +35,7 @@ import { conversationsRoute } from "../routes/conversations.ts";
 import { pageRoute } from "../routes/page.ts";
 import { statsRoute } from "../routes/stats.ts";
 import { isStatsSource, refusalSummary } from "./stats/stats.ts";
+import { LiveStreams } from "./chat/resume.ts";
 
 /** What the app is built from. */
 export interface AppDeps {
@@ -60,6 +61,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     clock,
     logger,
     kv: deps.kv,
+    streams: deps.kv ? { kv: deps.kv, live: new LiveStreams() } : undefined,
     draining: () => deps.lifecycle?.draining ?? false,
     lifecycle: deps.lifecycle,
     record(summary) {
@@ -174,6 +176,7 @@ function mountHardening(app: Hono<AppEnv>, deps: AppDeps) {
         // Resuming a stream, and a request's own disconnect policy.
         "last-event-id",
         "x-sluice-on-disconnect",
+        "x-sluice-resumable",
         ...STAINLESS_HEADERS,
       ],
       exposeHeaders: [

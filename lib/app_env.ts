@@ -8,6 +8,7 @@ import type { Logger } from "./log.ts";
 import type { RequestSummary } from "./stats/request_summary.ts";
 import type { Lifecycle } from "./http/shutdown.ts";
 import type { Upstream } from "./proxy/upstream.ts";
+import type { ResumableStreams } from "./chat/resume.ts";
 
 /** Hono environment of sluice's app. */
 export interface AppEnv {
@@ -28,6 +29,8 @@ export interface RouteDeps {
   record(summary: Promise<RequestSummary>): void;
   /** Deno KV, when the app has one (stats, conversations, limits). */
   kv?: Deno.Kv;
+  /** Resumable streams (with KV): `/chat`'s SSE answers and `/v1/messages` that opt in. */
+  streams?: ResumableStreams;
   /** Whether the process is shutting down (main.ts gives a lifecycle; tests may not). */
   draining(): boolean;
   /** Graceful shutdown, for streams that end themselves when it cuts them. */

@@ -3,35 +3,21 @@
  */
 import { Hono } from "hono";
 import type { AppEnv, RouteDeps } from "../lib/app_env.ts";
-import { type ChatStreams, handleChat } from "../lib/chat/chat.ts";
+import { handleChat } from "../lib/chat/chat.ts";
 import { statsRequested } from "../lib/chat/encoding.ts";
-import { type ConversationStore, conversationStoreFor } from "../lib/chat/conversations.ts";
-import {
-  type CutStream,
-  isStreamId,
-  LiveStreams,
-  openResumedStream,
-  parseEventId,
-} from "../lib/chat/resume.ts";
+import { conversationStoreFor } from "../lib/chat/conversations.ts";
+import { isStreamId, openResumedStream, parseEventId } from "../lib/chat/resume.ts";
+import { recordCut } from "../lib/chat/record_cut.ts";
 import { SluiceError } from "../lib/errors.ts";
-import { tokenUsage } from "../lib/stats/request_summary.ts";
-import { ON_DISCONNECT_HEADER } from "../lib/proxy/call_http.ts";
+import { disconnectPolicy, ON_DISCONNECT_HEADER } from "../lib/proxy/call_http.ts";
 
 /**
- * A request's own disconnect policy: a client whose Stop button means "stop paying" sends
- * `x-sluice-on-disconnect: abort`; anything else leaves `SLUICE_ON_DISCONNECT` in charge.
+ * Mounts `POST /chat` and, with Deno KV, `GET /chat/streams/{id}`, which resumes `/chat`'s SSE
+ * answers and the `/v1/messages` streams that asked for it (`x-sluice-resumable`) alike.
  */
-function disconnectPolicy(value: string | undefined): "finish" | "abort" | undefined {
-  const policy = value?.trim().toLowerCase();
-  return policy === "finish" || policy === "abort" ? policy : undefined;
-}
-
-/** Mounts `POST /chat` and, with Deno KV, `GET /chat/streams/{id}`. */
 export function chatRoute(deps: RouteDeps): Hono<AppEnv> {
   const store = conversationStoreFor(deps);
-  const streams: ChatStreams | undefined = deps.kv
-    ? { kv: deps.kv, live: new LiveStreams() }
-    : undefined;
+  const streams = deps.streams;
   const app = new Hono<AppEnv>();
   app.post("/chat", async (c) =>
     await handleChat(deps, store, {
@@ -99,41 +85,4 @@ export function chatRoute(deps: RouteDeps): Hono<AppEnv> {
     });
   });
   return app;
-}
-
-/**
- * A stream whose writer died: its conversation gets the buffered part of the answer, marked
- * incomplete, and the stats a request with outcome `incomplete` (the dead instance recorded
- * nothing; its usage is unknown here and counts as 0).
- */
-async function recordCut(
-  deps: RouteDeps,
-  store: ConversationStore | undefined,
-  keyId: string,
-  { head, partialText }: CutStream,
-): Promise<void> {
-  const now = deps.clock.now();
-  deps.record(Promise.resolve({
-    id: head.requestId,
-    endpoint: "/chat",
-    streaming: true,
-    model: head.model,
-    outcome: "incomplete",
-    status: 200,
-    retries: 0,
-    startedAt: head.startedAt,
-    ttftMs: null,
-    totalMs: now - head.startedAt,
-    upstreamTtftMs: null,
-    usage: tokenUsage(undefined),
-    stopReason: null,
-    events: {},
-    keyId,
-  }));
-  // An empty assistant turn could not be sent upstream again: then nothing is stored.
-  if (!store || !head.conversationId || head.message === null || partialText === "") return;
-  await store.append(keyId, head.conversationId, [
-    { role: "user", content: head.message },
-    { role: "assistant", content: partialText, incomplete: true },
-  ]);
 }

@@ -9,8 +9,11 @@ import type { AppEnv, RouteDeps } from "../lib/app_env.ts";
 import { startCall } from "../lib/proxy/messages_call.ts";
 import {
   callContext,
+  disconnectPolicy,
   ON_DISCONNECT_HEADER,
   respondWithCall,
+  RESUMABLE_HEADER,
+  resumableRequested,
   upstreamRequestOf,
 } from "../lib/proxy/call_http.ts";
 import { jsonBody, requireJsonContentType } from "../lib/http/validate.ts";
@@ -30,15 +33,35 @@ export function messagesRoute(deps: RouteDeps): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
   app.post("/v1/messages", requireJsonContentType(), jsonBody(messagesBody), async (c) => {
     const body = c.req.valid("json");
+    const resumable = resumableRequested(deps, c.req.header(RESUMABLE_HEADER)) &&
+      body.stream === true;
+    // A resumable stream that stopped when its client left would have nothing left to resume:
+    // it finishes unless the caller says abort. Otherwise the SDKs' semantics: abort at once.
+    const policy = disconnectPolicy(c.req.header(ON_DISCONNECT_HEADER)) ??
+      (resumable ? "finish" : "abort");
     const raw = new Uint8Array(await c.req.arrayBuffer());
+    const context = callContext(deps, c);
     const call = await startCall({
-      ...callContext(deps, c),
+      ...context,
       endpoint: "/v1/messages",
       model: body.model ?? null,
       request: upstreamRequestOf(c, raw, body.stream === true),
     });
     return respondWithCall(deps, call, {
-      finishOnDisconnect: c.req.header(ON_DISCONNECT_HEADER)?.trim().toLowerCase() === "finish",
+      finishOnDisconnect: policy === "finish",
+      resume: resumable
+        ? {
+          owner: context.keyId,
+          meta: {
+            endpoint: "/v1/messages",
+            requestId: context.requestId,
+            startedAt: context.startedAt,
+            model: body.model ?? null,
+            conversationId: null,
+            message: null,
+          },
+        }
+        : undefined,
     });
   });
   return app;

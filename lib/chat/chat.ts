@@ -16,7 +16,7 @@ import type { Conversation, ConversationStore, Turn } from "./conversations.ts";
 import { SluiceError } from "../errors.ts";
 import type { Message } from "../stream/accumulator.ts";
 import { startCall } from "../proxy/messages_call.ts";
-import type { LiveStreams, StreamWriter } from "./resume.ts";
+import type { ResumableStreams, StreamWriter } from "./resume.ts";
 import { createStreamWriter } from "./resume.ts";
 
 /** What `/chat` needs from the HTTP request. */
@@ -40,12 +40,6 @@ export interface ChatInput {
   onDisconnect?: "finish" | "abort";
 }
 
-/** Where resumable SSE streams are kept (only with Deno KV). */
-export interface ChatStreams {
-  kv: Deno.Kv;
-  live: LiveStreams;
-}
-
 /** Response headers that keep proxies from buffering or rewriting a streamed answer. */
 const STREAM_HEADERS = {
   "cache-control": "no-cache, no-transform",
@@ -65,7 +59,7 @@ export async function handleChat(
   deps: RouteDeps,
   store: ConversationStore | undefined,
   input: ChatInput,
-  streams?: ChatStreams,
+  streams?: ResumableStreams,
 ): Promise<Response> {
   const chat = parseChatBody(input.bodyText);
   let conversation: Conversation | null = null;
@@ -118,6 +112,7 @@ export async function handleChat(
       logger: deps.logger,
       settings: deps.config.resume,
       meta: {
+        endpoint: "/chat",
         requestId: input.requestId,
         startedAt: input.startedAt,
         model: String(body.model),

@@ -7,7 +7,12 @@
  * - `["sluice", "streams", owner, id, "head"]` → {@link StreamHead}: how many events and chunks
  *   are stored, whether the answer is still being written, and the writer's last sign of life;
  * - `["sluice", "streams", owner, id, "chunk", n]` → {@link StreamChunk}: consecutive events as
- *   UTF-8 bytes (at most {@link CHUNK_BYTES}, under KV's 64 KiB value limit) and where each ends.
+ *   UTF-8 bytes (at most {@link CHUNK_BYTES}, under KV's 64 KiB value limit) and where each ends;
+ *   an event larger than that (a `/v1/messages` event is the upstream's, whatever its size) is
+ *   split over `partial` chunks.
+ *
+ * The same streams serve `/chat` (its small events) and `/v1/messages` with `x-sluice-resumable`
+ * (the upstream's events, each with an `id:` line added); the head says which (`endpoint`).
  *
  * The writer is off the byte path: `push` is synchronous (the client's bytes are enqueued
  * without waiting on KV), and events are written in batches, one atomic commit (chunks + head)
@@ -18,6 +23,7 @@
  */
 import type { Clock } from "../clock.ts";
 import type { Logger } from "../log.ts";
+import type { SseEvent } from "../stream/sse.ts";
 import { decodeAll, KEEP_ALIVE_COMMENT } from "../stream/sse.ts";
 import { errorPayload, sseEvent } from "./encoding.ts";
 
@@ -58,6 +64,10 @@ export interface StreamHead {
   beatAt: number;
   /** When a finished stream stops being resumable; null while live. */
   expiresAt: number | null;
+  /** The last chunk ends inside an event (the rest of it was not stored yet). */
+  open?: boolean;
+  /** The route that started it: `/chat` (absent in heads written before) or `/v1/messages`. */
+  endpoint?: string;
   requestId: string;
   startedAt: number;
   model: string | null;
@@ -66,18 +76,29 @@ export interface StreamHead {
   message: string | null;
 }
 
-/** Consecutive events: event `first + i` is `bytes[ends[i-1] ?? 0 .. ends[i]]`. */
+/**
+ * Consecutive events: event `first + i` is `bytes[ends[i-1] ?? 0 .. ends[i]]`. A `partial` chunk
+ * holds only a piece of event `first` (its `ends` is empty); the event goes on in the next chunk,
+ * whose first event is the same `first`.
+ */
 export interface StreamChunk {
   first: number;
   ends: number[];
   bytes: Uint8Array;
+  partial?: boolean;
 }
 
 /** What a stream is started with. */
 export type StreamMeta = Pick<
   StreamHead,
-  "requestId" | "startedAt" | "model" | "conversationId" | "message"
+  "requestId" | "startedAt" | "model" | "conversationId" | "message" | "endpoint"
 >;
+
+/** Where this app's resumable streams are kept (only with Deno KV), shared by its routes. */
+export interface ResumableStreams {
+  kv: Deno.Kv;
+  live: LiveStreams;
+}
 
 function headKey(owner: string, id: string): Deno.KvKey {
   return [...PREFIX, owner, id, "head"];
@@ -102,8 +123,11 @@ export function parseEventId(value: string): number | null {
 /** The writing side of one stream. */
 export interface StreamWriter {
   readonly id: string;
-  /** Numbers an SSE event, buffers it for KV, and returns it with its `id:` line. Synchronous. */
-  push(event: string): Uint8Array;
+  /**
+   * Numbers an SSE event (its text, or its bytes as they came), buffers it for KV, and returns
+   * it with its `id:` line first. Synchronous.
+   */
+  push(event: string | Uint8Array): Uint8Array;
   /** The final event was pushed: write what is left now, and mark the stream ended. */
   end(): void;
   /** Resolves once everything pushed so far is in KV (or failed to be). */
@@ -133,6 +157,7 @@ export function createStreamWriter(options: StreamWriterOptions): StreamWriter {
   let seq = 0;
   let chunks = 0;
   let stored = 0;
+  let open = false;
   let pending: Uint8Array[] = [];
   let ended = false;
   let finalWritten = false;
@@ -162,6 +187,19 @@ export function createStreamWriter(options: StreamWriterOptions): StreamWriter {
       if (lost) return;
       const op = kv.atomic().check({ key: headKey(owner, id), versionstamp: version });
       for (let n = 0; n < CHUNKS_PER_COMMIT && pending.length > 0; n++) {
+        if (pending[0].length > CHUNK_BYTES) {
+          // An event too large for one value: its head goes alone, the rest waits its turn.
+          const piece = pending[0].subarray(0, CHUNK_BYTES);
+          pending[0] = pending[0].subarray(CHUNK_BYTES);
+          const chunk: StreamChunk = { first: stored + 1, ends: [], bytes: piece, partial: true };
+          op.set(chunkKey(owner, id, chunks++), chunk, {
+            expireIn: settings.ttlMs + CHUNK_GRACE_MS,
+          });
+          writes.bytes += piece.length;
+          open = true;
+          continue;
+        }
+        open = false;
         const ends: number[] = [];
         let size = 0;
         let count = 0;
@@ -192,6 +230,7 @@ export function createStreamWriter(options: StreamWriterOptions): StreamWriter {
         ...meta,
         seq: stored,
         chunks,
+        ...(open ? { open } : {}),
         state: last ? "ended" : "live",
         beatAt: now,
         expiresAt: last ? now + settings.ttlMs : null,
@@ -218,7 +257,14 @@ export function createStreamWriter(options: StreamWriterOptions): StreamWriter {
     id,
     writes,
     push(event) {
-      const bytes = encoder.encode(`id: ${++seq}\n${event}`);
+      let bytes: Uint8Array;
+      if (typeof event === "string") bytes = encoder.encode(`id: ${++seq}\n${event}`);
+      else {
+        const idLine = encoder.encode(`id: ${++seq}\n`);
+        bytes = new Uint8Array(idLine.length + event.length);
+        bytes.set(idLine);
+        bytes.set(event, idLine.length);
+      }
       if (ended) return bytes; // nothing after the final event is stored
       pending.push(bytes);
       if (seq === 1) {
@@ -249,8 +295,8 @@ export function createStreamWriter(options: StreamWriterOptions): StreamWriter {
 /** What a resumed stream reports when its writer died; see {@link openResumedStream}. */
 export interface CutStream {
   head: StreamHead;
-  /** The text of the answer's buffered `text` events. */
-  partialText: string;
+  /** The buffered events (the final `error` event not included). */
+  events: SseEvent[];
 }
 
 /** Options for {@link openResumedStream}. */
@@ -316,7 +362,12 @@ export async function openResumedStream(
               controller.close();
               return;
             }
-            const { first: start, ends, bytes } = entry.value;
+            const { first: start, ends, bytes, partial } = entry.value;
+            if (partial) {
+              // The start of one large event: sent as it is, the rest follows in the next chunk.
+              if (start > last) parts.push(bytes);
+              continue;
+            }
             for (let i = 0; i < ends.length; i++) {
               if (start + i <= last) continue;
               parts.push(bytes.subarray(i === 0 ? 0 : ends[i - 1], ends[i]));
@@ -372,17 +423,25 @@ export async function openResumedStream(
   async function declareCut(entry: Deno.KvEntry<StreamHead>): Promise<void> {
     const value = entry.value;
     const now = clock.now();
+    // Cut inside a large event: a blank line ends it (as the tap ends an upstream cut mid-event),
+    // so it counts as one event and the error event after it has an id of its own.
+    const closing = value.open ? 1 : 0;
     const event = new TextEncoder().encode(
-      `id: ${value.seq + 1}\n` +
+      (closing ? "\n\n" : "") + `id: ${value.seq + 1 + closing}\n` +
         sseEvent(
           "error",
           errorPayload("api_error", CUT_MESSAGE),
         ),
     );
-    const chunk: StreamChunk = { first: value.seq + 1, ends: [event.length], bytes: event };
+    const chunk: StreamChunk = {
+      first: value.seq + 1,
+      ends: closing ? [2, event.length] : [event.length],
+      bytes: event,
+    };
+    const { open: _open, ...rest } = value;
     const next: StreamHead = {
-      ...value,
-      seq: value.seq + 1,
+      ...rest,
+      seq: value.seq + 1 + closing,
       chunks: value.chunks + 1,
       state: "cut",
       expiresAt: now + settings.ttlMs,
@@ -396,7 +455,7 @@ export async function openResumedStream(
     try {
       await options.onCut({
         head: next,
-        partialText: await storedText(kv, owner, id, value.chunks),
+        events: await storedEvents(kv, owner, id, value.chunks),
       });
     } catch (error) {
       options.logger.warn("recording a cut stream failed", { id, error: String(error) });
@@ -409,21 +468,19 @@ function expired(head: StreamHead, now: number): boolean {
   return head.expiresAt !== null && head.expiresAt <= now;
 }
 
-/** The text of a stream's stored `text` events (chunks 0..count-1). */
-async function storedText(kv: Deno.Kv, owner: string, id: string, count: number): Promise<string> {
-  let text = "";
+/** The events of a stream's chunks 0..count-1 (a piece of an event at the end is left out). */
+async function storedEvents(
+  kv: Deno.Kv,
+  owner: string,
+  id: string,
+  count: number,
+): Promise<SseEvent[]> {
+  const parts: Uint8Array[] = [];
   for await (const entry of kv.list<StreamChunk>({ prefix: [...PREFIX, owner, id, "chunk"] })) {
     if (Number(entry.key.at(-1)) >= count) break;
-    for (const event of decodeAll(entry.value.bytes)) {
-      if (event.event !== "text") continue;
-      try {
-        text += String(JSON.parse(event.data).text ?? "");
-      } catch {
-        // not one of ours; skip it
-      }
-    }
+    parts.push(entry.value.bytes);
   }
-  return text;
+  return decodeAll(concat(parts));
 }
 
 function encodeEvent(name: string, message: string): Uint8Array {

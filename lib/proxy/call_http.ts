@@ -8,6 +8,9 @@ import type { AppEnv, RouteDeps } from "../app_env.ts";
 import type { Call } from "./messages_call.ts";
 import { upstreamHeaders } from "./pass_headers.ts";
 import type { UpstreamRequest } from "./upstream.ts";
+import { createStreamWriter, type StreamMeta } from "../chat/resume.ts";
+import { SluiceError } from "../errors.ts";
+import { resumableStream } from "./resumable_stream.ts";
 
 /** SSE response headers that stop proxies from buffering or transforming the stream. */
 export const SSE_HEADERS: Readonly<Record<string, string>> = {
@@ -61,17 +64,53 @@ export function callContext(deps: RouteDeps, c: Context<AppEnv>) {
 export function respondWithCall(
   deps: RouteDeps,
   call: Call,
-  options: { finishOnDisconnect?: boolean } = {},
+  options: RespondOptions = {},
 ): Response {
   deps.record(call.finished);
   if (call.kind === "json") {
     return new Response(call.body, { status: call.status, headers: call.headers });
   }
-  // Only when asked for: the default path stays the tap itself, with no layer added.
-  const stream = options.finishOnDisconnect ? finishOnCancel(call.stream) : call.stream;
+  let stream = call.stream;
+  if (options.resume && deps.streams) {
+    const { live, kv } = deps.streams;
+    const writer = createStreamWriter({
+      kv,
+      owner: options.resume.owner,
+      clock: deps.clock,
+      logger: deps.logger,
+      settings: deps.config.resume,
+      meta: options.resume.meta,
+      onEnd: () => live.delete(writer.id),
+    });
+    live.add(writer);
+    call.headers.set("x-sluice-stream-id", writer.id);
+    stream = resumableStream(stream, {
+      writer,
+      finishOnDisconnect: options.finishOnDisconnect ?? false,
+      onError: (error) =>
+        deps.logger.warn("reading a stream after its client left failed", {
+          id: options.resume?.meta.requestId,
+          error: String(error),
+        }),
+    });
+  } else if (options.finishOnDisconnect) {
+    // Only when asked for: the default path stays the tap itself, with no layer added.
+    stream = finishOnCancel(stream);
+  }
   deps.lifecycle?.adopt(stream, call.finished);
   for (const [key, value] of Object.entries(SSE_HEADERS)) call.headers.set(key, value);
   return new Response(stream, { status: call.status, headers: call.headers });
+}
+
+/** Options for {@link respondWithCall}. */
+export interface RespondOptions {
+  /** Read the answer to its end when the client leaves (`x-sluice-on-disconnect: finish`). */
+  finishOnDisconnect?: boolean;
+  /**
+   * Make a streamed answer resumable (`x-sluice-resumable`, needs `deps.streams`): its events
+   * get `id:` lines and are buffered in KV under `owner` (the caller's key id).
+   */
+  resume?: { owner: string; meta: StreamMeta };
 }
 
 /**
@@ -80,6 +119,45 @@ export function respondWithCall(
  * the SDKs' semantics hold: a client that leaves aborts the upstream call at once.
  */
 export const ON_DISCONNECT_HEADER = "x-sluice-on-disconnect";
+
+/**
+ * A request's own disconnect policy: a client whose Stop button means "stop paying" sends
+ * `x-sluice-on-disconnect: abort`, one that wants its answer whole sends `finish`; anything else
+ * leaves the route's default in charge.
+ */
+export function disconnectPolicy(value: string | undefined): "finish" | "abort" | undefined {
+  const policy = value?.trim().toLowerCase();
+  return policy === "finish" || policy === "abort" ? policy : undefined;
+}
+
+/**
+ * The header a `/v1/messages` caller sends to make its stream resumable
+ * (`x-sluice-resumable: true`): every event gets an `id:` line and is buffered in KV for
+ * `GET /chat/streams/{id}`. Without it the bytes are the upstream's, unchanged.
+ */
+export const RESUMABLE_HEADER = "x-sluice-resumable";
+
+/**
+ * Whether a request asked for a resumable stream. A value that is not a yes or a no is a 400
+ * (a caller that meant to resume must not find out after losing its connection); asking for one
+ * without Deno KV is a 503.
+ */
+export function resumableRequested(deps: RouteDeps, value: string | undefined): boolean {
+  if (value === undefined) return false;
+  const v = value.trim().toLowerCase();
+  if (/^(0|false|no|off)$/.test(v)) return false;
+  if (!/^(1|true|yes|on)$/.test(v)) {
+    throw new SluiceError(
+      400,
+      "invalid_request_error",
+      `${RESUMABLE_HEADER} must be true or false, not ${JSON.stringify(value.slice(0, 40))}`,
+    );
+  }
+  if (!deps.streams) {
+    throw new SluiceError(503, "api_error", "resumable streams need Deno KV, which is not set up");
+  }
+  return true;
+}
 
 /**
  * `stream` for a client whose leaving must not stop it: a cancel reads the rest of `stream` to
