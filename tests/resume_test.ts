@@ -3,148 +3,28 @@
  * resumable `/chat` streams (`GET /chat/streams/{id}`), in process and across real processes.
  */
 import assert from "node:assert/strict";
-import { createApp } from "../lib/app.ts";
 import { manualClock } from "../lib/clock.ts";
 import { silentLogger } from "../lib/log.ts";
-import { createReplayFetch, loadFixtures } from "../lib/replay/replay.ts";
-import { createUpstream } from "../lib/proxy/upstream.ts";
-import { memorySink } from "../lib/stats/request_summary.ts";
-import type { SseEvent } from "../lib/stream/sse.ts";
 import { decodeAll } from "../lib/stream/sse.ts";
-import { EventAccumulator } from "../lib/stream/accumulator.ts";
 import {
   CHUNK_BYTES,
   createStreamWriter,
   CUT_MESSAGE,
   openResumedStream,
 } from "../lib/chat/resume.ts";
-import { FIXTURES_DIR, readFixture, seededRandom, startMain, testConfig } from "./helpers.ts";
-
-/**
- * A replay sleep run by the test, not by time: each paced chunk takes one unit of allowance,
- * and waits while there is none. The upstream's progress is then exactly what the test allows.
- */
-function gatedSleep() {
-  let allowance = Infinity;
-  const waiters: Array<() => void> = [];
-  const release = () => {
-    while (allowance > 0 && waiters.length > 0) {
-      allowance--;
-      waiters.shift()!();
-    }
-  };
-  return {
-    sleep(ms: number): Promise<void> {
-      if (ms <= 0) return Promise.resolve();
-      if (allowance > 0 && waiters.length === 0) {
-        allowance--;
-        return Promise.resolve();
-      }
-      return new Promise((resolve) => waiters.push(resolve));
-    },
-    /** Lets `n` more chunks through (Infinity: all). */
-    allow(n: number) {
-      allowance = n;
-      release();
-    },
-  };
-}
-
-async function resumeApp(
-  env: Record<string, string> = {},
-  clock = undefined as
-    | ReturnType<typeof manualClock>
-    | undefined,
-) {
-  const gate = gatedSleep();
-  const replay = createReplayFetch(await loadFixtures(FIXTURES_DIR), {
-    // Every chunk is paced (a wait above 0), so each goes through the gate.
-    pace: { ttftMs: 1, tokensPerSecond: 1000, speed: 1 },
-    sleep: (ms) => gate.sleep(ms),
-  });
-  const upstream = createUpstream({
-    mode: "replay",
-    apiKey: "replay",
-    baseURL: "http://replay.test",
-    maxRetries: 0,
-    fetch: replay,
-  });
-  const kv = await Deno.openKv(":memory:");
-  const stats = memorySink();
-  const app = createApp({
-    config: testConfig({ SLUICE_API_KEYS: "key-one,key-two", SLUICE_RESUME_FLUSH_MS: "1", ...env }),
-    upstream,
-    logger: silentLogger,
-    stats,
-    kv,
-    clock,
-  });
-  const request = (path: string, init: RequestInit & { key?: string } = {}) => {
-    const headers = new Headers(init.headers);
-    headers.set("x-api-key", init.key ?? "key-one");
-    return app.request(path, { ...init, headers });
-  };
-  const chat = (body: unknown, init: { key?: string; headers?: Record<string, string> } = {}) =>
-    request("/chat", {
-      method: "POST",
-      key: init.key,
-      headers: { "content-type": "application/json", accept: "text/event-stream", ...init.headers },
-      body: JSON.stringify(body),
-    });
-  return { app, kv, stats, gate, request, chat };
-}
-
-/** The text of a fixture's answer, from its bytes. */
-async function expectedText(fixture: string): Promise<string> {
-  const accumulator = new EventAccumulator();
-  for (const event of decodeAll(await readFixture(`${fixture}.sse`))) accumulator.push(event);
-  return (accumulator.end().message?.content ?? [])
-    .map((block) => (block.type === "text" ? block.text : ""))
-    .join("");
-}
-
-function textOf(events: SseEvent[]): string {
-  return events.filter((e) => e.event === "text").map((e) => JSON.parse(e.data).text).join("");
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return out;
-}
-
-/** Reads a body until at least `bytes` bytes came, then drops the connection; returns those bytes. */
-async function readThenCut(
-  response: Response,
-  bytes: number,
-  beforeCut = () => {},
-): Promise<Uint8Array> {
-  const reader = response.body!.getReader();
-  const parts: Uint8Array[] = [];
-  let seen = 0;
-  while (seen < bytes) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    parts.push(value);
-    seen += value.length;
-  }
-  beforeCut();
-  await reader.cancel();
-  // The client has the first `bytes` bytes only: the rest of the last chunk never arrived.
-  return concat(parts).subarray(0, bytes);
-}
-
-async function eventually(predicate: () => boolean | Promise<boolean>, what: string) {
-  for (let i = 0; i < 400; i++) {
-    if (await predicate()) return;
-    await new Promise((r) => setTimeout(r, 5));
-  }
-  assert.fail(`timed out waiting for ${what}`);
-}
+import { readFixture, seededRandom } from "./helpers.ts";
+import {
+  concat,
+  eventually,
+  expectedText,
+  expectedUsage,
+  post,
+  readEvents,
+  readThenCut,
+  resumeApp,
+  textOf,
+  twoInstances,
+} from "./resume_support.ts";
 
 Deno.test("a /chat client cut at a random byte and resuming after a random delay gets the whole answer exactly once", async (t) => {
   const { kv, gate, chat, request } = await resumeApp();
@@ -295,8 +175,9 @@ Deno.test("/v1/messages aborts at once when its client leaves, unless it asked t
       method: "POST",
       headers: { "content-type": "application/json", ...headers },
       body: JSON.stringify({
-        model: "claude-opus-4-5",
-        max_tokens: 64,
+        // The fixture's own model and room for its whole answer: replay then sends it as recorded.
+        model: "claude-sonnet-5-5",
+        max_tokens: 1024,
         stream: true,
         messages: [{ role: "user", content: "Tell me about sluice" }],
       }),
@@ -313,18 +194,30 @@ Deno.test("/v1/messages aborts at once when its client leaves, unless it asked t
       },
     );
 
-    await t.step("with x-sluice-on-disconnect: finish, the answer is read to its end", async () => {
-      await readThenCut(await send({ "x-sluice-on-disconnect": "finish" }), 600);
-      await eventually(() => stats.records.length === 2, "the stats record");
-      assert.equal(stats.records[1].outcome, "ok");
-      assert.ok(stats.records[1].usage.output_tokens > stats.records[0].usage.output_tokens);
-    });
+    await t.step(
+      "with x-sluice-on-disconnect: finish, the upstream call is read to its end and its whole usage recorded",
+      async () => {
+        await readThenCut(await send({ "x-sluice-on-disconnect": "finish" }), 600);
+        await eventually(() => stats.records.length === 2, "the stats record");
+        assert.equal(stats.records[1].outcome, "ok");
+        assert.equal(stats.records[1].stopReason, "end_turn");
+        assert.deepEqual(stats.records[1].usage, await expectedUsage("default"));
+        assert.ok(stats.records[1].usage.output_tokens > stats.records[0].usage.output_tokens);
+      },
+    );
 
-    await t.step("without the header, the bytes are the upstream's (no id lines)", async () => {
-      const body = await (await send()).text();
-      assert.equal(/^id:/m.test(body), false);
-      assert.equal(/^event: message_stop/m.test(body), true);
-    });
+    await t.step(
+      "with or without the header, the bytes are the upstream's, byte for byte",
+      async () => {
+        const fixture = await readFixture("default.sse");
+        const variants: Record<string, string>[] = [{}, { "x-sluice-on-disconnect": "finish" }];
+        for (const headers of variants) {
+          const response = await send(headers);
+          assert.equal(response.headers.get("x-sluice-stream-id"), null);
+          assert.deepEqual(new Uint8Array(await response.arrayBuffer()), fixture);
+        }
+      },
+    );
   } finally {
     gate.allow(Infinity);
     kv.close();
@@ -380,57 +273,6 @@ Deno.test("GET /chat/streams/{id} refuses what it must", async (t) => {
     kv.close();
   }
 });
-
-// ---------------------------------------------------------------------------------------------
-// Real processes sharing one KV file.
-
-async function twoInstances(env: Record<string, string>) {
-  const dir = await Deno.makeTempDir({ dir: new URL(".", import.meta.url).pathname });
-  const shared = {
-    SLUICE_KV_PATH: `${dir}/kv.sqlite3`,
-    SLUICE_API_KEYS: "key-one,key-two",
-    SLUICE_ADMIN_KEY: "admin-key",
-    SLUICE_STATS_WRITE_MS: "0",
-    SLUICE_LOG_LEVEL: "info", // startMain waits for the "listening on" line
-    SLUICE_REPLAY_TTFT_MS: "0",
-    SLUICE_RESUME_FLUSH_MS: "20",
-    ...env,
-  };
-  const a = await startMain(shared);
-  const b = await startMain(shared);
-  return {
-    a,
-    b,
-    async close() {
-      await Promise.allSettled([a.stop(), b.stop()]);
-      await Deno.remove(dir, { recursive: true });
-    },
-  };
-}
-
-function post(url: string, body: unknown): Promise<Response> {
-  return fetch(`${url}/chat`, {
-    method: "POST",
-    headers: {
-      "x-api-key": "key-one",
-      "content-type": "application/json",
-      accept: "text/event-stream",
-    },
-    body: JSON.stringify(body),
-  });
-}
-
-/** Reads events from `reader` until `count` complete events came. */
-async function readEvents(reader: ReadableStreamDefaultReader<Uint8Array>, count: number) {
-  const parts: Uint8Array[] = [];
-  for (;;) {
-    const events = decodeAll(concat(parts));
-    if (events.length >= count) return { events, bytes: concat(parts) };
-    const { value, done } = await reader.read();
-    if (done) return { events, bytes: concat(parts) };
-    parts.push(value);
-  }
-}
 
 Deno.test("a stream started on one instance is resumed on another while it is being written", async () => {
   const instances = await twoInstances({ SLUICE_REPLAY_TOKENS_PER_SECOND: "200" });
@@ -595,6 +437,135 @@ Deno.test("a stream larger than one KV value is stored in chunks under the limit
       logger: silentLogger,
     });
     assert.deepEqual(new Uint8Array(await new Response(resumed).arrayBuffer()), concat(sent));
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("an upstream event larger than one KV value is split over partial chunks and read back whole", async (t) => {
+  const kv = await Deno.openKv(":memory:");
+  const settings = { ttlMs: 60_000, flushMs: 1, staleMs: 10_000 };
+  const meta = {
+    requestId: "r",
+    startedAt: 0,
+    model: null,
+    conversationId: null,
+    message: null,
+    endpoint: "/v1/messages",
+  };
+  const event = (name: string, size: number) =>
+    new TextEncoder().encode(`event: ${name}\ndata: ${JSON.stringify("é".repeat(size))}\n\n`);
+  try {
+    const writer = createStreamWriter({
+      kv,
+      owner: "owner",
+      clock: manualClock(Date.now()),
+      logger: silentLogger,
+      settings,
+      meta,
+    });
+    const sent = [event("a", 10), event("big", 100_000), event("c", 10)].map((e) => writer.push(e));
+    writer.end();
+    await writer.flushed();
+    const resume = async (after: number) =>
+      new Uint8Array(
+        await new Response(
+          await openResumedStream({
+            kv,
+            owner: "owner",
+            id: writer.id,
+            after,
+            clock: manualClock(Date.now()),
+            settings,
+            keepAliveMs: 0,
+            logger: silentLogger,
+          }),
+        ).arrayBuffer(),
+      );
+
+    await t.step("every chunk is under the limit, and one event spans several", async () => {
+      const chunks = await Array.fromAsync(kv.list<{ bytes: Uint8Array; partial?: boolean }>({
+        prefix: ["sluice", "streams", "owner", writer.id, "chunk"],
+      }));
+      assert.ok(chunks.some((chunk) => chunk.value.partial));
+      for (const chunk of chunks) assert.ok(chunk.value.bytes.length <= CHUNK_BYTES);
+    });
+
+    await t.step("read from the start, after it, or after the event before it", async () => {
+      assert.deepEqual(await resume(0), concat(sent));
+      assert.deepEqual(await resume(1), concat(sent.slice(1)));
+      assert.deepEqual(await resume(2), sent[2]);
+      assert.deepEqual(decodeAll(await resume(0)).map((e) => e.id), ["1", "2", "3"]);
+    });
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("a writer that dies inside a large event: the reader ends that event, then sends the cut's error event with an id of its own", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const settings = { ttlMs: 60_000, flushMs: 1, staleMs: 1_000 };
+  // The third commit never returns: the instance died between two commits of one event.
+  const atomic = kv.atomic.bind(kv);
+  let commits = 0;
+  const dead = Object.create(kv) as Deno.Kv;
+  dead.atomic = () => {
+    const op = atomic();
+    const commit = op.commit.bind(op);
+    op.commit = () => (++commits >= 3 ? new Promise(() => {}) : commit());
+    return op;
+  };
+  const clock = manualClock(Date.now());
+  try {
+    const writer = createStreamWriter({
+      kv: dead,
+      owner: "owner",
+      clock,
+      logger: silentLogger,
+      settings,
+      meta: {
+        requestId: "r",
+        startedAt: 0,
+        model: null,
+        conversationId: null,
+        message: null,
+        endpoint: "/v1/messages",
+      },
+    });
+    const first = writer.push(new TextEncoder().encode("event: a\ndata: {}\n\n"));
+    await writer.flushed();
+    // More than the chunks of one commit: the event's head is stored, its tail never is.
+    const big = writer.push(
+      new TextEncoder().encode(`event: big\ndata: ${"x".repeat(CHUNK_BYTES * 10)}\n\n`),
+    );
+    writer.end();
+    await eventually(() => commits >= 3, "the commit that never returns");
+    clock.advance(settings.staleMs + 1);
+    let cuts = 0;
+    const resumed = await openResumedStream({
+      kv,
+      owner: "owner",
+      id: writer.id,
+      after: 0,
+      clock,
+      settings,
+      keepAliveMs: 0,
+      logger: silentLogger,
+      onCut: () => {
+        cuts++;
+        return Promise.resolve();
+      },
+    });
+    const bytes = new Uint8Array(await new Response(resumed).arrayBuffer());
+    const stored = bytes.subarray(first.length, first.length + 8 * CHUNK_BYTES);
+    assert.deepEqual(bytes.subarray(0, first.length), first);
+    assert.deepEqual(stored, big.subarray(0, stored.length));
+    const after = new TextDecoder().decode(bytes.subarray(first.length + stored.length));
+    assert.match(after, /^\n\nid: 3\nevent: error\n/);
+    const last = decodeAll(bytes).at(-1)!;
+    assert.equal(last.id, "3");
+    assert.equal(JSON.parse(last.data).error.message, CUT_MESSAGE);
+    assert.equal(cuts, 1);
   } finally {
     kv.close();
   }

@@ -124,8 +124,9 @@ export function parseEventId(value: string): number | null {
 export interface StreamWriter {
   readonly id: string;
   /**
-   * Numbers an SSE event (its text, or its bytes as they came), buffers it for KV, and returns
-   * it with its `id:` line first. Synchronous.
+   * Numbers an SSE event, buffers it for KV, and returns it with its `id:` line: first in a
+   * string (one of sluice's own events), last in bytes (a whole event as the upstream sent it,
+   * blank line included). Synchronous.
    */
   push(event: string | Uint8Array): Uint8Array;
   /** The final event was pushed: write what is left now, and mark the stream ended. */
@@ -176,9 +177,13 @@ export function createStreamWriter(options: StreamWriterOptions): StreamWriter {
   let heartbeat: ReturnType<typeof setInterval> | undefined;
 
   function flush(): Promise<void> {
-    chain = chain.then(commit).catch((error) =>
-      logger.warn("writing a resumable stream failed", { id, error: String(error) })
-    );
+    chain = chain.then(commit).catch((error) => {
+      // What this commit held is gone, so no later head may claim it: the writer stops, and
+      // readers declare the stream cut once its head goes stale.
+      lost = true;
+      logger.warn("writing a resumable stream failed", { id, error: String(error) });
+      options.onEnd?.();
+    });
     return chain;
   }
 
@@ -189,7 +194,8 @@ export function createStreamWriter(options: StreamWriterOptions): StreamWriter {
       for (let n = 0; n < CHUNKS_PER_COMMIT && pending.length > 0; n++) {
         if (pending[0].length > CHUNK_BYTES) {
           // An event too large for one value: its head goes alone, the rest waits its turn.
-          const piece = pending[0].subarray(0, CHUNK_BYTES);
+          // A copy: KV stores a view's whole underlying buffer, not just the view.
+          const piece = pending[0].slice(0, CHUNK_BYTES);
           pending[0] = pending[0].subarray(CHUNK_BYTES);
           const chunk: StreamChunk = { first: stored + 1, ends: [], bytes: piece, partial: true };
           op.set(chunkKey(owner, id, chunks++), chunk, {
@@ -260,10 +266,16 @@ export function createStreamWriter(options: StreamWriterOptions): StreamWriter {
       let bytes: Uint8Array;
       if (typeof event === "string") bytes = encoder.encode(`id: ${++seq}\n${event}`);
       else {
+        // Bytes are a whole event from the upstream: the id goes after its own fields, before
+        // the blank line that ends it, as the last id of an event is the one a client keeps
+        // (so ours wins over any the upstream sent).
         const idLine = encoder.encode(`id: ${++seq}\n`);
-        bytes = new Uint8Array(idLine.length + event.length);
-        bytes.set(idLine);
-        bytes.set(event, idLine.length);
+        const n = event.length;
+        const blank = n >= 2 && event[n - 2] === 0x0d && event[n - 1] === 0x0a ? 2 : n > 0 ? 1 : 0;
+        bytes = new Uint8Array(idLine.length + n);
+        bytes.set(event.subarray(0, n - blank));
+        bytes.set(idLine, n - blank);
+        bytes.set(event.subarray(n - blank), n - blank + idLine.length);
       }
       if (ended) return bytes; // nothing after the final event is stored
       pending.push(bytes);

@@ -1,6 +1,6 @@
 /**
  * A `/v1/messages` stream that asked to be resumable (`x-sluice-resumable: true`): the tapped
- * upstream bytes as they are, with an `id:` line before each event (the SDKs ignore it), and
+ * upstream bytes as they are, with an `id:` line at the end of each event (the SDKs ignore it), and
  * every event buffered in Deno KV by a {@link StreamWriter} for `GET /chat/streams/{id}`.
  *
  * Events are handed over whole: a chunk that ends inside an event holds that event back until
