@@ -15,8 +15,8 @@ import { createReplayFetch, schedule } from "../lib/replay/replay.ts";
 import type { TokenUsage } from "../lib/stats/request_summary.ts";
 import { tokenUsage } from "../lib/stats/request_summary.ts";
 import { createSseDecoder, decodeAll } from "../lib/stream/sse.ts";
-import type { KvStatsOptions } from "../lib/stats/stats.ts";
-import { createKvStats } from "../lib/stats/stats.ts";
+import type { KvStatsOptions } from "../lib/stats/kv_stats.ts";
+import { createKvStats } from "../lib/stats/kv_stats.ts";
 import { createUpstream } from "../lib/proxy/upstream.ts";
 import { projectFixtures, testConfig } from "./helpers.ts";
 
