@@ -7,7 +7,7 @@ import {
   type SseEvent,
   tapStream,
 } from "../lib/stream/sse.ts";
-import { splitEvents } from "../lib/replay/replay.ts";
+import { splitEvents } from "../lib/replay/pace.ts";
 import { splitEvery, streamOf } from "./helpers.ts";
 
 const enc = (s: string) => new TextEncoder().encode(s);
