@@ -5,8 +5,8 @@ import {
   createSseDecoder,
   decodeAll,
   type SseEvent,
-  tapStream,
 } from "../lib/stream/sse.ts";
+import { tapStream } from "../lib/stream/tap.ts";
 import { splitEvents } from "../lib/replay/pace.ts";
 import { splitEvery, streamOf } from "./helpers.ts";
 
