@@ -1,6 +1,7 @@
 /**
- * Counts the KV writes of one resumable `/chat` SSE answer (the default fixture at the default
- * replay pace), the figures in docs/chat.md. Not a test; run it by hand:
+ * Counts the KV writes of one resumable answer (the default fixture at the default replay pace),
+ * as `/chat` SSE and as `/v1/messages` with `x-sluice-resumable: true`: the figures in
+ * docs/chat.md. Not a test; run it by hand:
  *
  *   deno run --allow-read --allow-env tests/measure_resume_writes.ts
  */
@@ -46,20 +47,37 @@ const upstream = createUpstream({
   fetch: createReplayFetch(await loadFixtures(config.fixturesDir), { pace: config.replay }),
 });
 const app = createApp({ config, upstream, logger: silentLogger, kv });
-const started = performance.now();
-const response = await app.request("/chat", {
-  method: "POST",
-  headers: { accept: "text/event-stream" },
-  body: JSON.stringify({ message: "Tell me about sluice" }),
-});
-const body = await response.text();
-await new Promise((resolve) => setTimeout(resolve, 300)); // the last commit
-console.log(JSON.stringify({
-  answerMs: Math.round(performance.now() - started),
-  responseBytes: new TextEncoder().encode(body).length,
-  events: body.match(/^id:/gm)?.length ?? 0,
-  commits,
-  sets,
-  eventBytes,
-}));
+/** One answer on `path`; what it cost in KV. */
+async function measure(path: string, headers: Record<string, string>, body: unknown) {
+  commits = sets = eventBytes = 0;
+  const started = performance.now();
+  const response = await app.request(path, {
+    method: "POST",
+    headers: { "content-type": "application/json", ...headers },
+    body: JSON.stringify(body),
+  });
+  const text = await response.text();
+  await new Promise((resolve) => setTimeout(resolve, 300)); // the last commit
+  return {
+    path,
+    answerMs: Math.round(performance.now() - started),
+    responseBytes: new TextEncoder().encode(text).length,
+    events: text.match(/^id:/gm)?.length ?? 0,
+    commits,
+    sets,
+    eventBytes,
+  };
+}
+
+console.log(JSON.stringify(
+  await measure("/chat", { accept: "text/event-stream" }, { message: "Tell me about sluice" }),
+));
+console.log(JSON.stringify(
+  await measure("/v1/messages", { "x-sluice-resumable": "true" }, {
+    model: config.defaultModel,
+    max_tokens: 1024,
+    stream: true,
+    messages: [{ role: "user", content: "Tell me about sluice" }],
+  }),
+));
 kv.close();

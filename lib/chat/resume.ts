@@ -16,7 +16,8 @@
  *
  * The writer is off the byte path: `push` is synchronous (the client's bytes are enqueued
  * without waiting on KV), and events are written in batches, one atomic commit (chunks + head)
- * every `flushMs` at most, plus one at once for the first event and one for the last. While the
+ * every `flushMs` at most, plus one right after the first event (a zero timeout, once the
+ * bytes are on their way) and one at once for the last. While the
  * upstream is silent the head is rewritten every `staleMs / 3` as a heartbeat; a reader that
  * sees no sign of life for `staleMs` declares the answer cut (once, by a checked commit), adds
  * the final `error` event to the stream and records the partial answer.
@@ -132,7 +133,7 @@ export interface StreamWriter {
   push(event: string | Uint8Array): Uint8Array;
   /** The final event was pushed: write what is left now, and mark the stream ended. */
   end(): void;
-  /** Resolves once everything pushed so far is in KV (or failed to be). */
+  /** Writes what is pending now; resolves once everything pushed so far is in KV (or failed to be). */
   flushed(): Promise<void>;
   /** KV commits and bytes of events written so far (for the docs' measurements). */
   readonly writes: { commits: number; bytes: number };
@@ -281,7 +282,12 @@ export function createStreamWriter(options: StreamWriterOptions): StreamWriter {
       if (ended) return bytes; // nothing after the final event is stored
       pending.push(bytes);
       if (seq === 1) {
-        flush(); // the head exists as soon as possible
+        // The head exists as soon as possible, but after the event is on its way: a commit
+        // costs ~0.15 ms of this thread (measured), which must not delay the bytes it follows.
+        timer = setTimeout(() => {
+          timer = undefined;
+          flush();
+        }, 0);
         heartbeat = setInterval(() => {
           if (!ended && clock.now() - lastCommitAt >= beatEvery) flush();
         }, beatEvery);
@@ -301,7 +307,16 @@ export function createStreamWriter(options: StreamWriterOptions): StreamWriter {
       timer = undefined;
       if (seq > 0) flush();
     },
-    flushed: () => chain,
+    flushed() {
+      // A resume on this instance wants everything pushed so far: a commit still waiting for its
+      // timer goes now.
+      if (timer !== undefined) {
+        clearTimeout(timer);
+        timer = undefined;
+        flush();
+      }
+      return chain;
+    },
   };
 }
 
