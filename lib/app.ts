@@ -37,6 +37,7 @@ import { statsRoute } from "../routes/stats.ts";
 import { isStatsSource } from "./stats/kv_stats.ts";
 import { refusalSummary } from "./stats/refusal.ts";
 import { LiveStreams } from "./chat/resume.ts";
+import { createCommitBatcher } from "./chat/commit_batch.ts";
 
 /** What the app is built from. */
 export interface AppDeps {
@@ -85,7 +86,9 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     clock,
     logger,
     kv: deps.kv,
-    streams: deps.kv ? { kv: deps.kv, live: new LiveStreams() } : undefined,
+    streams: deps.kv
+      ? { kv: deps.kv, live: new LiveStreams(), batcher: createCommitBatcher(deps.kv) }
+      : undefined,
     draining: () => deps.lifecycle?.draining ?? false,
     lifecycle: deps.lifecycle,
     record(summary) {

@@ -107,6 +107,7 @@ export async function handleChat(
   if (streams && format === "sse") {
     writer = createStreamWriter({
       kv: streams.kv,
+      batcher: streams.batcher,
       owner: input.keyId,
       clock: deps.clock,
       logger: deps.logger,

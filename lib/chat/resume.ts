@@ -28,6 +28,7 @@ import type { SseEvent } from "../stream/sse.ts";
 import { decodeAll } from "../stream/sse.ts";
 import { KEEP_ALIVE_COMMENT } from "../stream/tap.ts";
 import { errorPayload, sseEvent } from "./encoding.ts";
+import { type CommitBatcher, type CommitPart, createCommitBatcher } from "./commit_batch.ts";
 
 const PREFIX = ["sluice", "streams"] as const;
 
@@ -100,6 +101,8 @@ export type StreamMeta = Pick<
 export interface ResumableStreams {
   kv: Deno.Kv;
   live: LiveStreams;
+  /** One commit for the writes of streams that flush together. */
+  batcher: CommitBatcher;
 }
 
 function headKey(owner: string, id: string): Deno.KvKey {
@@ -150,11 +153,14 @@ export interface StreamWriterOptions {
   meta: StreamMeta;
   /** Called once the final commit is done (the live registry forgets the writer). */
   onEnd?: () => void;
+  /** Commits with the instance's other streams (default: a batcher of its own). */
+  batcher?: CommitBatcher;
 }
 
 /** Starts a resumable stream. Its first commit (the head) goes out with the first event. */
 export function createStreamWriter(options: StreamWriterOptions): StreamWriter {
   const { kv, owner, clock, logger, settings, meta } = options;
+  const batcher = options.batcher ?? createCommitBatcher(kv);
   const id = options.id ?? crypto.randomUUID();
   const encoder = new TextEncoder();
   let seq = 0;
@@ -192,7 +198,13 @@ export function createStreamWriter(options: StreamWriterOptions): StreamWriter {
   async function commit(): Promise<void> {
     do {
       if (lost) return;
-      const op = kv.atomic().check({ key: headKey(owner, id), versionstamp: version });
+      const sets: CommitPart["sets"] = [];
+      const op = {
+        set(key: Deno.KvKey, value: unknown, { expireIn }: { expireIn: number }) {
+          sets.push({ key, value, expireIn });
+        },
+      };
+      let partBytes = 0;
       for (let n = 0; n < CHUNKS_PER_COMMIT && pending.length > 0; n++) {
         if (pending[0].length > CHUNK_BYTES) {
           // An event too large for one value: its head goes alone, the rest waits its turn.
@@ -204,6 +216,7 @@ export function createStreamWriter(options: StreamWriterOptions): StreamWriter {
             expireIn: settings.ttlMs + CHUNK_GRACE_MS,
           });
           writes.bytes += piece.length;
+          partBytes += piece.length;
           open = true;
           continue;
         }
@@ -231,6 +244,7 @@ export function createStreamWriter(options: StreamWriterOptions): StreamWriter {
         });
         stored += count;
         writes.bytes += size;
+        partBytes += size;
       }
       const now = clock.now();
       const last = ended && pending.length === 0;
@@ -244,7 +258,11 @@ export function createStreamWriter(options: StreamWriterOptions): StreamWriter {
         expiresAt: last ? now + settings.ttlMs : null,
       };
       op.set(headKey(owner, id), head, { expireIn: settings.ttlMs + settings.staleMs });
-      const result = await op.commit();
+      const result = await batcher.commit({
+        check: { key: headKey(owner, id), versionstamp: version },
+        sets,
+        bytes: partBytes + 500,
+      });
       writes.commits++;
       if (!result.ok) {
         lost = true;
@@ -292,10 +310,12 @@ export function createStreamWriter(options: StreamWriterOptions): StreamWriter {
           if (!ended && clock.now() - lastCommitAt >= beatEvery) flush();
         }, beatEvery);
       } else if (timer === undefined) {
+        // On the instance's common ticks (multiples of flushMs), so that the streams flushing
+        // in the same tick share one commit (commit_batch.ts).
         timer = setTimeout(() => {
           timer = undefined;
           flush();
-        }, settings.flushMs);
+        }, settings.flushMs - (clock.now() % settings.flushMs));
       }
       return bytes;
     },

@@ -72,9 +72,10 @@ export function respondWithCall(
   }
   let stream = call.stream;
   if (options.resume && deps.streams) {
-    const { live, kv } = deps.streams;
+    const { live, kv, batcher } = deps.streams;
     const writer = createStreamWriter({
       kv,
+      batcher,
       owner: options.resume.owner,
       clock: deps.clock,
       logger: deps.logger,
