@@ -12,10 +12,15 @@
  * end of the first `content_block_delta` event (its blank line), which is when an SSE client
  * (the SDKs) can show its text. Every stream is read to its end.
  *
- * Options: --streams 100 --per-worker 2 --rounds 10 (per path) --tokens-per-second 60 (the
- * replay's default pace, about the API's; faster saturates a small machine, and the figure is
- * then its queueing, not buffering) --upstream-ttft-ms 0 (the replay's wait before its first text; 0 puts the first KV commit, made
- * at the first event, right between `message_start` and the first delta: the worst case).
+ * Options:
+ * - `--streams 100`: streams open at once;
+ * - `--per-worker 1`, `--rounds 20` (per path): short rounds, many of them, so that a burst of
+ *   the machine's other load spoils few;
+ * - `--tokens-per-second 60`: the replay's default pace, about the API's (faster saturates a small
+ *   machine, and the figure is then its queueing, not buffering);
+ * - `--upstream-ttft-ms 0`: the replay's wait before its first text. 0 puts the first KV commit,
+ *   made just after the first event, right between `message_start` and the first delta: the
+ *   worst case.
  * The report is markdown on stdout; progress goes to stderr.
  */
 import { parseArgs } from "node:util";
@@ -25,8 +30,8 @@ const { values } = parseArgs({
   args: Deno.args,
   options: {
     streams: { type: "string", default: "100" },
-    "per-worker": { type: "string", default: "2" },
-    rounds: { type: "string", default: "10" },
+    "per-worker": { type: "string", default: "1" },
+    rounds: { type: "string", default: "20" },
     "tokens-per-second": { type: "string", default: "60" },
     "upstream-ttft-ms": { type: "string", default: "0" },
   },
