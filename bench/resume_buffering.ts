@@ -181,9 +181,20 @@ const pooled = (path: (typeof paths)[number]) =>
   quantile([...path.samples].sort((a, b) => a - b), 0.5);
 const added = pooled(paths[1]) - pooled(paths[0]);
 const sortedDiffs = [...roundDiffs].sort((a, b) => a - b);
+const median = quantile(sortedDiffs, 0.5);
+// How finely the rounds resolve the median: their interquartile range over the square root of
+// their number (about the median's standard error). On a busy shared machine it is milliseconds,
+// and then no verdict on a 0.3 ms target can be given.
+const resolution = (quantile(sortedDiffs, 0.75) - quantile(sortedDiffs, 0.25)) /
+  Math.sqrt(sortedDiffs.length);
+const verdict = resolution > 0.3
+  ? `cannot tell: the rounds resolve it to about ±${fmt(resolution)} on this machine now`
+  : median < 0.3
+  ? "met"
+  : "NOT met";
 console.log(
-  `\nAdded p50 TTFT: ${fmt(added)} (pooled); median of the rounds' differences ` +
-    `${fmt(quantile(sortedDiffs, 0.5))} (rounds from ${fmt(sortedDiffs[0])} to ` +
-    `${fmt(sortedDiffs.at(-1)!)}). Target: under 0.3 ms -> ` +
-    `${quantile(sortedDiffs, 0.5) < 0.3 ? "met" : "NOT met"}.`,
+  `\nAdded p50 TTFT: ${fmt(added)} (pooled); median of the rounds' differences ${fmt(median)} ` +
+    `(±${fmt(resolution)}; rounds from ${fmt(sortedDiffs[0])} to ${fmt(sortedDiffs.at(-1)!)}). ` +
+    `Target: under 0.3 ms -> ${verdict}. Added sluice CPU per stream: ` +
+    `${fmt(paths[1].cpuMs / paths[1].samples.length - paths[0].cpuMs / paths[0].samples.length)}.`,
 );

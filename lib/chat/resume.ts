@@ -32,6 +32,8 @@ import { type CommitBatcher, type CommitPart, createCommitBatcher } from "./comm
 
 const PREFIX = ["sluice", "streams"] as const;
 
+const encoder = new TextEncoder();
+
 /** Most bytes of events in one chunk value (KV caps a value at 64 KiB; the rest is headroom). */
 export const CHUNK_BYTES = 60_000;
 
@@ -162,7 +164,6 @@ export function createStreamWriter(options: StreamWriterOptions): StreamWriter {
   const { kv, owner, clock, logger, settings, meta } = options;
   const batcher = options.batcher ?? createCommitBatcher(kv);
   const id = options.id ?? crypto.randomUUID();
-  const encoder = new TextEncoder();
   let seq = 0;
   let chunks = 0;
   let stored = 0;
@@ -199,52 +200,19 @@ export function createStreamWriter(options: StreamWriterOptions): StreamWriter {
     do {
       if (lost) return;
       const sets: CommitPart["sets"] = [];
-      const op = {
-        set(key: Deno.KvKey, value: unknown, { expireIn }: { expireIn: number }) {
-          sets.push({ key, value, expireIn });
-        },
-      };
       let partBytes = 0;
       for (let n = 0; n < CHUNKS_PER_COMMIT && pending.length > 0; n++) {
-        if (pending[0].length > CHUNK_BYTES) {
-          // An event too large for one value: its head goes alone, the rest waits its turn.
-          // A copy: KV stores a view's whole underlying buffer, not just the view.
-          const piece = pending[0].slice(0, CHUNK_BYTES);
-          pending[0] = pending[0].subarray(CHUNK_BYTES);
-          const chunk: StreamChunk = { first: stored + 1, ends: [], bytes: piece, partial: true };
-          op.set(chunkKey(owner, id, chunks++), chunk, {
-            expireIn: settings.ttlMs + CHUNK_GRACE_MS,
-          });
-          writes.bytes += piece.length;
-          partBytes += piece.length;
-          open = true;
-          continue;
-        }
-        open = false;
-        const ends: number[] = [];
-        let size = 0;
-        let count = 0;
-        while (
-          count < pending.length && (count === 0 || size + pending[count].length <= CHUNK_BYTES)
-        ) {
-          size += pending[count].length;
-          ends.push(size);
-          count++;
-        }
-        const bytes = new Uint8Array(size);
-        let at = 0;
-        for (const event of pending.slice(0, count)) {
-          bytes.set(event, at);
-          at += event.length;
-        }
-        pending = pending.slice(count);
-        const chunk: StreamChunk = { first: stored + 1, ends, bytes };
-        op.set(chunkKey(owner, id, chunks++), chunk, {
+        const next = takeChunk(pending, stored + 1);
+        pending = next.rest;
+        stored += next.events;
+        open = next.chunk.partial === true;
+        sets.push({
+          key: chunkKey(owner, id, chunks++),
+          value: next.chunk,
           expireIn: settings.ttlMs + CHUNK_GRACE_MS,
         });
-        stored += count;
-        writes.bytes += size;
-        partBytes += size;
+        writes.bytes += next.chunk.bytes.length;
+        partBytes += next.chunk.bytes.length;
       }
       const now = clock.now();
       const last = ended && pending.length === 0;
@@ -257,7 +225,11 @@ export function createStreamWriter(options: StreamWriterOptions): StreamWriter {
         beatAt: now,
         expiresAt: last ? now + settings.ttlMs : null,
       };
-      op.set(headKey(owner, id), head, { expireIn: settings.ttlMs + settings.staleMs });
+      sets.push({
+        key: headKey(owner, id),
+        value: head,
+        expireIn: settings.ttlMs + settings.staleMs,
+      });
       const result = await batcher.commit({
         check: { key: headKey(owner, id), versionstamp: version },
         sets,
@@ -283,20 +255,7 @@ export function createStreamWriter(options: StreamWriterOptions): StreamWriter {
     id,
     writes,
     push(event) {
-      let bytes: Uint8Array;
-      if (typeof event === "string") bytes = encoder.encode(`id: ${++seq}\n${event}`);
-      else {
-        // Bytes are a whole event from the upstream: the id goes after its own fields, before
-        // the blank line that ends it, as the last id of an event is the one a client keeps
-        // (so ours wins over any the upstream sent).
-        const idLine = encoder.encode(`id: ${++seq}\n`);
-        const n = event.length;
-        const blank = n >= 2 && event[n - 2] === 0x0d && event[n - 1] === 0x0a ? 2 : n > 0 ? 1 : 0;
-        bytes = new Uint8Array(idLine.length + n);
-        bytes.set(event.subarray(0, n - blank));
-        bytes.set(idLine, n - blank);
-        bytes.set(event.subarray(n - blank), n - blank + idLine.length);
-      }
+      const bytes = numbered(++seq, event);
       if (ended) return bytes; // nothing after the final event is stored
       pending.push(bytes);
       if (seq === 1) {
@@ -338,6 +297,57 @@ export function createStreamWriter(options: StreamWriterOptions): StreamWriter {
       return chain;
     },
   };
+}
+
+/**
+ * An event with its id: first in a string (one of sluice's own events), last in bytes (a whole
+ * event as the upstream sent it, blank line included), before the blank line that ends it: the
+ * last id of an event is the one a client keeps, so ours wins over any the upstream sent.
+ */
+function numbered(seq: number, event: string | Uint8Array): Uint8Array {
+  if (typeof event === "string") return encoder.encode(`id: ${seq}\n${event}`);
+  const idLine = encoder.encode(`id: ${seq}\n`);
+  const n = event.length;
+  const blank = n >= 2 && event[n - 2] === 0x0d && event[n - 1] === 0x0a ? 2 : n > 0 ? 1 : 0;
+  const bytes = new Uint8Array(idLine.length + n);
+  bytes.set(event.subarray(0, n - blank));
+  bytes.set(idLine, n - blank);
+  bytes.set(event.subarray(n - blank), n - blank + idLine.length);
+  return bytes;
+}
+
+/**
+ * The next chunk of `pending` events (the first being event `first`): as many whole events as
+ * fit in {@link CHUNK_BYTES}, or, when the first is larger than that, its first piece alone.
+ */
+function takeChunk(
+  pending: Uint8Array[],
+  first: number,
+): { chunk: StreamChunk; rest: Uint8Array[]; events: number } {
+  if (pending[0].length > CHUNK_BYTES) {
+    // A copy: KV stores a view's whole underlying buffer, not just the view.
+    const piece = pending[0].slice(0, CHUNK_BYTES);
+    return {
+      chunk: { first, ends: [], bytes: piece, partial: true },
+      rest: [pending[0].subarray(CHUNK_BYTES), ...pending.slice(1)],
+      events: 0,
+    };
+  }
+  const ends: number[] = [];
+  let size = 0;
+  let count = 0;
+  while (count < pending.length && (count === 0 || size + pending[count].length <= CHUNK_BYTES)) {
+    size += pending[count].length;
+    ends.push(size);
+    count++;
+  }
+  const bytes = new Uint8Array(size);
+  let at = 0;
+  for (const event of pending.slice(0, count)) {
+    bytes.set(event, at);
+    at += event.length;
+  }
+  return { chunk: { first, ends, bytes }, rest: pending.slice(count), events: count };
 }
 
 /** What a resumed stream reports when its writer died; see {@link openResumedStream}. */
