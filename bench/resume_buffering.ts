@@ -20,7 +20,8 @@
  *   machine, and the figure is then its queueing, not buffering);
  * - `--upstream-ttft-ms 0`: the replay's wait before its first text. 0 puts the first KV commit,
  *   made just after the first event, right between `message_start` and the first delta: the
- *   worst case.
+ *   worst case;
+ * - `--flush-ms 250`: `SLUICE_RESUME_FLUSH_MS` of both processes.
  * The report is markdown on stdout; progress goes to stderr.
  */
 import { parseArgs } from "node:util";
@@ -34,6 +35,7 @@ const { values } = parseArgs({
     rounds: { type: "string", default: "20" },
     "tokens-per-second": { type: "string", default: "60" },
     "upstream-ttft-ms": { type: "string", default: "0" },
+    "flush-ms": { type: "string", default: "250" },
   },
 });
 const STREAMS = Number(values.streams);
@@ -107,6 +109,7 @@ const env = (name: string) => ({
   SLUICE_KV_PATH: `${dir}/${name}.sqlite3`,
   SLUICE_LOG_LEVEL: "info", // startMain waits for the "listening on" line
   SLUICE_REPLAY_TTFT_MS: values["upstream-ttft-ms"],
+  SLUICE_RESUME_FLUSH_MS: values["flush-ms"],
   SLUICE_REPLAY_TOKENS_PER_SECOND: values["tokens-per-second"],
 });
 const plain = await startMain(env("plain"));
