@@ -21,7 +21,8 @@
  * - `--upstream-ttft-ms 0`: the replay's wait before its first text. 0 puts the first KV commit,
  *   made just after the first event, right between `message_start` and the first delta: the
  *   worst case;
- * - `--flush-ms 250`: `SLUICE_RESUME_FLUSH_MS` of both processes.
+ * - `--flush-ms 250`: `SLUICE_RESUME_FLUSH_MS` of both processes;
+ * - `--kv file`: each process's KV in a SQLite file (as `deno task start` has it), or `memory`.
  * The report is markdown on stdout; progress goes to stderr.
  */
 import { parseArgs } from "node:util";
@@ -36,6 +37,7 @@ const { values } = parseArgs({
     "tokens-per-second": { type: "string", default: "60" },
     "upstream-ttft-ms": { type: "string", default: "0" },
     "flush-ms": { type: "string", default: "250" },
+    kv: { type: "string", default: "file" },
   },
 });
 const STREAMS = Number(values.streams);
@@ -106,7 +108,7 @@ async function cpuMs(pid: number): Promise<number> {
 
 const dir = await Deno.makeTempDir({ prefix: "sluice-bench-resume-" });
 const env = (name: string) => ({
-  SLUICE_KV_PATH: `${dir}/${name}.sqlite3`,
+  SLUICE_KV_PATH: values.kv === "memory" ? ":memory:" : `${dir}/${name}.sqlite3`,
   SLUICE_LOG_LEVEL: "info", // startMain waits for the "listening on" line
   SLUICE_REPLAY_TTFT_MS: values["upstream-ttft-ms"],
   SLUICE_RESUME_FLUSH_MS: values["flush-ms"],
