@@ -570,3 +570,22 @@ Deno.test("a writer that dies inside a large event: the reader ends that event, 
     kv.close();
   }
 });
+
+Deno.test("a /chat message too long for a stream's head still leaves a resumable stream", async () => {
+  const { kv, chat, request } = await resumeApp();
+  try {
+    const created = await (await request("/conversations", { method: "POST" })).json();
+    // Two-byte characters: KV would store this message in ~80 KB, over its value limit.
+    const response = await chat({ message: "é✓".repeat(20_000), conversation_id: created.id });
+    assert.equal(response.status, 200);
+    const id = response.headers.get("x-sluice-stream-id")!;
+    await response.arrayBuffer();
+    const resumed = await request(`/chat/streams/${id}?after=1`);
+    assert.equal(resumed.status, 200);
+    const events = decodeAll(new Uint8Array(await resumed.arrayBuffer()));
+    assert.equal(events[0].id, "2");
+    assert.equal(events.at(-1)!.event, "done");
+  } finally {
+    kv.close();
+  }
+});

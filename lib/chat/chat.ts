@@ -40,6 +40,12 @@ export interface ChatInput {
   onDisconnect?: "finish" | "abort";
 }
 
+/**
+ * Longest user message (UTF-16 units) a resumable stream's head keeps, for recording a cut answer
+ * in its conversation: at most 40 KB as KV stores strings, under its 64 KiB value limit.
+ */
+const HEAD_MESSAGE_MAX = 20_000;
+
 /** Response headers that keep proxies from buffering or rewriting a streamed answer. */
 const STREAM_HEADERS = {
   "cache-control": "no-cache, no-transform",
@@ -118,7 +124,9 @@ export async function handleChat(
         startedAt: input.startedAt,
         model: String(body.model),
         conversationId,
-        message: conversationId ? chat.message! : null,
+        // The head (rewritten at every commit) must stay under KV's 64 KiB value limit; a
+        // message this long could not be stored in a conversation anyway.
+        message: conversationId && chat.message!.length <= HEAD_MESSAGE_MAX ? chat.message! : null,
       },
       onEnd: () => streams.live.delete(writer!.id),
     });
