@@ -30,7 +30,7 @@ function disconnectPolicy(value: string | undefined): "finish" | "abort" | undef
 export function chatRoute(deps: RouteDeps): Hono<AppEnv> {
   const store = conversationStoreFor(deps);
   const streams: ChatStreams | undefined = deps.kv
-    ? { kv: deps.kv, live: new LiveStreams() }
+    ? { kv: deps.kv, live: new LiveStreams(), stops: new Map() }
     : undefined;
   const app = new Hono<AppEnv>();
   app.post("/chat", async (c) =>
@@ -97,6 +97,22 @@ export function chatRoute(deps: RouteDeps): Hono<AppEnv> {
         "x-sluice-stream-id": id,
       },
     });
+  });
+  // Stop: the answer's upstream call is aborted and nothing is stored (as with
+  // x-sluice-on-disconnect: abort, but asked for explicitly, so a dropped connection can still be
+  // finished and resumed). Only the instance writing the answer can stop it.
+  app.delete("/chat/streams/:id", async (c) => {
+    const id = c.req.param("id");
+    const live = streams?.stops.get(id);
+    if (!live || live.owner !== c.get("keyId")) {
+      throw new SluiceError(
+        404,
+        "not_found_error",
+        `stream ${JSON.stringify(id)} is not being written by this instance (it may have ended)`,
+      );
+    }
+    await live.stop();
+    return c.body(null, 204);
   });
   return app;
 }

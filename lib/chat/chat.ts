@@ -44,6 +44,12 @@ export interface ChatInput {
 export interface ChatStreams {
   kv: Deno.Kv;
   live: LiveStreams;
+  /**
+   * How to stop each answer this instance is writing, by stream id, with the key that started
+   * it: `DELETE /chat/streams/{id}` (a Stop button, which the server cannot otherwise tell
+   * from a dropped connection that it should finish).
+   */
+  stops: Map<string, { owner: string; stop: () => Promise<boolean> }>;
 }
 
 /** Response headers that keep proxies from buffering or rewriting a streamed answer. */
@@ -124,7 +130,10 @@ export async function handleChat(
         conversationId,
         message: conversationId ? chat.message! : null,
       },
-      onEnd: () => streams.live.delete(writer!.id),
+      onEnd: () => {
+        streams.live.delete(writer!.id);
+        streams.stops.delete(writer!.id);
+      },
     });
   }
 
@@ -173,6 +182,7 @@ export async function handleChat(
     headers.set("content-type", CONTENT_TYPES[format === "json" ? "text" : format]);
     if (writer) {
       streams!.live.add(writer);
+      streams!.stops.set(writer.id, { owner: input.keyId, stop: view.stop });
       headers.set("x-sluice-stream-id", writer.id);
     }
     return new Response(view.body(call), { status: call.status, headers });
