@@ -180,13 +180,17 @@ export async function runDriver<T>(file: string, args: string[]): Promise<T> {
 }
 
 /** In the child: a fresh Chromium profile; closed (and removed) after `use`. */
-export async function withBrowser<T>(use: (context: BrowserContext) => Promise<T>): Promise<T> {
+export async function withBrowser<T>(
+  use: (context: BrowserContext) => Promise<T>,
+  options: { bypassCSP?: boolean } = {},
+): Promise<T> {
   // Imported here, in the child only: loading playwright needs --allow-all (see the top).
   const { chromium } = await import("playwright-core");
   const profile = await Deno.makeTempDir({ prefix: "sluice-browser-" });
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM,
     headless: true,
+    bypassCSP: options.bypassCSP ?? false,
     args: [
       "--headless",
       "--no-sandbox",

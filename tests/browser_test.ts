@@ -13,6 +13,7 @@ import {
   folded,
   NUMBERED_ANSWER,
   runDriver,
+  SCREENSHOTS,
   startPageServer,
   withBrowser,
 } from "./browser_support.ts";
@@ -165,6 +166,7 @@ function drive(origin: string): Promise<Report> {
         inView: (box.top >= 0 && box.bottom <= footer.top) as boolean,
       };
     });
+    await page.screenshot({ path: new URL("missing-key.png", SCREENSHOTS).pathname });
     await page.getByRole("button", { name: "Open Settings" }).click();
     const missingKey: MissingKeyView = {
       ...seen,
@@ -243,6 +245,7 @@ if (import.meta.main) {
 }
 
 Deno.test("the chat page streams answers, stops on request and keeps the conversation", async (t) => {
+  await Deno.mkdir(SCREENSHOTS, { recursive: true });
   const sluice = await startPageServer({ env: { SLUICE_API_KEYS: KEY } });
   const { app, stats, sent, origin } = sluice;
   try {

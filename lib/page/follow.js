@@ -1,7 +1,7 @@
 // Scrolling that follows the answer as it grows, unless the reader scrolls up to read something
 // else: then a "Jump to latest" button brings them back (and following resumes).
 
-/** How close to the bottom (px) still counts as "at the end". */
+/** How close to the end (px) still counts as "at the end". */
 const SLACK = 24;
 
 function distanceToEnd() {
@@ -10,56 +10,47 @@ function distanceToEnd() {
 }
 
 /**
- * Creates the follower. `start(turn)` begins a new exchange (placing it in view above the
- * sticky composer), `follow()` is called after each render, `toEnd()` scrolls to the end.
+ * Creates the follower. `start()` begins a new exchange (placing it in view above the sticky
+ * composer), `follow()` is called after each render, `toEnd()` scrolls to the end.
  */
 export function createFollower({ button }) {
   let following = true;
-  // Set while the page scrolls itself, so that its own scroll event is not taken for the reader's.
-  let ownScroll = false;
+  // Where the page last scrolled itself. It only ever scrolls down to the end, and a growing
+  // answer does not move scrollTop, so a position above it means the reader scrolled up.
+  let autoTop = 0;
 
   function toEnd() {
-    ownScroll = true;
-    // The composer is sticky at the bottom of the page's flow, so the end of the document is the
-    // end of the log just above it.
-    scrollTo({ top: document.documentElement.scrollHeight, behavior: "instant" });
-    requestAnimationFrame(() => (ownScroll = false));
-  }
-
-  function show(hidden) {
-    button.hidden = hidden;
+    const root = document.documentElement;
+    // The composer is sticky at the bottom of the page's flow, so the end of the document is
+    // the end of the log, just above it.
+    scrollTo({ top: root.scrollHeight, behavior: "instant" });
+    autoTop = root.scrollTop;
   }
 
   addEventListener("scroll", () => {
-    const atEnd = distanceToEnd() <= SLACK;
-    if (atEnd) {
+    if (distanceToEnd() <= SLACK) {
       following = true;
-      show(true);
-    } else if (!ownScroll) {
+      button.hidden = true;
+    } else if (document.documentElement.scrollTop < autoTop - SLACK) {
       following = false;
-      show(false);
+      button.hidden = false;
     }
   }, { passive: true });
-  // Content that grows while the reader is away from the end: offer the way back.
-  const offer = () => {
-    if (!following && distanceToEnd() > SLACK) show(false);
-  };
 
   button.addEventListener("click", () => {
     following = true;
-    show(true);
+    button.hidden = true;
     toEnd();
   });
 
   return {
     start() {
       following = true;
-      show(true);
+      button.hidden = true;
       toEnd();
     },
     follow() {
       if (following) toEnd();
-      else offer();
     },
     toEnd,
   };
