@@ -19,11 +19,9 @@ import {
 
 // Functions passed to the page run there, where `document` exists (Deno's types lack the DOM).
 // deno-lint-ignore no-explicit-any
-declare const document: any,
-  MutationObserver: any,
-  navigator: any,
-  getComputedStyle: any,
-  innerHeight: number;
+type Dom = any;
+declare const document: Dom, MutationObserver: Dom, navigator: Dom, getComputedStyle: Dom;
+declare const innerHeight: number;
 
 const VIEWS = [
   { name: "desktop-light", width: 1280, height: 800, colorScheme: "light" },
