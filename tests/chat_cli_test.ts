@@ -144,6 +144,36 @@ Deno.test("the terminal client's pure parts", async (t) => {
 
 const WAITING = "\u0000waiting";
 
+/** The response with its body failing after about `bytes` bytes: a dropped connection. */
+function cutAfter(response: Response, bytes: number): Response {
+  let seen = 0;
+  return new Response(
+    response.body!.pipeThrough(
+      new TransformStream<Uint8Array, Uint8Array>({
+        transform(chunk, controller) {
+          if (seen >= bytes) return controller.error(new TypeError("connection reset"));
+          seen += chunk.length;
+          controller.enqueue(chunk);
+        },
+      }),
+    ),
+    { status: response.status, headers: response.headers },
+  );
+}
+
+/** A fetch into `app` whose first POST /chat is cut after `bytes` bytes. */
+function cuttingFetch(app: { fetch: (r: Request) => Response | Promise<Response> }, bytes: number) {
+  let cut = false;
+  return async (request: Request) => {
+    const response = await app.fetch(request);
+    if (!cut && request.method === "POST" && new URL(request.url).pathname === "/chat") {
+      cut = true;
+      return cutAfter(response, bytes);
+    }
+    return response;
+  };
+}
+
 /** The lines of MARKDOWN_ANSWER's code blocks, trimmed: code keeps its length in a terminal. */
 const CODE_LINES = new Set(
   [...MARKDOWN_ANSWER.matchAll(/```\w*\n([\s\S]*?)```/g)].flatMap((m) =>
@@ -381,21 +411,6 @@ Deno.test("streamChat resumes a dropped answer from Last-Event-ID and hands each
   try {
     const cuts = { chat: 1, resume: 1 };
     const resumedAfter: string[] = [];
-    const cutAfter = (response: Response, bytes: number) => {
-      let seen = 0;
-      return new Response(
-        response.body!.pipeThrough(
-          new TransformStream<Uint8Array, Uint8Array>({
-            transform(chunk, controller) {
-              if (seen >= bytes) return controller.error(new TypeError("connection reset"));
-              seen += chunk.length;
-              controller.enqueue(chunk);
-            },
-          }),
-        ),
-        { status: response.status, headers: response.headers },
-      );
-    };
     const fetch = async (input: RequestInfo | URL, init?: RequestInit) => {
       const request = new Request(input, init);
       const path = new URL(request.url).pathname;
@@ -441,6 +456,33 @@ Deno.test("streamChat resumes a dropped answer from Last-Event-ID and hands each
   }
 });
 
+Deno.test("runChat in a terminal shows that it is reconnecting, then the rest of the answer", async () => {
+  const { app, kv, stats } = await sluice({ ttftMs: 0, tokensPerSecond: 2000, speed: 1 });
+  try {
+    const cut = cuttingFetch(app, 1500);
+    const term = scriptedIO(["[fixture:numbered] please", null]);
+    const code = await runChat({
+      url: "http://sluice.test",
+      io: term.io,
+      color: false,
+      spinner: false,
+      live: true,
+      size: () => ({ columns: 80, rows: 200 }),
+      fetch: (input, init) => cut(new Request(input, init)),
+    });
+    assert.equal(code, 0);
+    const out = term.output();
+    assert.match(out, /\(connection lost; reconnecting, try 1…\)/);
+    assert.match(
+      out,
+      /Paragraph 40 of the resumed answer says its number once\.\n.*to first token/,
+    );
+    assert.equal(stats.records.filter((r) => r.endpoint === "/chat").length, 1);
+  } finally {
+    kv.close();
+  }
+});
+
 // ---- end to end: `deno task chat` in a real pseudo-terminal (tmux) against a served sluice ----
 
 /** A tmux server of our own (its own socket), running one command in a pane. */
@@ -453,7 +495,12 @@ async function tmux(...args: string[]): Promise<string> {
   return new TextDecoder().decode(output.stdout);
 }
 
-async function startPane(env: Record<string, string>, command: string, columns = 120) {
+async function startPane(
+  env: Record<string, string>,
+  command: string,
+  columns = 120,
+  rows = 50,
+) {
   const socket = `sluice-chat-test-${crypto.randomUUID().slice(0, 8)}`;
   const envArgs = Object.entries(env).flatMap(([k, v]) => ["-e", `${k}=${v}`]);
   await tmux(
@@ -468,7 +515,7 @@ async function startPane(env: Record<string, string>, command: string, columns =
     "-x",
     String(columns),
     "-y",
-    "50",
+    String(rows),
     "-c",
     ROOT,
     ...envArgs,
@@ -640,6 +687,66 @@ Deno.test("deno task chat renders a long markdown answer, wrapped at word bounda
         assert.match(colours, /\x1b\[1(;\d+)*m[^\n]*Sluices, locks and weirs/);
       },
     );
+  } finally {
+    await pane.close();
+    await server.shutdown();
+    kv.close();
+  }
+});
+
+Deno.test("deno task chat resumes an answer whose connection drops and shows it once", async () => {
+  const { app, kv } = await sluice({ ttftMs: 100, tokensPerSecond: 300, speed: 1 });
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+    cuttingFetch(app, 1500),
+  );
+  const pane = await startPane(
+    { NO_COLOR: "" },
+    `${DENO} task chat --url http://127.0.0.1:${server.addr.port}`,
+    80,
+  );
+  try {
+    await pane.waitFor((s) => s.includes("You:"), "the prompt");
+    await pane.type("[fixture:numbered] a long one");
+    await pane.waitFor((s) => s.includes("to first token"), "the stats line");
+    const screen = await pane.capture(false, true);
+    for (let i = 1; i <= 40; i++) {
+      assert.equal(count(screen, `Paragraph ${i} of`), 1, `paragraph ${i}:\n${screen}`);
+    }
+    assert.equal(screen.includes("reconnecting"), false); // the status line went away
+  } finally {
+    await pane.close();
+    await server.shutdown();
+    kv.close();
+  }
+});
+
+Deno.test("deno task chat streams a block taller than the screen without repeating its lines", async () => {
+  const { app, kv } = await sluice({ ttftMs: 100, tokensPerSecond: 300, speed: 1 });
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, app.fetch);
+  // 8 rows: the 8-line code block cannot be redrawn in place, so its rows are appended.
+  const pane = await startPane(
+    { NO_COLOR: "" },
+    `${DENO} task chat --url http://127.0.0.1:${server.addr.port}`,
+    100,
+    8,
+  );
+  try {
+    await pane.waitFor((s) => s.includes("You:"), "the prompt");
+    await pane.type("[fixture:markdown] sluices");
+    await pane.waitFor((s) => s.includes("to first token"), "the stats line");
+    const screen = await pane.capture(false, true);
+    for (const line of CODE_LINES) {
+      if (line === "") continue;
+      assert.equal(count(screen, line), 1, `${line}:\n${screen}`);
+    }
+    // A table taller than the screen is shown once complete (its columns widen as rows come).
+    for (const row of ["│ Sluice    │ no          │ 1-3 m", "│ Lock      │ yes         │ 2-25 m"]) {
+      assert.equal(count(screen, row), 1, `${row}:\n${screen}`);
+    }
+    for (const heading of ["Sluices, locks and weirs", "How a lock works", "Computing the flow"]) {
+      assert.equal(count(screen, `${heading}\n`), 1, heading);
+    }
   } finally {
     await pane.close();
     await server.shutdown();

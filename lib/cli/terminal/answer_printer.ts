@@ -70,13 +70,23 @@ export function createAnswerPrinter(options: AnswerPrinterOptions): AnswerPrinte
     gap = rendered.slice(body.length) || "\n";
   }
 
-  /** Replaces the open block's lines on screen with `lines`. */
-  function draw(lines: string[]) {
-    if (!appending && rowsOfAll(lines) <= maxRows) {
+  /**
+   * Replaces the open block's lines on screen with `lines`. `kind`: the block is still open and
+   * its rows only grow at the end (`stable`: a paragraph, code), still open and may change
+   * anywhere (`unstable`: a table's columns widen, a list turns loose), or complete (`final`).
+   */
+  function draw(lines: string[], kind: "stable" | "unstable" | "final") {
+    if (!appending && (kind === "final" || rowsOfAll(lines) <= maxRows)) {
       if (shown.length > 0) write(`\r${up(rowsOfAll(shown))}\x1b[J`);
       else if (lines.length > 0) writeGap();
       if (lines.length > 0) write(lines.join("\n"));
       shown = lines;
+      return;
+    }
+    if (!appending && kind === "unstable") {
+      // Too tall to redraw, and rows above the last could still change: show that it is
+      // coming, and the block itself once complete.
+      draw([dim("…"), ...(statusText ? [dim(statusText)] : [])], "final");
       return;
     }
     appending = true;
@@ -111,7 +121,7 @@ export function createAnswerPrinter(options: AnswerPrinterOptions): AnswerPrinte
       if (shown.length > 0) {
         // The open block became complete: its final rendering replaces what was drawn of it.
         const body = rendered.replace(/\n+$/, "");
-        draw(body.split("\n"));
+        draw(body.split("\n"), "final");
         gap = rendered.slice(body.length) || "\n";
         shown = [];
         appending = false;
@@ -122,7 +132,11 @@ export function createAnswerPrinter(options: AnswerPrinterOptions): AnswerPrinte
     }
     if (!live || final) return;
     const open = tokens.slice(complete.length > 0 && rest.startsWith(raw) ? complete.length : 0);
-    draw(openLines(markdown.render(open)));
+    const type = open.find((token) => token.type !== "space")?.type;
+    draw(
+      openLines(markdown.render(open)),
+      type === "code" || type === "paragraph" ? "stable" : "unstable",
+    );
   }
 
   return {
@@ -145,7 +159,9 @@ export function createAnswerPrinter(options: AnswerPrinterOptions): AnswerPrinte
       // Live, what is on screen stays (it is what was received); otherwise the open block is
       // written as it stands.
       if (live) {
-        if (shown.length > 0) draw(openLines(markdown.render(markdown.lex(text.slice(committed)))));
+        if (shown.length > 0) {
+          draw(openLines(markdown.render(markdown.lex(text.slice(committed)))), "final");
+        }
       } else {
         update(true);
       }
