@@ -3,8 +3,8 @@
  * block, hostile HTML, forty numbered paragraphs. Served by replay as fixtures named
  * `markdown`, `hostile` and `numbered` (a prompt asks with `[fixture:NAME]`).
  */
-import { synthesizeStream } from "../lib/replay/replay.ts";
-import type { FixtureSet } from "../lib/replay/replay.ts";
+import { synthesizeStream } from "../lib/replay/synthesize.ts";
+import type { FixtureSet } from "../lib/replay/fixtures.ts";
 import { projectFixtures } from "./helpers.ts";
 
 /** A long answer with every block the page renders: headings, lists, a table, code. */
