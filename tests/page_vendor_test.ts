@@ -18,5 +18,6 @@ Deno.test("the committed page bundle was built from the library versions deno.js
     assert.match(text, /export\{[^}]*\bas DOMPurify\b/);
     assert.match(text, /export\{[^}]*\bas Marked\b/);
     assert.match(text, /export\{[^}]*\bas hljs\b/);
+    assert.match(text, /export\{[^}]*\bas EventSourceParserStream\b/);
   });
 });

@@ -1,33 +1,20 @@
 // Reading /chat's SSE answer, and resuming it from GET /chat/streams/{id} when the connection
 // drops. Every event of a resumable answer has an `id:`; the page remembers the last one it saw,
 // asks for the events after it, and skips any it already has, so each piece of text is shown once.
+import { EventSourceParserStream } from "./vendor.js";
 
-/**
- * Splits an SSE byte stream into events. Hand-written (a dozen lines, no dependency to bundle)
- * because sluice's events are simple: `id:`, `event:` and one `data:` line of JSON.
- */
+/** The SSE events of a body (eventsource-parser), each `{ id, event, data }` with `data` parsed. */
 export async function* readEvents(body) {
-  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = "";
+  const reader = body
+    .pipeThrough(new TextDecoderStream())
+    .pipeThrough(new EventSourceParserStream())
+    .getReader();
   try {
     for (;;) {
       const { value, done } = await reader.read();
       if (done) return;
-      buffer += value.replace(/\r\n?/g, "\n");
-      let end;
-      while ((end = buffer.indexOf("\n\n")) >= 0) {
-        const block = buffer.slice(0, end);
-        buffer = buffer.slice(end + 2);
-        let event = "message";
-        let id;
-        const data = [];
-        for (const line of block.split("\n")) {
-          if (line.startsWith("event:")) event = line.slice(6).trim();
-          else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
-          else if (line.startsWith("id:")) id = Number(line.slice(3).trim());
-        }
-        if (data.length) yield { id, event, data: JSON.parse(data.join("\n")) };
-      }
+      const id = value.id === undefined || value.id === "" ? undefined : Number(value.id);
+      yield { id, event: value.event ?? "message", data: JSON.parse(value.data) };
     }
   } finally {
     reader.releaseLock();

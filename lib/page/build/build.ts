@@ -1,6 +1,6 @@
 /**
  * `deno task build:page`: bundles the page's libraries (entry.js: marked, DOMPurify, highlight.js
- * core with a few languages) into lib/page/vendor.js, and highlight.js's GitHub light and dark
+ * core with a few languages, eventsource-parser) into lib/page/vendor.js, and highlight.js's GitHub light and dark
  * themes into lib/page/vendor.css. The output is committed and served by sluice itself, so the
  * page works offline and the server reads no npm files at run time (Deno Deploy included); a
  * bundle is used rather than the packages' own files because highlight.js ships CommonJS only.
@@ -9,7 +9,7 @@
  */
 import { createRequire } from "node:module";
 
-const PACKAGES = ["marked", "dompurify", "highlight.js"] as const;
+const PACKAGES = ["marked", "dompurify", "highlight.js", "eventsource-parser"] as const;
 
 /** `name@version` of each bundled package, as deno.json pins it. */
 export async function bundledVersions(): Promise<string[]> {

@@ -3,6 +3,7 @@
 // versions in deno.json, then rebuild; tests/page_vendor_test.ts fails while they name other versions than deno.json.
 import { Marked } from "marked";
 import DOMPurify from "dompurify";
+import { EventSourceParserStream } from "eventsource-parser/stream";
 import hljs from "highlight.js/lib/core";
 import bash from "highlight.js/lib/languages/bash";
 import css from "highlight.js/lib/languages/css";
@@ -35,4 +36,4 @@ const languages = {
 };
 for (const [name, language] of Object.entries(languages)) hljs.registerLanguage(name, language);
 
-export { DOMPurify, hljs, Marked };
+export { DOMPurify, EventSourceParserStream, hljs, Marked };
