@@ -9,24 +9,25 @@
  * - `sluice`: through sluice (createApp, live upstream pointed at the fake);
  * - `sdk-hono`: through a Hono route re-sending the SDK's MessageStream events with streamSSE.
  *
- * The upstream and each gateway run in their own process (tests/bench_upstream.ts,
- * tests/bench_proxy.ts) so a gateway's CPU time and memory are its own. The upstream writes its
+ * The upstream and each gateway run in their own process (bench/fake_upstream.ts,
+ * bench/gateways.ts) so a gateway's CPU time and memory are its own. The upstream writes its
  * send time into every text delta; the client converts it to its own clock (offset measured
  * with `GET /clock`) and so measures, for every stream, the latency the path added to its first
  * and last text deltas.
  *
  * Run alone: deno run --allow-net=127.0.0.1 --allow-run --allow-read --allow-env
- *   tests/gateway_load.ts [--levels 1,100,1000] [--deltas 100] [--json]
+ *   bench/gateway_bench.ts [--levels 1,100,1000] [--deltas 100] [--json]
  * (`deno task bench` runs it after the accumulator benchmarks.)
  */
 import { parseArgs } from "node:util";
-import { markdownTable, percentile } from "./bench_support.ts";
-import type { ProxyUsage } from "./bench_proxy.ts";
+import { markdownTable, percentile } from "./report.ts";
+import type { ProxyUsage } from "./gateways.ts";
+import { type Child, spawn } from "./processes.ts";
 
 /** The paths, in the order they run at each level. */
 /**
  * The paths, in the order they run at each level. `js-copy` is a yardstick, not a contender: a
- * pass-through whose chunks go through JavaScript (see bench_proxy.ts), the floor for any
+ * pass-through whose chunks go through JavaScript (see gateways.ts), the floor for any
  * gateway that looks at the bytes in Deno.
  */
 export const PATHS = ["direct", "passthrough", "js-copy", "sluice", "sdk-hono"] as const;
@@ -115,42 +116,6 @@ interface StreamSample {
 
 const now = () => performance.timeOrigin + performance.now();
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-const CONFIG = new URL("../deno.json", import.meta.url).pathname;
-
-interface Child {
-  url: string;
-  process: Deno.ChildProcess;
-}
-
-/** Starts a bench subprocess and waits for the `{"port":N}` line it prints when listening. */
-async function spawn(script: string, args: string[], permissions: string[]): Promise<Child> {
-  const process = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--config",
-      CONFIG,
-      ...permissions,
-      new URL(script, import.meta.url).pathname,
-      ...args,
-    ],
-    stdout: "piped",
-    stderr: "inherit",
-  }).spawn();
-  const reader = process.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let buffered = "";
-  while (!buffered.includes("\n")) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`${script} exited before listening`);
-    buffered += value;
-  }
-  const { port } = JSON.parse(buffered.slice(0, buffered.indexOf("\n")));
-  // Keep draining, so a chatty child never blocks on a full pipe.
-  (async () => {
-    while (!(await reader.read().catch(() => ({ done: true }))).done) { /* discard */ }
-  })();
-  return { url: `http://127.0.0.1:${port}`, process };
-}
-
 /** The upstream's clock minus ours, from the exchange with the shortest round trip. */
 async function clockOffset(upstreamUrl: string): Promise<number> {
   let best = { rtt: Infinity, offset: 0 };
@@ -320,7 +285,7 @@ export async function runGatewayBench(options: GatewayBenchOptions = {}): Promis
   };
   const children: Child[] = [];
   try {
-    const upstream = await spawn("./bench_upstream.ts", [
+    const upstream = await spawn("./fake_upstream.ts", [
       "--ttft",
       String(opts.ttftMs),
       "--interval",
@@ -332,7 +297,7 @@ export async function runGatewayBench(options: GatewayBenchOptions = {}): Promis
     const urls: Record<PathName, string> = { direct: upstream.url } as Record<PathName, string>;
     const proxies = opts.paths.filter((path) => path !== "direct");
     for (const path of proxies) {
-      const child = await spawn("./bench_proxy.ts", [path, upstream.url], [
+      const child = await spawn("./gateways.ts", [path, upstream.url], [
         "--allow-net=127.0.0.1",
         "--allow-env",
         ...opts.proxyFlags,

@@ -8,8 +8,9 @@
  * --skip-gateway. The report is markdown on stdout; progress goes to stderr.
  */
 import { parseArgs } from "node:util";
-import { accumulatorStreams, type BenchStream, markdownTable } from "./bench_support.ts";
-import { gatewayTable, gatewayVerdicts, parseLevel, runGatewayBench } from "./gateway_load.ts";
+import { accumulatorStreams, type BenchStream } from "./streams.ts";
+import { markdownTable } from "./report.ts";
+import { gatewayTable, gatewayVerdicts, parseLevel, runGatewayBench } from "./gateway_bench.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
