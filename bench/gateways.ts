@@ -143,6 +143,9 @@ if (!handler || !upstreamUrl) {
   Deno.exit(2);
 }
 
+// Exit on SIGTERM (the bench's stop), so `--cpu-prof` writes its profile.
+Deno.addSignalListener("SIGTERM", () => Deno.exit(0));
+
 Deno.serve({
   hostname: "127.0.0.1",
   port: 0,
