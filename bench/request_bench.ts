@@ -19,6 +19,7 @@
  *
  * Run: deno task bench:request [--rounds 3] [--sequential 60] [--per-client 20]
  *   [--loads 1,10,100] [--paths floor,sluice] [--history .sluice/bench-history.sqlite3]
+ *   [--before DIR --paths …,sluice@before]  (DIR: another checkout, e.g. `git archive` of a commit)
  */
 import { parseArgs } from "node:util";
 import type { ProxyUsage } from "./gateways.ts";
@@ -36,12 +37,16 @@ export const REQUEST_PATHS = [
   "sluice-history",
   "sdk-hono",
 ] as const;
-/** A path of the request bench. */
-export type RequestPath = typeof REQUEST_PATHS[number];
+/**
+ * A path of the request bench; a sluice path with `@before` runs the gateway from another
+ * checkout (`--before DIR`, e.g. the commit before a change), in the same run.
+ */
+export type RequestPath = typeof REQUEST_PATHS[number] | `${SluicePath}@before`;
+type SluicePath = "sluice" | "sluice-prod" | "sluice-history";
 type Kind = "stream" | "json";
 
 /** Which gateway of bench/gateways.ts runs a path. */
-const GATEWAY: Record<Exclude<RequestPath, "direct">, string> = {
+const GATEWAY: Record<Exclude<typeof REQUEST_PATHS[number], "direct">, string> = {
   floor: "passthrough",
   "js-copy": "js-copy",
   sluice: "sluice",
@@ -66,6 +71,8 @@ export interface RequestBenchOptions {
   proxyFlags?: string[];
   /** Environment of the sluice gateways (e.g. BENCH_WORKERS). */
   sluiceEnv?: Record<string, string>;
+  /** Another checkout whose `lib/` the `@before` paths run (bench/gateways.ts is copied in). */
+  beforeDir?: string;
   log?: (line: string) => void;
 }
 
@@ -169,14 +176,24 @@ async function startPaths(opts: Required<RequestBenchOptions>, dir: string) {
     if (path === "direct") continue;
     const env: Record<string, string> = { ...opts.sluiceEnv };
     if (path.startsWith("sluice")) env.BENCH_KV_PATH = `${dir}/${path}.sqlite3`;
-    if (path === "sluice-history") {
+    if (path.startsWith("sluice-history")) {
       await Deno.stat(opts.historyPath).catch(async () => {
         opts.log(`writing ${opts.historyPath} (a month of stats and conversations) …`);
         await writeHistory({ path: opts.historyPath });
       });
       await Deno.copyFile(opts.historyPath, env.BENCH_KV_PATH);
     }
-    const child = await spawn("./gateways.ts", [GATEWAY[path], upstream.url], [
+    const [name, before] = path.split("@") as [keyof typeof GATEWAY, string | undefined];
+    let script = "./gateways.ts";
+    if (before) {
+      if (!opts.beforeDir) throw new Error(`${path} needs --before DIR`);
+      await Deno.mkdir(`${opts.beforeDir}/bench`, { recursive: true });
+      for (const file of ["gateways.ts"]) {
+        await Deno.copyFile(new URL(`./${file}`, import.meta.url), `${opts.beforeDir}/bench/${file}`);
+      }
+      script = new URL(`file://${Deno.realPathSync(opts.beforeDir)}/bench/gateways.ts`).href;
+    }
+    const child = await spawn(script, [GATEWAY[name], upstream.url], [
       "--allow-net=127.0.0.1",
       "--allow-env",
       "--allow-read",
@@ -201,6 +218,7 @@ export async function runRequestBench(
     perClient: 20,
     paths: [...REQUEST_PATHS],
     historyPath: ".sluice/bench-history.sqlite3",
+    beforeDir: "",
     proxyFlags: [],
     sluiceEnv: {},
     log: (line) => console.error(line),
@@ -406,6 +424,7 @@ if (import.meta.main) {
       "per-client": { type: "string", default: "20" },
       paths: { type: "string", default: REQUEST_PATHS.join(",") },
       history: { type: "string", default: ".sluice/bench-history.sqlite3" },
+      before: { type: "string", default: "" },
       json: { type: "boolean", default: false },
     },
   });
@@ -416,6 +435,7 @@ if (import.meta.main) {
     perClient: Number(values["per-client"]),
     paths: values.paths.split(",") as RequestPath[],
     historyPath: values.history,
+    beforeDir: values.before,
     proxyFlags: Deno.env.get("BENCH_PROXY_FLAGS")?.split(" ").filter(Boolean) ?? [],
   });
   if (values.json) console.log(JSON.stringify(results));
