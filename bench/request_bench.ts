@@ -189,7 +189,10 @@ async function startPaths(opts: Required<RequestBenchOptions>, dir: string) {
       if (!opts.beforeDir) throw new Error(`${path} needs --before DIR`);
       await Deno.mkdir(`${opts.beforeDir}/bench`, { recursive: true });
       for (const file of ["gateways.ts"]) {
-        await Deno.copyFile(new URL(`./${file}`, import.meta.url), `${opts.beforeDir}/bench/${file}`);
+        await Deno.copyFile(
+          new URL(`./${file}`, import.meta.url),
+          `${opts.beforeDir}/bench/${file}`,
+        );
       }
       script = new URL(`file://${Deno.realPathSync(opts.beforeDir)}/bench/gateways.ts`).href;
     }
