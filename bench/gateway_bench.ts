@@ -22,7 +22,7 @@
 import { parseArgs } from "node:util";
 import { markdownTable, percentile } from "./report.ts";
 import type { ProxyUsage } from "./gateways.ts";
-import { type Child, spawn } from "./processes.ts";
+import { type Child, processUsage, spawn, spawnMain } from "./processes.ts";
 
 /** The paths, in the order they run at each level. */
 /**
@@ -31,7 +31,13 @@ import { type Child, spawn } from "./processes.ts";
  * gateway that looks at the bytes in Deno.
  */
 export const PATHS = ["direct", "passthrough", "js-copy", "sluice", "sdk-hono"] as const;
-export type PathName = typeof PATHS[number];
+/**
+ * Also available (`--paths`): sluice as `deno task start` runs it, main.ts with one isolate
+ * (`sluice-main`) or one per core (`sluice-workers`), each with a KV file of its own. Their CPU
+ * and RSS come from /proc (all threads); their heap is not known.
+ */
+export const MAIN_PATHS = ["sluice-main", "sluice-workers"] as const;
+export type PathName = typeof PATHS[number] | typeof MAIN_PATHS[number];
 
 /** Options for {@link runGatewayBench}. */
 export interface GatewayBenchOptions {
@@ -284,6 +290,7 @@ export async function runGatewayBench(options: GatewayBenchOptions = {}): Promis
     ...options,
   };
   const children: Child[] = [];
+  const kvDir = await Deno.makeTempDir({ prefix: "sluice-gateway-bench-" });
   try {
     const upstream = await spawn("./fake_upstream.ts", [
       "--ttft",
@@ -295,8 +302,22 @@ export async function runGatewayBench(options: GatewayBenchOptions = {}): Promis
     ], ["--allow-net=127.0.0.1"]);
     children.push(upstream);
     const urls: Record<PathName, string> = { direct: upstream.url } as Record<PathName, string>;
+    const usageOf = {} as Record<PathName, () => Promise<ProxyUsage>>;
     const proxies = opts.paths.filter((path) => path !== "direct");
     for (const path of proxies) {
+      if ((MAIN_PATHS as readonly string[]).includes(path)) {
+        const child = await spawnMain({
+          ANTHROPIC_API_KEY: "bench-key",
+          ANTHROPIC_BASE_URL: upstream.url,
+          SLUICE_UPSTREAM: "live",
+          SLUICE_KV_PATH: `${kvDir}/${path}.sqlite3`,
+          SLUICE_WORKERS: path === "sluice-workers" ? "auto" : "1",
+        });
+        children.push(child);
+        urls[path] = child.url;
+        usageOf[path] = () => processUsage(child.process.pid);
+        continue;
+      }
       const child = await spawn("./gateways.ts", [path, upstream.url], [
         "--allow-net=127.0.0.1",
         "--allow-env",
@@ -304,6 +325,7 @@ export async function runGatewayBench(options: GatewayBenchOptions = {}): Promis
       ]);
       children.push(child);
       urls[path] = child.url;
+      usageOf[path] = () => usage(child.url);
     }
     const offset = await clockOffset(upstream.url);
     opts.log(`upstream clock offset ${offset.toFixed(3)} ms; warming up every path`);
@@ -340,17 +362,17 @@ export async function runGatewayBench(options: GatewayBenchOptions = {}): Promis
         const intervalMs = level.intervalMs ?? opts.intervalMs;
         for (const path of opts.paths) {
           await sleep(300); // let the previous run's sockets close
-          const proxy = path === "direct" ? undefined : urls[path];
-          const before = proxy ? await usage(proxy) : undefined;
+          const proxy = path === "direct" ? undefined : usageOf[path];
+          const before = proxy ? await proxy() : undefined;
           let middle: ProxyUsage | undefined;
           const started = performance.now();
           const lag = watchLag();
           const samples = await runLevel(urls[path], level, opts, offset, async () => {
-            if (proxy) middle = await usage(proxy);
+            if (proxy) middle = await proxy();
           });
           const lags = lag.stop();
           const wallMs = performance.now() - started;
-          const after = proxy ? await usage(proxy) : undefined;
+          const after = proxy ? await proxy() : undefined;
           const key = `${streams}@${intervalMs}/${path}`;
           const pool = pools.get(key) ??
             { samples: [], lags: [], cpuMicros: 0, events: 0, heapKib: [], rssKib: [], wallMs: 0 };
@@ -364,7 +386,8 @@ export async function runGatewayBench(options: GatewayBenchOptions = {}): Promis
           }
           if (before && middle) {
             // A collection between the two readings can make it negative: that reads as 0.
-            pool.heapKib.push(Math.max(0, middle.heapUsed - before.heapUsed) / 1024 / streams);
+            const heap = Math.max(0, middle.heapUsed - before.heapUsed) / 1024 / streams;
+            if (Number.isFinite(heap)) pool.heapKib.push(heap);
             pool.rssKib.push((middle.rss - before.rss) / 1024 / streams);
           }
           const ok = samples.filter((s) => s.ok);
@@ -425,6 +448,7 @@ export async function runGatewayBench(options: GatewayBenchOptions = {}): Promis
       }
       await child.process.status;
     }
+    await Deno.remove(kvDir, { recursive: true }).catch(() => {});
   }
 }
 
