@@ -31,6 +31,8 @@ export function requireJsonContentType(): MiddlewareHandler {
   };
 }
 
+const decoder = new TextDecoder();
+
 /**
  * The request body read once: its bytes (what goes upstream, byte for byte) and its JSON checked
  * against `schema`, failures as 400s naming the field. Not Hono's zod validator: it caches the body as text, and reading bytes after it re-encodes that text through
@@ -43,7 +45,7 @@ export async function readJsonBody<T extends z.ZodType>(
   const raw = new Uint8Array(await c.req.arrayBuffer());
   let json: unknown;
   try {
-    json = JSON.parse(new TextDecoder().decode(raw));
+    json = JSON.parse(decoder.decode(raw));
   } catch {
     throw new SluiceError(400, "invalid_request_error", "Malformed JSON in request body");
   }
