@@ -16,7 +16,7 @@
 import { parseArgs } from "node:util";
 import { manualClock } from "../lib/clock.ts";
 import { createConversationStore } from "../lib/chat/conversations.ts";
-import { createKvStats } from "../lib/stats/stats.ts";
+import { createKvStats } from "../lib/stats/kv_stats.ts";
 import type { RequestSummary } from "../lib/stats/request_summary.ts";
 
 const DAY_MS = 24 * 60 * 60_000;

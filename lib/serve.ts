@@ -8,7 +8,7 @@ import { createLogger, type Logger } from "./log.ts";
 import { createUpstreamFromConfig } from "./proxy/upstream_from_config.ts";
 import { openKv } from "./kv.ts";
 import { checkDefaultModel } from "./proxy/model_check.ts";
-import { createKvStats } from "./stats/stats.ts";
+import { createKvStats } from "./stats/kv_stats.ts";
 import { createLifecycle, installShutdown, type ShutdownHandle } from "./http/shutdown.ts";
 
 /** Options for {@link serveSluice}. */

@@ -8,7 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { systemClock } from "../lib/clock.ts";
-import { createKvStats } from "../lib/stats/stats.ts";
+import { createKvStats } from "../lib/stats/kv_stats.ts";
 import type { RequestSummary } from "../lib/stats/request_summary.ts";
 import { messageEnd, messageStart, sse } from "../bench/streams.ts";
 import { liveApp, ownConnections, serveOnLoopback, startFakeUpstream } from "./helpers.ts";

@@ -152,7 +152,23 @@ interface KeyState {
   again: boolean;
 }
 
-/** Creates a limiter over `store`. */
+/**
+ * Creates a limiter over `store` (Deno KV in production, so every isolate counts together).
+ *
+ * @example Two requests a minute, the third refused
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { createLimiter, memoryLimitStore } from "./limits.ts";
+ *
+ * const limiter = createLimiter({ store: memoryLimitStore(), rpm: 2, maxConcurrent: 0 });
+ * assert.equal(limiter.take("key-a").ok, true); // decided from memory, at once
+ * assert.equal(limiter.take("key-a").ok, true);
+ * const third = limiter.take("key-a");
+ * assert.equal(third.ok, false);
+ * assert.equal(limiter.take("key-b").ok, true); // keys are counted apart
+ * await limiter.sync(); // the counts reach the store (off the request's path in the app)
+ * ```
+ */
 export function createLimiter(options: LimiterOptions): Limiter {
   const clock = options.clock ?? systemClock;
   const ttl = options.leaseTtlMs ?? 60_000;
