@@ -13,7 +13,7 @@ import {
   respondWithCall,
   upstreamRequestOf,
 } from "../lib/proxy/call_http.ts";
-import { jsonBody, requireJsonContentType } from "../lib/http/validate.ts";
+import { readJsonBody, requireJsonContentType } from "../lib/http/validate.ts";
 
 /**
  * The only fields sluice reads itself: `stream` (which answer to tap) and `model` (for stats).
@@ -28,9 +28,8 @@ const messagesBody = z.looseObject({
 /** Mounts `POST /v1/messages`. */
 export function messagesRoute(deps: RouteDeps): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
-  app.post("/v1/messages", requireJsonContentType(), jsonBody(messagesBody), async (c) => {
-    const body = c.req.valid("json");
-    const raw = new Uint8Array(await c.req.arrayBuffer());
+  app.post("/v1/messages", requireJsonContentType(), async (c) => {
+    const { raw, body } = await readJsonBody(c, messagesBody);
     const call = await startCall({
       ...callContext(deps, c),
       endpoint: "/v1/messages",

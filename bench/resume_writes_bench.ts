@@ -2,7 +2,7 @@
  * Counts the KV writes of one resumable `/chat` SSE answer (the default fixture at the default
  * replay pace), the figures in docs/chat.md. Not a test; run it by hand:
  *
- *   deno run --allow-read --allow-env tests/measure_resume_writes.ts
+ *   deno run --allow-read --allow-env bench/resume_writes_bench.ts
  */
 import { createApp } from "../lib/app.ts";
 import { parseConfig } from "../lib/config.ts";
