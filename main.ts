@@ -1,19 +1,17 @@
 /**
- * sluice's entry point: reads the configuration, builds the dependencies and serves the app.
- * Wiring only; everything else lives in lib/ and routes/.
+ * sluice's entry point: reads the configuration and serves it, in this isolate or in one
+ * worker per core (`SLUICE_WORKERS`, or `--workers N|auto`, which `deno task start` passes as
+ * `auto`; the variable wins). Wiring only; everything else lives in lib/ and routes/.
  */
-import { createApp } from "./lib/app.ts";
+import { parseArgs } from "node:util";
 import { ConfigError, parseConfig } from "./lib/config.ts";
-import { createLogger } from "./lib/log.ts";
-import { createUpstreamFromConfig } from "./lib/proxy/upstream_from_config.ts";
-import { openKv } from "./lib/kv.ts";
-import { checkDefaultModel } from "./lib/proxy/model_check.ts";
-import { createKvStats } from "./lib/stats/kv_stats.ts";
-import { createLifecycle, installShutdown } from "./lib/http/shutdown.ts";
+import { serveSluice } from "./lib/serve.ts";
+import { startWorkers, workerCount } from "./lib/http/workers.ts";
 
 let config;
+const env = Deno.env.toObject();
 try {
-  config = parseConfig(Deno.env.toObject());
+  config = parseConfig(env);
 } catch (error) {
   if (error instanceof ConfigError) {
     console.error(`sluice: ${error.message}`);
@@ -22,44 +20,9 @@ try {
   throw error;
 }
 
-const logger = createLogger({ level: config.logLevel, secrets: [config.anthropicApiKey] });
-const upstream = await createUpstreamFromConfig(config);
+const { values } = parseArgs({ args: Deno.args, options: { workers: { type: "string" } } });
+const flag = values.workers === "auto" ? "auto" : Number(values.workers ?? 1) || 1;
+const workers = workerCount(config.workers ?? flag);
 
-const kv = await openKv(config);
-const stats = createKvStats({ kv, logger, writeIntervalMs: config.statsWriteMs });
-const lifecycle = createLifecycle();
-const app = createApp({ config, upstream, logger, kv, stats, lifecycle });
-
-// `app.fetch` gets Deno.serve's handler info as Hono's `c.env`; the loopback-only rule reads the
-// caller's address from it.
-const server = Deno.serve({
-  port: config.port,
-  hostname: config.hostname,
-  onListen: ({ hostname, port }) => {
-    logger.info(`sluice listening on http://${hostname}:${port} (upstream: ${config.upstream})`);
-    if (config.upstream === "replay") {
-      logger.info("no ANTHROPIC_API_KEY: answering from recorded fixtures (replay mode)");
-    }
-    if (config.upstream === "live") {
-      // Off the start-up path: serving does not wait for the answer.
-      void checkDefaultModel(upstream, config.defaultModel, logger);
-    }
-    if (config.upstream === "live" && config.apiKeys.length === 0) {
-      logger.warn(
-        "live mode without SLUICE_API_KEYS: answering only callers on this machine (loopback); " +
-          "set SLUICE_API_KEYS to serve others",
-      );
-    }
-  },
-}, app.fetch);
-
-installShutdown({
-  server,
-  lifecycle,
-  logger,
-  graceMs: config.shutdownGraceMs,
-  close: async () => {
-    await stats.flush();
-    kv.close();
-  },
-});
+if (workers > 1) await startWorkers(config, env, workers);
+else await serveSluice(config);

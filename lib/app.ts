@@ -10,7 +10,13 @@ import { bodyLimit } from "hono/body-limit";
 import { isUpload, streamingBodyLimit } from "./http/upload_limit.ts";
 import { cors } from "hono/cors";
 import { secureHeaders } from "hono/secure-headers";
-import { createLimiter, kvLimitStore, limitMiddleware, memoryLimitStore } from "./http/limits.ts";
+import {
+  createLimiter,
+  kvLimitStore,
+  type Limiter,
+  limitMiddleware,
+  memoryLimitStore,
+} from "./http/limits.ts";
 import { loopbackOnly } from "./http/local_only.ts";
 import { STAINLESS_HEADERS } from "./proxy/pass_headers.ts";
 import { type Lifecycle, lifecycleMiddleware } from "./http/shutdown.ts";
@@ -49,6 +55,8 @@ export interface AppDeps {
   kv?: Deno.Kv;
   /** Graceful shutdown: tracks stats records, can end running streams (main.ts gives one). */
   lifecycle?: Lifecycle;
+  /** The per-key limiter; built from the config (over `kv` when given) unless passed. */
+  limiter?: Limiter;
 }
 
 /**
@@ -87,7 +95,12 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     logger,
     kv: deps.kv,
     streams: deps.kv
-      ? { kv: deps.kv, live: new LiveStreams(), batcher: createCommitBatcher(deps.kv) }
+      ? {
+        kv: deps.kv,
+        live: new LiveStreams(),
+        batcher: createCommitBatcher(deps.kv),
+        stops: new Map(),
+      }
       : undefined,
     draining: () => deps.lifecycle?.draining ?? false,
     lifecycle: deps.lifecycle,
@@ -241,12 +254,13 @@ function mountHardening(app: Hono<AppEnv>, deps: AppDeps) {
 function mountLimits(app: Hono<AppEnv>, deps: AppDeps, clock: Clock, logger: Logger) {
   const { config } = deps;
   if (config.rateLimitRpm <= 0 && config.maxConcurrentStreams <= 0) return;
-  if (!deps.kv) logger.warn("no KV: rate limits are held in memory, per isolate");
-  const limiter = createLimiter({
+  if (!deps.kv && !deps.limiter) logger.warn("no KV: rate limits are held in memory, per isolate");
+  const limiter = deps.limiter ?? createLimiter({
     store: deps.kv ? kvLimitStore(deps.kv) : memoryLimitStore(clock),
     rpm: config.rateLimitRpm,
     maxConcurrent: config.maxConcurrentStreams,
     clock,
+    logger,
   });
   const limit = limitMiddleware({ limiter, logger });
   for (const path of ["/v1/*", "/chat"]) {

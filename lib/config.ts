@@ -40,6 +40,8 @@ const envSchema = z.object({
   SLUICE_MAX_CONCURRENT_STREAMS: int(0).default(0),
   SLUICE_SHUTDOWN_GRACE_MS: int(0).default(8_000),
   SLUICE_STATS_WRITE_MS: int(0).max(60_000).default(1_000),
+  // Unset: main.ts's `--workers` flag decides (`deno task start` passes `auto`), else 1.
+  SLUICE_WORKERS: z.union([z.literal("auto"), int(1).max(256)]).optional(),
   SLUICE_DEFAULT_MODEL: z.string().min(1).default("claude-sonnet-5-5"),
   SLUICE_CHAT_MAX_TOKENS: int(1).default(1024),
   SLUICE_CONVERSATION_MAX_TURNS: int(2).default(40),
@@ -59,6 +61,8 @@ export const ENV_VARIABLES: readonly string[] = Object.keys(envSchema.shape);
 /** sluice's validated configuration. */
 export interface Config {
   port: number;
+  /** Isolates serving the port (`SLUICE_WORKERS`; "auto": one per core); unset: see main.ts. */
+  workers?: number | "auto";
   hostname: string;
   /** Where answers come from: the real API, or recorded fixtures. */
   upstream: "live" | "replay";
@@ -152,6 +156,7 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
   }
   return {
     port: e.PORT,
+    workers: e.SLUICE_WORKERS,
     hostname: e.HOSTNAME,
     upstream,
     anthropicApiKey: e.ANTHROPIC_API_KEY,

@@ -84,5 +84,21 @@ export function chatRoute(deps: RouteDeps): Hono<AppEnv> {
       },
     });
   });
+  // Stop: the answer's upstream call is aborted and nothing is stored (as with
+  // x-sluice-on-disconnect: abort, but asked for explicitly, so a dropped connection can still be
+  // finished and resumed). Only the instance writing the answer can stop it.
+  app.delete("/chat/streams/:id", async (c) => {
+    const id = c.req.param("id");
+    const live = streams?.stops.get(id);
+    if (!live || live.owner !== c.get("keyId")) {
+      throw new SluiceError(
+        404,
+        "not_found_error",
+        `stream ${JSON.stringify(id)} is not being written by this instance (it may have ended)`,
+      );
+    }
+    await live.stop();
+    return c.body(null, 204);
+  });
   return app;
 }

@@ -16,7 +16,7 @@ import {
   resumableRequested,
   upstreamRequestOf,
 } from "../lib/proxy/call_http.ts";
-import { jsonBody, requireJsonContentType } from "../lib/http/validate.ts";
+import { readJsonBody, requireJsonContentType } from "../lib/http/validate.ts";
 
 /**
  * The only fields sluice reads itself: `stream` (which answer to tap) and `model` (for stats).
@@ -31,15 +31,14 @@ const messagesBody = z.looseObject({
 /** Mounts `POST /v1/messages`. */
 export function messagesRoute(deps: RouteDeps): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
-  app.post("/v1/messages", requireJsonContentType(), jsonBody(messagesBody), async (c) => {
-    const body = c.req.valid("json");
+  app.post("/v1/messages", requireJsonContentType(), async (c) => {
+    const { raw, body } = await readJsonBody(c, messagesBody);
     const resumable = resumableRequested(deps, c.req.header(RESUMABLE_HEADER)) &&
       body.stream === true;
     // A resumable stream that stopped when its client left would have nothing left to resume:
     // it finishes unless the caller says abort. Otherwise the SDKs' semantics: abort at once.
     const policy = disconnectPolicy(c.req.header(ON_DISCONNECT_HEADER)) ??
       (resumable ? "finish" : "abort");
-    const raw = new Uint8Array(await c.req.arrayBuffer());
     const context = callContext(deps, c);
     const call = await startCall({
       ...context,

@@ -3,7 +3,7 @@ import { EventAccumulator } from "../lib/stream/accumulator.ts";
 import { createSseDecoder } from "../lib/stream/sse.ts";
 import { FIXTURES_DIR, sdkOracle } from "./helpers.ts";
 import { agreeOnFiles, assertAgrees, sseFiles } from "./sdk_agreement.ts";
-import { messageEnd, messageStart, sse, textStream, toolStream } from "./bench_support.ts";
+import { messageEnd, messageStart, sse, textStream, toolStream } from "../bench/streams.ts";
 
 Deno.test("every project fixture accumulates to what the official SDK builds from the same bytes", async (t) => {
   const files = await sseFiles(FIXTURES_DIR);

@@ -1,26 +1,23 @@
 /**
  * The chat page in a real browser: Debian's headless Chromium driven by playwright-core, against
- * a sluice on 127.0.0.1 answering from fixtures at a real (fast) pace.
- *
- * The browser is driven from a child process (this same file, run with `deno run`): playwright
- * probes system files at load (`/proc/sys/fs/binfmt_misc/WSLInterop`) that Deno only lets a
- * program read with --allow-all, which the test suite does not have. The child does what a user
- * does and reports what the page showed; the test asserts on that report and on what sluice saw.
- * The child talks only to the sluice the test started; Chromium runs with its background
- * networking off.
+ * a sluice on 127.0.0.1 answering from fixtures at a real (fast) pace (tests/browser_support.ts
+ * says why the browser runs in a child process). This file: a conversation as a user has it.
+ * Rendering and scrolling: browser_render_test.ts; a dropped connection: browser_resume_test.ts.
  */
 import assert from "node:assert/strict";
 import type { Page } from "playwright-core";
 import { EventAccumulator } from "../lib/stream/accumulator.ts";
-import { createApp } from "../lib/app.ts";
-import { silentLogger } from "../lib/log.ts";
-import { createReplayFetch } from "../lib/replay/replay.ts";
-import { memorySink } from "../lib/stats/request_summary.ts";
 import { decodeAll } from "../lib/stream/sse.ts";
-import { createUpstream } from "../lib/proxy/upstream.ts";
-import { projectFixtures, readFixture, testConfig } from "./helpers.ts";
+import { readFixture } from "./helpers.ts";
+import {
+  folded,
+  NUMBERED_ANSWER,
+  runDriver,
+  SCREENSHOTS,
+  startPageServer,
+  withBrowser,
+} from "./browser_support.ts";
 
-const CHROMIUM = "/usr/bin/chromium";
 const KEY = "browser-test-key";
 
 async function fixtureText(name: string): Promise<string> {
@@ -43,7 +40,8 @@ function lastAnswer(page: Page): Promise<AnswerView> {
     const last = answers[answers.length - 1];
     return {
       count: answers.length as number,
-      text: (last?.querySelector(".text")?.textContent ?? "") as string,
+      // Rendered markdown: its text with whitespace folded (blocks add line breaks).
+      text: (last?.querySelector(".text")?.textContent ?? "").replace(/\s+/g, " ").trim() as string,
       state: (last?.dataset.state ?? "") as string,
       meta: (last?.querySelector(".meta")?.textContent ?? "") as string,
     };
@@ -81,7 +79,7 @@ function recordAnswerSteps(page: Page) {
       const last = answers[answers.length - 1];
       if (!last) return;
       steps.push({
-        text: last.querySelector(".text")?.textContent ?? "",
+        text: (last.querySelector(".text")?.textContent ?? "").replace(/\s+/g, " ").trim(),
         state: last.dataset.state ?? "",
       });
     }).observe(document.getElementById("log"), {
@@ -104,6 +102,17 @@ interface AnswerView {
   meta: string;
 }
 
+/** How the page explained the missing gateway key. */
+interface MissingKeyView {
+  /** How many times the page's visible text says a key is needed. */
+  mentions: number;
+  status: string;
+  /** The explanation is inside the viewport, above the sticky composer. */
+  inView: boolean;
+  settingsOpenAfterClick: boolean;
+  focusedAfterClick: string;
+}
+
 /** What the page showed, step by step: the child's report. */
 interface Report {
   loadStatus: number | undefined;
@@ -111,7 +120,9 @@ interface Report {
   logs: number;
   stopDisabledAtStart: boolean;
   withoutKey: AnswerView;
+  missingKey: MissingKeyView;
   afterNewChat: AnswerView;
+  timing: { label: string; waitShare: number } | null;
   first: AnswerView;
   firstSteps: Step[];
   second: AnswerView;
@@ -124,24 +135,8 @@ interface Report {
 }
 
 /** The child: opens the page at `origin` and does what a user would. */
-async function drive(origin: string): Promise<Report> {
-  // Imported here, in the child only: loading playwright needs --allow-all (see the top).
-  const { chromium } = await import("playwright-core");
-  const profile = await Deno.makeTempDir({ prefix: "sluice-browser-" });
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      "--no-first-run",
-    ],
-  });
-  try {
+function drive(origin: string): Promise<Report> {
+  return withBrowser(async (context) => {
     const page = context.pages()[0] ?? await context.newPage();
     page.setDefaultTimeout(20_000);
     const requested: string[] = [];
@@ -161,10 +156,26 @@ async function drive(origin: string): Promise<Report> {
     await send("hello");
     await answerState(page, "error");
     const withoutKey = await lastAnswer(page);
+    const seen = await page.evaluate(() => {
+      const alert = document.querySelector("#log .turn.assistant .error");
+      const box = alert.getBoundingClientRect();
+      const footer = document.querySelector("footer").getBoundingClientRect();
+      return {
+        mentions: (document.body.innerText.match(/needs a gateway key/g) ?? []).length as number,
+        status: document.getElementById("status").textContent as string,
+        inView: (box.top >= 0 && box.bottom <= footer.top) as boolean,
+      };
+    });
+    await page.screenshot({ path: new URL("missing-key.png", SCREENSHOTS).pathname });
+    await page.getByRole("button", { name: "Open Settings" }).click();
+    const missingKey: MissingKeyView = {
+      ...seen,
+      settingsOpenAfterClick: await page.evaluate(() => document.getElementById("settings").open),
+      focusedAfterClick: await page.evaluate(() => document.activeElement?.id ?? ""),
+    };
     await page.getByRole("button", { name: "New chat" }).click();
     const afterNewChat = await lastAnswer(page);
 
-    await page.locator("#settings summary").click();
     await page.getByLabel("Gateway key").fill(KEY);
     await page.getByLabel("Gateway key").press("Tab");
     await recordAnswerSteps(page);
@@ -172,12 +183,21 @@ async function drive(origin: string): Promise<Report> {
     await answerState(page, "done");
     const first = await lastAnswer(page);
     const firstSteps = await answerSteps(page);
+    const timing = await page.evaluate(() => {
+      const bar = document.querySelector("#log .turn.assistant:last-child .timing");
+      if (!bar) return null;
+      return {
+        label: bar.getAttribute("aria-label") as string,
+        waitShare: bar.querySelector(".wait").getBoundingClientRect().width /
+          bar.getBoundingClientRect().width as number,
+      };
+    });
 
     await send("now a three word story");
     await countOf(page, "#log .turn.assistant[data-state=done]", 2);
     const second = await lastAnswer(page);
 
-    await send("write an essay");
+    await send("[fixture:numbered] a long answer, please");
     await answerState(page, "streaming");
     await stop.click();
     await answerState(page, "stopped");
@@ -204,7 +224,9 @@ async function drive(origin: string): Promise<Report> {
       logs,
       stopDisabledAtStart,
       withoutKey,
+      missingKey,
       afterNewChat,
+      timing,
       first,
       firstSteps,
       second,
@@ -215,10 +237,7 @@ async function drive(origin: string): Promise<Report> {
       afterReload,
       requested,
     };
-  } finally {
-    await context.close();
-    await Deno.remove(profile, { recursive: true });
-  }
+  });
 }
 
 if (import.meta.main) {
@@ -226,41 +245,14 @@ if (import.meta.main) {
 }
 
 Deno.test("the chat page streams answers, stops on request and keeps the conversation", async (t) => {
-  const replay = createReplayFetch(await projectFixtures(), {
-    pace: { ttftMs: 150, tokensPerSecond: 120, speed: 1 },
-  });
-  const sent: { messages: { role: string; content: unknown }[] }[] = [];
-  const kv = await Deno.openKv(":memory:");
-  const stats = memorySink();
-  const app = createApp({
-    config: testConfig({ SLUICE_API_KEYS: KEY }),
-    logger: silentLogger,
-    stats,
-    kv,
-    upstream: createUpstream({
-      mode: "replay",
-      apiKey: "replay",
-      baseURL: "http://replay.test",
-      maxRetries: 0,
-      fetch: async (input, init) => {
-        sent.push(await new Request(input, init).json());
-        return replay(input, init);
-      },
-    }),
-  });
-  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, app.fetch);
-  const origin = `http://127.0.0.1:${server.addr.port}`;
+  await Deno.mkdir(SCREENSHOTS, { recursive: true });
+  const sluice = await startPageServer({ env: { SLUICE_API_KEYS: KEY } });
+  const { app, stats, sent, origin } = sluice;
   try {
-    const child = await new Deno.Command(Deno.execPath(), {
-      args: ["run", "--allow-all", new URL(import.meta.url).pathname, origin],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    const stderr = new TextDecoder().decode(child.stderr);
-    assert.equal(child.code, 0, `the browser driver failed:\n${stderr}`);
-    const report: Report = JSON.parse(new TextDecoder().decode(child.stdout));
-    const essay = await fixtureText("essay");
-    const answer = await fixtureText("default");
+    const report = await runDriver<Report>(import.meta.url, [origin]);
+    const long = folded(NUMBERED_ANSWER);
+    const defaultText = await fixtureText("default");
+    const answer = folded(defaultText);
     const threeWords = await fixtureText("three-words");
 
     await t.step("the page loads without a key and is labelled for assistive tech", () => {
@@ -270,16 +262,24 @@ Deno.test("the chat page streams answers, stops on request and keeps the convers
       assert.equal(report.stopDisabledAtStart, true);
     });
 
-    await t.step("without the gateway key, the answer says why it failed", () => {
-      assert.equal(report.withoutKey.state, "error");
-      assert.match(report.withoutKey.meta, /authentication_error/);
-      assert.equal(report.afterNewChat.count, 0);
-    });
+    await t.step(
+      "without the gateway key, the answer says once, in view, that Settings takes it",
+      () => {
+        assert.equal(report.withoutKey.state, "error");
+        assert.match(report.withoutKey.meta, /needs a gateway key\. Enter it in Settings/);
+        assert.equal(report.missingKey.mentions, 1);
+        assert.equal(report.missingKey.status, "");
+        assert.equal(report.missingKey.inView, true);
+        assert.equal(report.missingKey.settingsOpenAfterClick, true);
+        assert.equal(report.missingKey.focusedAfterClick, "key");
+        assert.equal(report.afterNewChat.count, 0);
+      },
+    );
 
     await t.step("with the key, text appears in several steps before the answer completes", () => {
       assert.equal(report.first.state, "done");
       assert.equal(report.first.text, answer);
-      assert.match(report.first.meta, /^TTFT \d+ ms · \d+ in \/ \d+ out tokens · /);
+      assert.match(report.first.meta, /^TTFT \d+ ms · \d+ in \/ \d+ out tokens · \d+ ms/);
       // Renders seen while the answer was still streaming and not yet whole.
       const streaming = report.firstSteps.filter((s) => s.state === "streaming");
       for (const step of streaming) assert.ok(answer.startsWith(step.text));
@@ -289,6 +289,19 @@ Deno.test("the chat page streams answers, stops on request and keeps the convers
       assert.ok(partial.size >= 3, `only ${partial.size} partial renders`);
     });
 
+    await t.step(
+      "the answer's bar shows its time to first token as a share of its whole time",
+      () => {
+        const [, ttft, total] = /^TTFT (\d+) ms · .* · (\d+) ms/.exec(report.first.meta) ?? [];
+        assert.ok(report.timing, "no timing bar");
+        assert.equal(report.timing.label, `first token after ${ttft} ms of ${total} ms`);
+        assert.ok(
+          Math.abs(report.timing.waitShare - Number(ttft) / Number(total)) < 0.02,
+          `wait share ${report.timing.waitShare} for ${ttft} of ${total} ms`,
+        );
+      },
+    );
+
     await t.step("a second message continues the conversation", () => {
       assert.equal(report.second.text, threeWords);
       const second = sent.find((body) =>
@@ -296,7 +309,7 @@ Deno.test("the chat page streams answers, stops on request and keeps the convers
       );
       assert.deepEqual(second?.messages, [
         { role: "user", content: "Tell me about sluice" },
-        { role: "assistant", content: answer },
+        { role: "assistant", content: defaultText },
         { role: "user", content: "now a three word story" },
       ]);
     });
@@ -304,8 +317,8 @@ Deno.test("the chat page streams answers, stops on request and keeps the convers
     await t.step("Stop aborts the answer and the upstream; nothing half is kept", async () => {
       assert.equal(report.stopped.state, "stopped");
       assert.ok(report.stopped.text.length > 0);
-      assert.ok(essay.startsWith(report.stopped.text));
-      assert.ok(report.stopped.text.length < essay.length);
+      assert.ok(long.startsWith(report.stopped.text));
+      assert.ok(report.stopped.text.length < long.length);
       assert.equal(report.stopDisabledAfterStop, true);
       for (let i = 0; i < 200 && !stats.records.some((r) => r.outcome === "client_aborted"); i++) {
         await new Promise((r) => setTimeout(r, 10));
@@ -320,7 +333,7 @@ Deno.test("the chat page streams answers, stops on request and keeps the convers
 
     await t.step("Shift+Enter adds a line instead of sending", () => {
       assert.equal(report.shiftEnterValue, "first line\nsecond line");
-      // hello (refused before upstream), the answer, the three words, the essay: no more.
+      // hello (refused before upstream), the answer, the three words, the long one: no more.
       assert.equal(sent.length, 3);
     });
 
@@ -337,7 +350,6 @@ Deno.test("the chat page streams answers, stops on request and keeps the convers
       assert.deepEqual(elsewhere, []);
     });
   } finally {
-    await server.shutdown();
-    kv.close();
+    await sluice.close();
   }
 });

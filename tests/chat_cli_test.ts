@@ -3,6 +3,9 @@ import { createApp } from "../lib/app.ts";
 import type { ChatDone } from "../lib/chat/encoding.ts";
 import type { TerminalIO } from "../lib/cli/terminal/repl.ts";
 import { runChat } from "../lib/cli/terminal/repl.ts";
+import { streamChat } from "../lib/cli/terminal/client.ts";
+import { createTerminalMarkdown } from "../lib/cli/terminal/markdown.ts";
+import { createAnswerPrinter } from "../lib/cli/terminal/answer_printer.ts";
 import {
   colorEnabled,
   DEFAULT_URL,
@@ -19,7 +22,8 @@ import type { Pace } from "../lib/replay/pace.ts";
 import { createReplayFetch } from "../lib/replay/replay.ts";
 import { memorySink } from "../lib/stats/request_summary.ts";
 import { createUpstream } from "../lib/proxy/upstream.ts";
-import { projectFixtures, testConfig } from "./helpers.ts";
+import { testConfig } from "./helpers.ts";
+import { answerFixtures, MARKDOWN_ANSWER, NUMBERED_ANSWER } from "./answer_fixtures.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 // The deno running the tests, not whatever `deno` is on PATH: npm's `deno` is a Node.js wrapper
@@ -31,7 +35,7 @@ const SGR = /\x1b\[[0-9;]*m/;
 
 /** A sluice on replay, with the upstream requests it made and its stats. */
 async function sluice(pace: Pace, sleep?: (ms: number, signal?: AbortSignal) => Promise<void>) {
-  const replay = createReplayFetch(await projectFixtures(), { pace, sleep });
+  const replay = createReplayFetch(await answerFixtures(), { pace, sleep });
   const sent: { messages: { role: string; content: unknown }[] }[] = [];
   const kv = await Deno.openKv(":memory:");
   const stats = memorySink();
@@ -140,6 +144,43 @@ Deno.test("the terminal client's pure parts", async (t) => {
 
 const WAITING = "\u0000waiting";
 
+/** The response with its body failing after about `bytes` bytes: a dropped connection. */
+function cutAfter(response: Response, bytes: number): Response {
+  let seen = 0;
+  return new Response(
+    response.body!.pipeThrough(
+      new TransformStream<Uint8Array, Uint8Array>({
+        transform(chunk, controller) {
+          if (seen >= bytes) return controller.error(new TypeError("connection reset"));
+          seen += chunk.length;
+          controller.enqueue(chunk);
+        },
+      }),
+    ),
+    { status: response.status, headers: response.headers },
+  );
+}
+
+/** A fetch into `app` whose first POST /chat is cut after `bytes` bytes. */
+function cuttingFetch(app: { fetch: (r: Request) => Response | Promise<Response> }, bytes: number) {
+  let cut = false;
+  return async (request: Request) => {
+    const response = await app.fetch(request);
+    if (!cut && request.method === "POST" && new URL(request.url).pathname === "/chat") {
+      cut = true;
+      return cutAfter(response, bytes);
+    }
+    return response;
+  };
+}
+
+/** The lines of MARKDOWN_ANSWER's code blocks, trimmed: code keeps its length in a terminal. */
+const CODE_LINES = new Set(
+  [...MARKDOWN_ANSWER.matchAll(/```\w*\n([\s\S]*?)```/g)].flatMap((m) =>
+    m[1].split("\n").map((line) => line.trim())
+  ),
+);
+
 /** A scripted terminal: lines to type, what was written, and a Ctrl-C button. */
 function scriptedIO(lines: (string | null)[], onWrite: (all: string) => void = () => {}) {
   let output = "";
@@ -189,7 +230,7 @@ Deno.test("runChat streams answers, keeps the conversation and leaves on Ctrl-D"
     });
     assert.equal(code, 0);
     const out = term.output();
-    assert.equal(out.split("Claude: Rain taps softly.\n").length, 3);
+    assert.equal(out.split("Claude:\nRain taps softly.\n").length, 3);
     assert.match(out, /to first token · 24 in \/ 6 out tokens/);
     assert.ok(out.endsWith("You: \nGoodbye!\n"));
     assert.equal(out.includes(ESC), false);
@@ -294,6 +335,154 @@ Deno.test("runChat says so and exits 1 when sluice cannot be reached", async () 
   assert.match(term.output(), /cannot start a conversation at http:\/\/sluice.test/);
 });
 
+Deno.test("runChat: a Ctrl-C forwarded again after the stop prints no stray prompt", async () => {
+  const { app, kv } = await sluice({ ttftMs: 0, tokensPerSecond: 1, speed: 1 }, stallingSleep);
+  try {
+    let now = 0;
+    let pressed = false;
+    const term = scriptedIO(["Tell me about sluice", WAITING], (all) => {
+      if (!pressed && all.includes("Claude:\n")) {
+        pressed = true;
+        queueMicrotask(() => term.pressCtrlC());
+      }
+    });
+    const running = runChat({
+      url: "http://sluice.test",
+      io: term.io,
+      color: false,
+      spinner: false,
+      now: () => now,
+      fetch: (input, init) => Promise.resolve(app.fetch(new Request(input, init))),
+    });
+    while (!term.output().includes("[stopped]\n\nYou: ")) {
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    now += 600; // `deno task`'s copy of the same press, late
+    term.pressCtrlC();
+    assert.equal(count(term.output(), "You:"), 2);
+    assert.equal(term.output().includes("Ctrl-C again"), false);
+    now += 1_000; // a real press at the prompt
+    term.pressCtrlC();
+    assert.equal(count(term.output(), "(Ctrl-C again, quit or Ctrl-D to leave)"), 1);
+    term.pressCtrlC();
+    now += 300;
+    term.pressCtrlC();
+    assert.equal(await running, 0);
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("the answer printer writes each markdown block once, complete, when not live", () => {
+  const markdown = createTerminalMarkdown({ color: false, width: 60 });
+  let out = "";
+  const printer = createAnswerPrinter({
+    write: (text) => (out += text),
+    markdown,
+    live: false,
+    columns: 60,
+    rows: 24,
+  });
+  const pieces = MARKDOWN_ANSWER.match(/\s*\S+\s*/g)!;
+  const seen: string[] = [];
+  for (const piece of pieces) {
+    printer.append(piece);
+    seen.push(out);
+  }
+  printer.end();
+  const whole = markdown.render(markdown.lex(MARKDOWN_ANSWER)).replace(/\n+$/, "") + "\n";
+  assert.equal(out, whole);
+  // Written in several steps, each one a prefix of the whole: nothing written was taken back.
+  assert.ok(new Set(seen).size >= 8, `${new Set(seen).size} steps`);
+  for (const step of seen) assert.ok(whole.startsWith(step));
+  assert.equal(out.includes("\x1b"), false);
+  // Code keeps its long lines (a terminal wraps them); everything else fits.
+  for (const line of out.split("\n").filter((l) => !CODE_LINES.has(l.trim()))) {
+    assert.ok(line.length <= 60, line);
+  }
+  assert.match(out, /^# Sluices, locks and weirs\n/);
+  assert.match(out, /\n {2}\* Sluice gate: a sliding gate in a channel\.\n/);
+  assert.match(out, /\n {2}def sluice_flow\(width_m: float/);
+  assert.equal(/\*\*|```/.test(out), false);
+});
+
+Deno.test("streamChat resumes a dropped answer from Last-Event-ID and hands each piece over once", async (t) => {
+  const { app, kv, stats } = await sluice({ ttftMs: 0, tokensPerSecond: 2000, speed: 1 });
+  try {
+    const cuts = { chat: 1, resume: 1 };
+    const resumedAfter: string[] = [];
+    const fetch = async (input: RequestInfo | URL, init?: RequestInit) => {
+      const request = new Request(input, init);
+      const path = new URL(request.url).pathname;
+      const response = await app.fetch(request);
+      if (request.method === "POST" && path === "/chat" && cuts.chat-- > 0) {
+        return cutAfter(response, 900);
+      }
+      if (request.method === "GET" && path.startsWith("/chat/streams/")) {
+        resumedAfter.push(request.headers.get("last-event-id") ?? "");
+        if (cuts.resume-- > 0) return cutAfter(response, 700);
+      }
+      return response;
+    };
+    const texts: string[] = [];
+    const reconnects: number[] = [];
+    const done = await streamChat({ url: "http://sluice.test", fetch }, {
+      message: "[fixture:numbered] please",
+    }, {
+      onText: (text) => texts.push(text),
+      onReconnecting: (attempt) => reconnects.push(attempt),
+      pause: () => Promise.resolve(),
+    });
+
+    await t.step("the text is the whole answer, once", () => {
+      assert.equal(texts.join(""), NUMBERED_ANSWER);
+      assert.equal(done.stop_reason, "end_turn");
+    });
+
+    await t.step("it reconnected twice, each time after the last event it had", () => {
+      assert.equal(resumedAfter.length, 2);
+      const [first, second] = resumedAfter.map(Number);
+      assert.ok(first > 0 && second > first, resumedAfter.join(","));
+      assert.deepEqual(reconnects, [1, 0, 1, 0]);
+    });
+
+    await t.step("the server finished the answer once", () => {
+      const chats = stats.records.filter((r) => r.endpoint === "/chat");
+      assert.equal(chats.length, 1);
+      assert.equal(chats[0].outcome, "ok");
+    });
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("runChat in a terminal shows that it is reconnecting, then the rest of the answer", async () => {
+  const { app, kv, stats } = await sluice({ ttftMs: 0, tokensPerSecond: 2000, speed: 1 });
+  try {
+    const cut = cuttingFetch(app, 1500);
+    const term = scriptedIO(["[fixture:numbered] please", null]);
+    const code = await runChat({
+      url: "http://sluice.test",
+      io: term.io,
+      color: false,
+      spinner: false,
+      live: true,
+      size: () => ({ columns: 80, rows: 200 }),
+      fetch: (input, init) => cut(new Request(input, init)),
+    });
+    assert.equal(code, 0);
+    const out = term.output();
+    assert.match(out, /\(connection lost; reconnecting, try 1…\)/);
+    assert.match(
+      out,
+      /Paragraph 40 of the resumed answer says its number once\.\n.*to first token/,
+    );
+    assert.equal(stats.records.filter((r) => r.endpoint === "/chat").length, 1);
+  } finally {
+    kv.close();
+  }
+});
+
 // ---- end to end: `deno task chat` in a real pseudo-terminal (tmux) against a served sluice ----
 
 /** A tmux server of our own (its own socket), running one command in a pane. */
@@ -306,7 +495,12 @@ async function tmux(...args: string[]): Promise<string> {
   return new TextDecoder().decode(output.stdout);
 }
 
-async function startPane(env: Record<string, string>, command: string) {
+async function startPane(
+  env: Record<string, string>,
+  command: string,
+  columns = 120,
+  rows = 50,
+) {
   const socket = `sluice-chat-test-${crypto.randomUUID().slice(0, 8)}`;
   const envArgs = Object.entries(env).flatMap(([k, v]) => ["-e", `${k}=${v}`]);
   await tmux(
@@ -319,9 +513,9 @@ async function startPane(env: Record<string, string>, command: string) {
     "-s",
     "chat",
     "-x",
-    "120",
+    String(columns),
     "-y",
-    "50",
+    String(rows),
     "-c",
     ROOT,
     ...envArgs,
@@ -335,8 +529,19 @@ async function startPane(env: Record<string, string>, command: string) {
     "on",
   );
   const pane = {
-    capture: (escapes = false) =>
-      tmux("-L", socket, "capture-pane", "-p", "-J", ...(escapes ? ["-e"] : []), "-t", "chat"),
+    /** The screen; with `history`, the lines scrolled off it too. */
+    capture: (escapes = false, history = false) =>
+      tmux(
+        "-L",
+        socket,
+        "capture-pane",
+        "-p",
+        "-J",
+        ...(escapes ? ["-e"] : []),
+        ...(history ? ["-S", "-"] : []),
+        "-t",
+        "chat",
+      ),
     type: async (text: string) => {
       await tmux("-L", socket, "send-keys", "-t", "chat", "-l", text);
       await tmux("-L", socket, "send-keys", "-t", "chat", "Enter");
@@ -380,20 +585,30 @@ Deno.test("deno task chat in a terminal: colour, streaming, Ctrl-C, history, qui
     await t.step("an answer streams in colour, then a dim stats line", async () => {
       await pane.type("write a three word story");
       const screen = await pane.waitFor((s) => s.includes("to first token"), "the stats line");
-      assert.match(screen, /Claude: Rain taps softly\.\n.*to first token · 24 in \/ 6 out tokens/);
+      // (The spinner's erased cells may stay in the capture as trailing blanks.)
+      assert.match(
+        screen,
+        /Claude: *\nRain taps softly\.\n.*to first token · 24 in \/ 6 out tokens/,
+      );
       const colours = await pane.capture(true);
       assert.match(colours, SGR);
     });
 
     await t.step("Ctrl-C stops a long answer without leaving", async () => {
       await pane.type("write an essay");
-      await pane.waitFor((s) => /Claude: \S+ \S+/.test(s.split("write an essay")[1] ?? ""), "text");
+      await pane.waitFor(
+        (s) => /Claude: *\n\S+ \S+/.test(s.split("write an essay")[1] ?? ""),
+        "text",
+      );
       await pane.key("C-c");
       const screen = await pane.waitFor(
         (s) => s.includes("[stopped]") && s.trimEnd().endsWith("You:"),
         "the stop and a new prompt",
       );
       assert.equal(count(screen, "to first token"), 1);
+      // No stray prompt under [stopped]: the two sent messages and the new, empty one.
+      assert.equal(count(screen, "You:"), 3, screen);
+      assert.match(screen.trimEnd(), /\[stopped\]\n\nYou:$/);
       // One key press is one interrupt, though `deno task` forwards the signal a second time.
       assert.equal(screen.includes("Ctrl-C again"), false, screen);
       assert.equal(await pane.dead(), false);
@@ -419,6 +634,119 @@ Deno.test("deno task chat in a terminal: colour, streaming, Ctrl-C, history, qui
       await pane.waitFor((s) => s.includes("Goodbye!"), "goodbye");
       await pane.waitFor((s) => s.includes("Goodbye!\n[exit status 0]"), "the exit status");
     });
+  } finally {
+    await pane.close();
+    await server.shutdown();
+    kv.close();
+  }
+});
+
+Deno.test("deno task chat renders a long markdown answer, wrapped at word boundaries", async (t) => {
+  const { app, kv } = await sluice({ ttftMs: 100, tokensPerSecond: 400, speed: 1 });
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, app.fetch);
+  const columns = 60;
+  const pane = await startPane(
+    { NO_COLOR: "" },
+    `${DENO} task chat --url http://127.0.0.1:${server.addr.port}`,
+    columns,
+  );
+  try {
+    await pane.waitFor((s) => s.includes("You:"), "the prompt");
+    await pane.type("[fixture:markdown] sluices");
+    await pane.waitFor((s) => s.includes("to first token"), "the stats line");
+    const screen = await pane.capture(false, true);
+    const answer = screen.slice(screen.indexOf("Claude:"), screen.indexOf("to first token"));
+    const lines = answer.split("\n");
+
+    await t.step(
+      "no line but code is longer than the terminal (capture joins wrapped rows)",
+      () => {
+        for (const line of lines.filter((l) => !CODE_LINES.has(l.trim()))) {
+          assert.ok(line.length <= columns, `${line.length}: ${line}`);
+        }
+      },
+    );
+
+    await t.step("words are whole: wrapping breaks lines between words, never inside one", () => {
+      const words = new Set(answer.split(/\s+/));
+      const paragraph = MARKDOWN_ANSWER.split("\n\n")[1].replace(/[*`]/g, "").split(/\s+/);
+      for (const word of paragraph) assert.ok(words.has(word), `"${word}" is not whole`);
+    });
+
+    await t.step(
+      "headings, bold, lists and the code block are rendered, not shown raw",
+      async () => {
+        assert.match(answer, /\nSluices, locks and weirs\n/);
+        assert.match(answer, /\n {2}1\. The boat enters the chamber/);
+        assert.match(answer, /\n {2}\* Weir: a low dam that water flows over\./);
+        assert.match(answer, /\n {2}def sluice_flow\(width_m: float, opening_m: float,/);
+        assert.match(answer, /\n {6}discharge_coefficient = 0\.61\n/);
+        assert.equal(/\*\*|```|^#/m.test(answer), false, answer);
+        const colours = await pane.capture(true, true);
+        // deno-lint-ignore no-control-regex -- a bold heading (an SGR code starts with ESC)
+        assert.match(colours, /\x1b\[1(;\d+)*m[^\n]*Sluices, locks and weirs/);
+      },
+    );
+  } finally {
+    await pane.close();
+    await server.shutdown();
+    kv.close();
+  }
+});
+
+Deno.test("deno task chat resumes an answer whose connection drops and shows it once", async () => {
+  const { app, kv } = await sluice({ ttftMs: 100, tokensPerSecond: 300, speed: 1 });
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+    cuttingFetch(app, 1500),
+  );
+  const pane = await startPane(
+    { NO_COLOR: "" },
+    `${DENO} task chat --url http://127.0.0.1:${server.addr.port}`,
+    80,
+  );
+  try {
+    await pane.waitFor((s) => s.includes("You:"), "the prompt");
+    await pane.type("[fixture:numbered] a long one");
+    await pane.waitFor((s) => s.includes("to first token"), "the stats line");
+    const screen = await pane.capture(false, true);
+    for (let i = 1; i <= 40; i++) {
+      assert.equal(count(screen, `Paragraph ${i} of`), 1, `paragraph ${i}:\n${screen}`);
+    }
+    assert.equal(screen.includes("reconnecting"), false); // the status line went away
+  } finally {
+    await pane.close();
+    await server.shutdown();
+    kv.close();
+  }
+});
+
+Deno.test("deno task chat streams a block taller than the screen without repeating its lines", async () => {
+  const { app, kv } = await sluice({ ttftMs: 100, tokensPerSecond: 300, speed: 1 });
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, app.fetch);
+  // 8 rows: the 8-line code block cannot be redrawn in place, so its rows are appended.
+  const pane = await startPane(
+    { NO_COLOR: "" },
+    `${DENO} task chat --url http://127.0.0.1:${server.addr.port}`,
+    100,
+    8,
+  );
+  try {
+    await pane.waitFor((s) => s.includes("You:"), "the prompt");
+    await pane.type("[fixture:markdown] sluices");
+    await pane.waitFor((s) => s.includes("to first token"), "the stats line");
+    const screen = await pane.capture(false, true);
+    for (const line of CODE_LINES) {
+      if (line === "") continue;
+      assert.equal(count(screen, line), 1, `${line}:\n${screen}`);
+    }
+    // A table taller than the screen is shown once complete (its columns widen as rows come).
+    for (const row of ["│ Sluice    │ no          │ 1-3 m", "│ Lock      │ yes         │ 2-25 m"]) {
+      assert.equal(count(screen, row), 1, `${row}:\n${screen}`);
+    }
+    for (const heading of ["Sluices, locks and weirs", "How a lock works", "Computing the flow"]) {
+      assert.equal(count(screen, `${heading}\n`), 1, heading);
+    }
   } finally {
     await pane.close();
     await server.shutdown();
@@ -476,7 +804,7 @@ Deno.test("the chat command with piped output writes no colour and ends at end o
     const { code, stdout } = await child.output();
     const out = new TextDecoder().decode(stdout);
     assert.equal(code, 0);
-    assert.match(out, /Claude: Rain taps softly\.\n/);
+    assert.match(out, /Claude:\nRain taps softly\.\n/);
     assert.match(out, /Goodbye!\n$/);
     assert.equal(out.includes(ESC), false);
     assert.equal(out.includes("\b"), false);

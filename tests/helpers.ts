@@ -314,15 +314,28 @@ export async function startMain(env: Record<string, string>) {
         url: match[1],
         pid: child.pid,
         seen: () => seen,
-        async stop() {
+        /** SIGTERM, then the process's exit status; its last log lines join `seen()`. */
+        async stop(): Promise<Deno.CommandStatus> {
           try {
             child.kill("SIGTERM");
           } catch {
             // Already gone (a test killed it with SIGKILL): its pipes still need closing.
           }
-          await lines.cancel();
-          await child.stderr.cancel();
-          await child.status;
+          // Read both pipes to their end: closed early, they made the shutdown's own log lines
+          // fail to write (under Deno 2.5 that failed the shutdown, exit code 1).
+          await Promise.all([
+            (async () => {
+              for (;;) {
+                const { value, done } = await lines.read();
+                if (done) return;
+                seen += value;
+              }
+            })(),
+            (async () => {
+              for await (const _ of child.stderr) { /* drained */ }
+            })(),
+          ]);
+          return await child.status;
         },
       };
     }

@@ -118,27 +118,59 @@ Deno.test("over the per-minute limit a key gets 429 rate_limit_error with retry-
   });
 });
 
-Deno.test("two apps on one KV share each key's budget, as isolates do", async () => {
+Deno.test("two apps on one KV share each key's budget once they have reconciled, as isolates do", async () => {
   await withKv(async (kv) => {
     const clock = manualClock(Date.parse("2026-01-01T00:00:00Z"));
     const { upstream, releaseAll } = await heldUpstream();
     const config = testConfig({ SLUICE_RATE_LIMIT_RPM: "4", SLUICE_MAX_CONCURRENT_STREAMS: "2" });
-    const [a, b] = [0, 1].map(() =>
-      createApp({ config, upstream, logger: silentLogger, kv, clock })
+    const limiters = [0, 1].map((i) =>
+      createLimiter({
+        store: kvLimitStore(kv),
+        rpm: 4,
+        maxConcurrent: 2,
+        clock,
+        instanceId: `isolate-${i}`,
+      })
+    );
+    // Each app answers from its own memory; what the other holds arrives with a reconcile.
+    const reconcile = () => Promise.all(limiters.map((l) => l.sync()));
+    const [a, b] = limiters.map((limiter) =>
+      createApp({ config, upstream, logger: silentLogger, kv, clock, limiter })
     );
     const first = await a.request(post("shared"));
     const second = await b.request(post("shared"));
     assert.deepEqual([first.status, second.status], [200, 200]);
+    await reconcile();
+    await reconcile(); // both have published, then both have read
     await assertRateLimited(await a.request(post("shared")), /already in flight/);
     releaseAll();
     await first.arrayBuffer();
     await second.arrayBuffer();
+    assert.equal(limiters[0].held() + limiters[1].held(), 0, "both slots came back");
+    await reconcile();
+    await reconcile();
     const third = await b.request(post("shared"));
     assert.equal(third.status, 200, "slots came back once the streams ended");
     releaseAll();
     await third.arrayBuffer();
-    // Requests so far: 2 + 1 refused + 1 = 4, the per-minute budget.
+    await reconcile();
+    await reconcile();
+    // Requests so far: 2 + 1 refused + 1 = 4, the per-minute budget, counted over both apps.
     await assertRateLimited(await a.request(post("shared")), /requests per minute/);
+  });
+});
+
+Deno.test("before isolates reconcile, each answers from its own memory: the documented overshoot", async () => {
+  await withKv(async (kv) => {
+    const clock = manualClock(Date.parse("2026-01-01T00:00:00Z"));
+    const options = { store: kvLimitStore(kv), rpm: 1, maxConcurrent: 0, clock };
+    const [a, b] = [createLimiter(options), createLimiter(options)];
+    assert.equal(a.take("k").ok, true);
+    assert.equal(b.take("k").ok, true, "b had not heard of a's request yet");
+    await Promise.all([a.sync(), b.sync()]);
+    await Promise.all([a.sync(), b.sync()]);
+    assert.equal(a.take("k").ok, false, "after a reconcile each sees the other's count");
+    assert.equal(b.take("k").ok, false);
   });
 });
 
@@ -216,16 +248,19 @@ Deno.test("the slots of an isolate that died lapse after the lease time", async 
       clock,
       leaseTtlMs: 60_000,
     };
-    const crashed = createLimiter(options);
-    const survivor = createLimiter(options);
-    const held = await crashed.acquire("k");
+    const crashed = createLimiter({ ...options, instanceId: "crashed" });
+    const survivor = createLimiter({ ...options, instanceId: "survivor" });
+    const held = crashed.acquire("k");
     assert.equal(held.ok, true);
-    assert.equal((await survivor.acquire("k")).ok, false, "the slot is taken");
-    clock.advance(60_001); // the crashed isolate renews nothing any more
-    const taken = await survivor.acquire("k");
-    assert.equal(taken.ok, true, "its lease lapsed");
-    await survivor.release(taken.ok ? taken.value : null);
-    await crashed.release(held.ok ? held.value : null); // stops its renewal timer
+    await crashed.sync(); // its share is published; it renews nothing any more
+    await survivor.sync(["k"]);
+    assert.equal(survivor.acquire("k").ok, false, "the slot is taken");
+    clock.advance(60_001);
+    await survivor.sync(["k"]);
+    const taken = survivor.acquire("k");
+    assert.equal(taken.ok, true, "its share lapsed");
+    survivor.release(taken.ok ? taken.value : null);
+    crashed.release(held.ok ? held.value : null); // stops its renewal timer
     assert.equal(crashed.held() + survivor.held(), 0);
   });
 });

@@ -4,7 +4,7 @@
  * Every stream must arrive complete and byte for byte, with no error, and sluice must hold them
  * all open at once.
  *
- * The fake upstream and the clients run in a subprocess (tests/load_peer.ts), so the memory this
+ * The fake upstream and the clients run in a subprocess (bench/load_peer.ts), so the memory this
  * process gains while the streams are held open is sluice's. That figure is printed, not
  * asserted. `SLUICE_LOAD_STREAMS` changes the count (default 1000).
  *
@@ -53,7 +53,7 @@ Deno.test(`${STREAMS} concurrent streams through a real sluice on loopback arriv
       "run",
       "--allow-net=127.0.0.1",
       "--allow-read",
-      new URL("./load_peer.ts", import.meta.url).pathname,
+      new URL("../bench/load_peer.ts", import.meta.url).pathname,
     ],
     stdin: "piped",
     stdout: "piped",

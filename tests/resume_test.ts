@@ -589,3 +589,87 @@ Deno.test("a /chat message too long for a stream's head still leaves a resumable
     kv.close();
   }
 });
+
+Deno.test("DELETE /chat/streams/{id} stops an answer whatever the disconnect policy (a Stop button)", async (t) => {
+  const { kv, stats, gate, chat, request } = await resumeApp();
+  try {
+    const created = await (await request("/conversations", { method: "POST" })).json();
+    gate.allow(3);
+    const response = await chat({ message: "write an essay", conversation_id: created.id });
+    const id = response.headers.get("x-sluice-stream-id")!;
+    const reader = response.body!.getReader();
+    const first = await reader.read();
+    assert.ok(!first.done);
+
+    await t.step("another key, or an unknown stream, is a 404 and stops nothing", async () => {
+      const other = await request(`/chat/streams/${id}`, { method: "DELETE", key: "key-two" });
+      assert.equal(other.status, 404);
+      assert.equal((await other.json()).error.type, "not_found_error");
+      const unknown = await request(`/chat/streams/${crypto.randomUUID()}`, { method: "DELETE" });
+      assert.equal(unknown.status, 404);
+      await unknown.body?.cancel();
+      assert.equal(stats.records.length, 0);
+    });
+
+    await t.step(
+      "its key stops it: 204, the upstream call is aborted, nothing is stored",
+      async () => {
+        const stopped = await request(`/chat/streams/${id}`, { method: "DELETE" });
+        assert.equal(stopped.status, 204);
+        await eventually(() => stats.records.length === 1, "the stats record");
+        assert.equal(stats.records[0].outcome, "client_aborted");
+        const conversation = await (await request(`/conversations/${created.id}`)).json();
+        assert.deepEqual(conversation.messages, []);
+      },
+    );
+
+    await t.step(
+      "the client still connected gets an error event saying so, then the end",
+      async () => {
+        const parts: Uint8Array[] = [first.value!];
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          parts.push(value);
+        }
+        const events = decodeAll(concat(parts));
+        assert.equal(events.at(-1)!.event, "error");
+        assert.match(JSON.parse(events.at(-1)!.data).error.message, /client stopped the answer/);
+      },
+    );
+
+    await t.step("a resume gets the same end; a second DELETE is a 404", async () => {
+      const rest = decodeAll(
+        new Uint8Array(await (await request(`/chat/streams/${id}`)).arrayBuffer()),
+      );
+      assert.equal(rest.at(-1)!.event, "error");
+      const again = await request(`/chat/streams/${id}`, { method: "DELETE" });
+      assert.equal(again.status, 404);
+      await again.body?.cancel();
+    });
+  } finally {
+    gate.allow(Infinity);
+    kv.close();
+  }
+});
+
+Deno.test("DELETE /chat/streams/{id} also stops an answer whose client already left (Stop while reconnecting)", async () => {
+  const { kv, stats, gate, chat, request } = await resumeApp();
+  try {
+    const created = await (await request("/conversations", { method: "POST" })).json();
+    gate.allow(3);
+    const response = await chat({ message: "write an essay", conversation_id: created.id });
+    const id = response.headers.get("x-sluice-stream-id")!;
+    await readThenCut(response, 200);
+    const stopped = await request(`/chat/streams/${id}`, { method: "DELETE" });
+    assert.equal(stopped.status, 204);
+    gate.allow(Infinity);
+    await eventually(() => stats.records.length === 1, "the stats record");
+    assert.equal(stats.records[0].outcome, "client_aborted");
+    const conversation = await (await request(`/conversations/${created.id}`)).json();
+    assert.deepEqual(conversation.messages, []);
+  } finally {
+    gate.allow(Infinity);
+    kv.close();
+  }
+});

@@ -128,7 +128,10 @@ export async function handleChat(
         // message this long could not be stored in a conversation anyway.
         message: conversationId && chat.message!.length <= HEAD_MESSAGE_MAX ? chat.message! : null,
       },
-      onEnd: () => streams.live.delete(writer!.id),
+      onEnd: () => {
+        streams.live.delete(writer!.id);
+        streams.stops.delete(writer!.id);
+      },
     });
   }
 
@@ -177,6 +180,7 @@ export async function handleChat(
     headers.set("content-type", CONTENT_TYPES[format === "json" ? "text" : format]);
     if (writer) {
       streams!.live.add(writer);
+      streams!.stops.set(writer.id, { owner: input.keyId, stop: view.stop });
       headers.set("x-sluice-stream-id", writer.id);
     }
     return new Response(view.body(call), { status: call.status, headers });

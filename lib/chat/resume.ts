@@ -105,6 +105,12 @@ export interface ResumableStreams {
   live: LiveStreams;
   /** One commit for the writes of streams that flush together. */
   batcher: CommitBatcher;
+  /**
+   * How to stop each `/chat` answer this instance is writing, by stream id, with the key that
+   * started it: `DELETE /chat/streams/{id}` (a Stop button, which the server cannot otherwise
+   * tell from a dropped connection that it should finish).
+   */
+  stops: Map<string, { owner: string; stop: () => Promise<boolean> }>;
 }
 
 function headKey(owner: string, id: string): Deno.KvKey {

@@ -51,6 +51,12 @@ export interface ChatViewOptions {
 export interface ChatView {
   observer: AccumulatorObserver;
   body(call: StreamCall): ReadableStream<Uint8Array>;
+  /**
+   * Stops the answer on its client's request (a Stop button), whatever the disconnect policy:
+   * the upstream call is aborted, nothing is stored, and the stream ends with an `error` event.
+   * False when the answer had already ended (or has no body yet).
+   */
+  stop(): Promise<boolean>;
 }
 
 /** The text of a message's text blocks. */
@@ -129,9 +135,13 @@ export function createChatView(options: ChatViewOptions): ChatView {
     return `${gap}${errorLine(type, message)}`;
   }
 
+  let stopBody: (() => Promise<boolean>) | undefined;
+
   function body(call: StreamCall): ReadableStream<Uint8Array> {
     const reader = call.stream.getReader();
     let cancelled = false;
+    let stopped = false;
+    let client: ReadableStreamDefaultController<Uint8Array> | undefined;
     let ended = false;
     let tapError: SseEvent | undefined;
 
@@ -208,8 +218,33 @@ export function createChatView(options: ChatViewOptions): ChatView {
     let stepping: Promise<void> = Promise.resolve();
     const next = () => (stepping = stepping.then(step));
 
+    /** Aborts the upstream and ends a resumable stream with an error event saying why. */
+    async function abortAnswer(reason: unknown, why: string): Promise<Uint8Array | null> {
+      await reader.cancel(reason);
+      if (!writer || finalTaken) return null;
+      pending = [sseEvent("error", errorPayload("api_error", why))];
+      ended = true;
+      return take();
+    }
+
+    stopBody = async () => {
+      // Also after the client left (a Stop pressed while reconnecting): the drain stops too.
+      if (stopped || ended) return false;
+      stopped = cancelled = true;
+      const bytes = await abortAnswer("stopped by the client", "the client stopped the answer");
+      // A client still connected gets the final event too, then the end of the stream.
+      try {
+        if (bytes) client?.enqueue(bytes);
+        client?.close();
+      } catch {
+        // the client had already gone
+      }
+      return true;
+    };
+
     return new ReadableStream<Uint8Array>({
       start(controller) {
+        client = controller;
         if (options.format === "sse") {
           const requestId = call.headers.get("request-id") ?? options.requestId;
           pending.push(sseEvent("start", {
@@ -232,6 +267,7 @@ export function createChatView(options: ChatViewOptions): ChatView {
         if (ended) controller.close();
       },
       async cancel(reason) {
+        if (stopped) return;
         cancelled = true;
         if (finishOnDisconnect && !ended) {
           // The client went away, but the answer is paid for: read it to its end (the
@@ -248,21 +284,13 @@ export function createChatView(options: ChatViewOptions): ChatView {
         }
         // `abort`: cancelling the tap aborts the upstream request, and nothing of this answer
         // is stored; a resumable stream ends with an error event that says why.
-        await reader.cancel(reason);
-        if (writer && !finalTaken) {
-          pending = [sseEvent(
-            "error",
-            errorPayload(
-              "api_error",
-              "the client disconnected and SLUICE_ON_DISCONNECT=abort stopped the answer",
-            ),
-          )];
-          ended = true;
-          take();
-        }
+        await abortAnswer(
+          reason,
+          "the client disconnected and SLUICE_ON_DISCONNECT=abort stopped the answer",
+        );
       },
     }, { highWaterMark: 0 });
   }
 
-  return { observer, body };
+  return { observer, body, stop: () => stopBody?.() ?? Promise.resolve(false) };
 }

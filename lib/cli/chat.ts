@@ -1,6 +1,6 @@
 /**
  * `deno task chat`: the terminal client. Wiring only (arguments, the terminal, signals); the
- * loop is lib/chat_repl.ts.
+ * loop is lib/cli/terminal/repl.ts.
  */
 import { runChat } from "./terminal/repl.ts";
 import type { TerminalIO } from "./terminal/repl.ts";
@@ -71,6 +71,13 @@ if (import.meta.main) {
     io,
     color: colorEnabled(terminal, env),
     spinner: terminal && env.TERM !== "dumb",
+    size: () => {
+      try {
+        return Deno.consoleSize();
+      } catch {
+        return { columns: 80, rows: 24 }; // not a terminal
+      }
+    },
   });
   // A read of stdin may still be pending (leaving by Ctrl-C); exit rather than wait for it.
   Deno.exit(code);

@@ -1,17 +1,26 @@
 /**
- * Per-key limits: requests per minute and requests in flight, held in Deno KV so that every
- * isolate sharing the KV counts against the same budget.
+ * Per-key limits: requests per minute and requests in flight, answered from this isolate's memory
+ * and reconciled with Deno KV off the request's path, so that every isolate sharing the KV counts
+ * against the same budget without a KV round trip before the upstream call.
  *
  * Written by hand rather than with `hono-rate-limiter`: that library counts requests in a
- * fixed window but has no cap on requests in flight and no Deno KV store, and both limits here
- * need the same small compare-and-set loop over KV's versionstamps.
+ * fixed window but has no cap on requests in flight and no Deno KV store.
  *
- * - Requests per minute: a fixed window per key and minute (`["sluice","limits","rpm",key,n]`),
- *   a counter raised with a versionstamp check, expiring on its own.
- * - In flight: one entry per key (`["sluice","limits","streams",key]`) holding a lease per
- *   running request with its expiry. A lease is released when the response body ends or is
- *   cancelled; while held, the isolate renews it every `leaseTtlMs / 3`, so the leases of a
- *   crashed isolate lapse within `leaseTtlMs` instead of blocking the key for ever.
+ * Each isolate publishes its own share of a key's use and reads the others' (one KV entry per
+ * live isolate, each expiring on its own, so nothing here grows with history):
+ * - requests per minute: `["sluice","limits","rpm",key,minute,instance]`, this isolate's count
+ *   in that minute;
+ * - in flight: `["sluice","limits","streams",key,instance]`, this isolate's running requests,
+ *   with an expiry renewed every `leaseTtlMs / 3` while any runs, so a crashed isolate's share
+ *   lapses within `leaseTtlMs` instead of blocking the key for ever.
+ *
+ * A decision is `mine + others' last known >= limit`, taken synchronously; the request then
+ * starts a reconcile of its key (publish this isolate's counts, read the others'), which runs
+ * alongside the upstream call. The accuracy this costs: one isolate is exact; with several, an
+ * isolate knows the others' use as of its last reconcile of that key (its previous request on
+ * the key, or the last renewal), so a key can exceed a limit by what other isolates admitted
+ * since: at most one request per other isolate when requests are spaced wider than a KV round
+ * trip, more in a burst that reaches several isolates at once.
  */
 import type { MiddlewareHandler } from "hono";
 import type { AuthVariables } from "./auth.ts";
@@ -19,32 +28,36 @@ import type { Clock } from "../clock.ts";
 import { systemClock } from "../clock.ts";
 import { SluiceError } from "../errors.ts";
 import type { Logger } from "../log.ts";
+import { endOf } from "./response_end.ts";
 
-/** A versioned key-value store: what the limits need from Deno KV. */
-export interface LimitStore {
-  get<T>(key: Deno.KvKey): Promise<{ value: T | null; version: string | null }>;
-  /** Writes `value` if the entry is still at `version` (null: still absent); false otherwise. */
-  set(
-    key: Deno.KvKey,
-    value: unknown,
-    version: string | null,
-    expireInMs: number,
-  ): Promise<boolean>;
+/** One isolate's share of a key's use. */
+export interface Share {
+  count: number;
+  /** Epoch ms after which readers ignore it (KV's `expireIn` deletes it later). */
+  expiresAt: number;
 }
 
-/** A {@link LimitStore} over Deno KV (atomic check of the versionstamp, then set). */
+/** What the limits need from Deno KV: one entry per isolate, and a list of a key's entries. */
+export interface LimitStore {
+  /** Writes (or with null, deletes) this isolate's entry. */
+  put(key: Deno.KvKey, share: Share | null, expireInMs: number): Promise<void>;
+  /** The entries under `prefix`, by their last key part (the isolate). */
+  list(prefix: Deno.KvKey): Promise<Map<string, Share>>;
+}
+
+/** A {@link LimitStore} over Deno KV. */
 export function kvLimitStore(kv: Deno.Kv): LimitStore {
   return {
-    async get<T>(key: Deno.KvKey) {
-      const entry = await kv.get<T>(key);
-      return { value: entry.value, version: entry.versionstamp };
+    async put(key, share, expireInMs) {
+      if (share) await kv.set(key, share, { expireIn: expireInMs });
+      else await kv.delete(key);
     },
-    async set(key, value, version, expireInMs) {
-      const result = await kv.atomic()
-        .check({ key, versionstamp: version })
-        .set(key, value, { expireIn: expireInMs })
-        .commit();
-      return result.ok;
+    async list(prefix) {
+      const shares = new Map<string, Share>();
+      for await (const entry of kv.list<Share>({ prefix })) {
+        shares.set(String(entry.key[entry.key.length - 1]), entry.value);
+      }
+      return shares;
     },
   };
 }
@@ -54,31 +67,24 @@ export function kvLimitStore(kv: Deno.Kv): LimitStore {
  * Limits then hold per isolate only.
  */
 export function memoryLimitStore(clock: Clock = systemClock): LimitStore {
-  const entries = new Map<string, { value: unknown; version: number; expiresAt: number }>();
-  let version = 0;
-  const live = (key: Deno.KvKey) => {
-    const id = JSON.stringify(key);
-    const entry = entries.get(id);
-    if (entry && entry.expiresAt <= clock.now()) entries.delete(id);
-    return entries.get(id);
-  };
+  const entries = new Map<string, { key: Deno.KvKey; share: Share; expiresAt: number }>();
   return {
-    get<T>(key: Deno.KvKey) {
-      const entry = live(key);
-      return Promise.resolve({
-        value: (entry?.value ?? null) as T | null,
-        version: entry ? String(entry.version) : null,
-      });
+    put(key, share, expireInMs) {
+      const id = JSON.stringify(key);
+      if (share) entries.set(id, { key, share, expiresAt: clock.now() + expireInMs });
+      else entries.delete(id);
+      return Promise.resolve();
     },
-    set(key, value, expected, expireInMs) {
-      const entry = live(key);
-      if ((entry ? String(entry.version) : null) !== expected) return Promise.resolve(false);
-      entries.set(JSON.stringify(key), {
-        value,
-        version: ++version,
-        expiresAt: clock.now() + expireInMs,
-      });
-      return Promise.resolve(true);
+    list(prefix) {
+      const shares = new Map<string, Share>();
+      const now = clock.now();
+      for (const [id, entry] of entries) {
+        if (entry.expiresAt <= now) entries.delete(id);
+        else if (prefix.every((part, i) => entry.key[i] === part)) {
+          shares.set(String(entry.key[entry.key.length - 1]), entry.share);
+        }
+      }
+      return Promise.resolve(shares);
     },
   };
 }
@@ -92,16 +98,18 @@ export interface LimiterOptions {
   maxConcurrent: number;
   /** Wall-clock time (shared across isolates). */
   clock?: Clock;
-  /** How long a lease lives without renewal. Default 60 s. */
+  /** How long an isolate's in-flight share lives without renewal. Default 60 s. */
   leaseTtlMs?: number;
-  /** Compare-and-set attempts before a request is refused as busy. Default 50. */
-  maxAttempts?: number;
+  /** Names this isolate's entries; random by default. */
+  instanceId?: string;
+  /** Where a failed reconcile is reported (it is retried with the key's next request). */
+  logger?: Logger;
 }
 
 /** A held slot of a key's in-flight budget. */
 export interface Lease {
   keyId: string;
-  id: string;
+  id: number;
 }
 
 /** The answer of a limit check. */
@@ -111,21 +119,38 @@ export type LimitDecision<T = undefined> =
 
 /** Counts requests per key against the configured limits. */
 export interface Limiter {
-  /** Counts one request against the key's per-minute budget. */
-  take(keyId: string): Promise<LimitDecision>;
+  /** Counts one request against the key's per-minute budget (from memory, at once). */
+  take(keyId: string): LimitDecision;
   /** Takes a slot of the key's in-flight budget; release it with {@link Limiter.release}. */
-  acquire(keyId: string): Promise<LimitDecision<Lease | null>>;
+  acquire(keyId: string): LimitDecision<Lease | null>;
   /** Gives a slot back (idempotent). */
-  release(lease: Lease | null): Promise<void>;
+  release(lease: Lease | null): void;
   /** Leases this isolate holds now (for tests and shutdown). */
   held(): number;
+  /**
+   * Reconciles `keyIds` (by default every key this isolate knows) with the store: publishes its
+   * counts, reads the others'. Resolves when done; for tests and for a shutdown.
+   */
+  sync(keyIds?: string[]): Promise<void>;
 }
 
 const WINDOW_MS = 60_000;
 const RPM_PREFIX = ["sluice", "limits", "rpm"] as const;
 const STREAMS_PREFIX = ["sluice", "limits", "streams"] as const;
+/** Keys in memory before idle ones are let go. */
+const MAX_KEYS = 10_000;
 
-type Leases = Record<string, number>;
+interface KeyState {
+  window: number;
+  /** This isolate's requests in `window`, and the other isolates' as last read. */
+  mineInWindow: number;
+  othersInWindow: number;
+  inFlight: Set<number>;
+  othersInFlight: number;
+  /** The reconcile running now, and whether another must follow it. */
+  syncing: Promise<void> | null;
+  again: boolean;
+}
 
 /**
  * Creates a limiter over `store` (Deno KV in production, so every isolate counts together).
@@ -136,151 +161,183 @@ type Leases = Record<string, number>;
  * import { createLimiter, memoryLimitStore } from "./limits.ts";
  *
  * const limiter = createLimiter({ store: memoryLimitStore(), rpm: 2, maxConcurrent: 0 });
- * assert.equal((await limiter.take("key-a")).ok, true);
- * assert.equal((await limiter.take("key-a")).ok, true);
- * const third = await limiter.take("key-a");
+ * assert.equal(limiter.take("key-a").ok, true); // decided from memory, at once
+ * assert.equal(limiter.take("key-a").ok, true);
+ * const third = limiter.take("key-a");
  * assert.equal(third.ok, false);
- * assert.equal((await limiter.take("key-b")).ok, true); // keys are counted apart
+ * assert.equal(limiter.take("key-b").ok, true); // keys are counted apart
+ * await limiter.sync(); // the counts reach the store (off the request's path in the app)
  * ```
  */
 export function createLimiter(options: LimiterOptions): Limiter {
   const clock = options.clock ?? systemClock;
   const ttl = options.leaseTtlMs ?? 60_000;
-  const maxAttempts = options.maxAttempts ?? 50;
   const store = options.store;
-  // Leases held by this isolate, by key, so one timer can renew them all.
-  const mine = new Map<string, Set<string>>();
+  const instance = options.instanceId ?? crypto.randomUUID();
+  const keys = new Map<string, KeyState>();
+  let nextLease = 0;
   let renewTimer: ReturnType<typeof setInterval> | undefined;
 
-  /** Runs `step` until its write wins the compare-and-set, or gives up. */
-  async function update<T, R = unknown>(
-    key: Deno.KvKey,
-    step: (value: T | null, now: number) => { write?: unknown; expireInMs: number; result: R },
-  ): Promise<R | undefined> {
-    for (let attempt = 0; attempt < maxAttempts; attempt++) {
-      const { value, version } = await store.get<T>(key);
-      const { write, expireInMs, result } = step(value, clock.now());
-      if (write === undefined) return result;
-      if (await store.set(key, write, version, expireInMs)) return result;
-      // Lost a race with another request: back off a little, with jitter, and try again.
-      if (attempt > 2) await new Promise((r) => setTimeout(r, Math.random() * attempt));
+  function stateOf(keyId: string): KeyState {
+    const window = Math.floor(clock.now() / WINDOW_MS);
+    let state = keys.get(keyId);
+    if (!state) {
+      if (keys.size >= MAX_KEYS) forgetIdle();
+      state = {
+        window,
+        mineInWindow: 0,
+        othersInWindow: 0,
+        inFlight: new Set(),
+        othersInFlight: 0,
+        syncing: null,
+        again: false,
+      };
+      keys.set(keyId, state);
+    } else if (state.window !== window) {
+      state.window = window;
+      state.mineInWindow = 0;
+      state.othersInWindow = 0;
     }
-    return undefined;
+    return state;
   }
 
-  const busy = { ok: false as const, retryAfterMs: 1000, reason: "the limit store is busy" };
+  /** Others' live counts under `prefix`, this isolate's left out. */
+  async function others(prefix: Deno.KvKey, now: number): Promise<number> {
+    let sum = 0;
+    for (const [id, share] of await store.list(prefix)) {
+      if (id !== instance && share.expiresAt > now) sum += share.count;
+    }
+    return sum;
+  }
+
+  async function reconcile(keyId: string, state: KeyState) {
+    const now = clock.now();
+    const window = state.window;
+    const writes: Promise<void>[] = [];
+    if (options.rpm > 0) {
+      const expiresAt = (window + 2) * WINDOW_MS;
+      writes.push(store.put(
+        [...RPM_PREFIX, keyId, window, instance],
+        { count: state.mineInWindow, expiresAt },
+        Math.max(1000, expiresAt - now),
+      ));
+    }
+    if (options.maxConcurrent > 0) {
+      const count = state.inFlight.size;
+      writes.push(store.put(
+        [...STREAMS_PREFIX, keyId, instance],
+        count > 0 ? { count, expiresAt: now + ttl } : null,
+        ttl,
+      ));
+    }
+    await Promise.all(writes);
+    const [inWindow, inFlight] = await Promise.all([
+      options.rpm > 0 ? others([...RPM_PREFIX, keyId, window], now) : 0,
+      options.maxConcurrent > 0 ? others([...STREAMS_PREFIX, keyId], now) : 0,
+    ]);
+    if (state.window === window) state.othersInWindow = inWindow;
+    state.othersInFlight = inFlight;
+  }
+
+  /** Starts a reconcile of `keyId` unless one runs; then another follows it. Never throws. */
+  function schedule(keyId: string, state: KeyState): Promise<void> {
+    if (state.syncing) {
+      state.again = true;
+      return state.syncing;
+    }
+    state.syncing = (async () => {
+      do {
+        state.again = false;
+        try {
+          await reconcile(keyId, state);
+        } catch (error) {
+          options.logger?.warn("limit reconcile failed", { error: String(error) });
+          return;
+        }
+      } while (state.again);
+    })().finally(() => (state.syncing = null));
+    return state.syncing;
+  }
 
   function startRenewing() {
     if (renewTimer !== undefined) return;
     renewTimer = setInterval(() => {
-      for (const [keyId, ids] of mine) {
-        update<Leases>([...STREAMS_PREFIX, keyId], (leases, now) => {
-          const next: Leases = { ...prune(leases, now) };
-          for (const id of ids) next[id] = now + ttl;
-          return { write: next, expireInMs: ttl * 2, result: true };
-        }).catch(() => {});
+      for (const [keyId, state] of keys) {
+        if (state.inFlight.size > 0) schedule(keyId, state);
       }
     }, Math.max(10, Math.floor(ttl / 3)));
   }
 
   function stopRenewingIfIdle() {
-    if (mine.size === 0 && renewTimer !== undefined) {
-      clearInterval(renewTimer);
-      renewTimer = undefined;
+    for (const state of keys.values()) if (state.inFlight.size > 0) return;
+    clearInterval(renewTimer);
+    renewTimer = undefined;
+  }
+
+  /** Lets go of keys with nothing in flight and no count in this minute (bounded memory). */
+  function forgetIdle() {
+    const window = Math.floor(clock.now() / WINDOW_MS);
+    for (const [keyId, state] of keys) {
+      if (state.inFlight.size === 0 && state.window !== window && !state.syncing) {
+        keys.delete(keyId);
+      }
     }
   }
 
   return {
-    async take(keyId) {
+    take(keyId) {
       if (options.rpm <= 0) return { ok: true, value: undefined };
-      const window = Math.floor(clock.now() / WINDOW_MS);
-      const decision = await update<number, LimitDecision>(
-        [...RPM_PREFIX, keyId, window],
-        (count, now) => {
-          const used = count ?? 0;
-          if (used >= options.rpm) {
-            return {
-              expireInMs: WINDOW_MS * 2,
-              result: {
-                ok: false,
-                retryAfterMs: Math.max(1, (window + 1) * WINDOW_MS - now),
-                reason: `rate limit of ${options.rpm} requests per minute reached for this key`,
-              },
-            };
-          }
-          return {
-            write: used + 1,
-            expireInMs: WINDOW_MS * 2,
-            result: { ok: true, value: undefined },
-          };
-        },
-      );
-      return decision ?? busy;
-    },
-
-    async acquire(keyId) {
-      if (options.maxConcurrent <= 0) return { ok: true, value: null };
-      const id = crypto.randomUUID();
-      const decision = await update<Leases, LimitDecision<Lease | null>>(
-        [...STREAMS_PREFIX, keyId],
-        (leases, now) => {
-          const live = prune(leases, now);
-          if (Object.keys(live).length >= options.maxConcurrent) {
-            return {
-              expireInMs: ttl * 2,
-              result: {
-                ok: false,
-                retryAfterMs: 1000,
-                reason: `${options.maxConcurrent} requests are already in flight for this key; ` +
-                  "retry when one ends",
-              },
-            };
-          }
-          return {
-            write: { ...live, [id]: now + ttl },
-            expireInMs: ttl * 2,
-            result: { ok: true, value: { keyId, id } },
-          };
-        },
-      );
-      if (decision?.ok && decision.value) {
-        const ids = mine.get(keyId) ?? new Set();
-        ids.add(id);
-        mine.set(keyId, ids);
-        startRenewing();
+      const state = stateOf(keyId);
+      if (state.mineInWindow + state.othersInWindow >= options.rpm) {
+        schedule(keyId, state); // the others' counts may have gone stale
+        return {
+          ok: false,
+          retryAfterMs: Math.max(1, (state.window + 1) * WINDOW_MS - clock.now()),
+          reason: `rate limit of ${options.rpm} requests per minute reached for this key`,
+        };
       }
-      return decision ?? busy;
+      state.mineInWindow++;
+      schedule(keyId, state);
+      return { ok: true, value: undefined };
     },
 
-    async release(lease) {
+    acquire(keyId) {
+      if (options.maxConcurrent <= 0) return { ok: true, value: null };
+      const state = stateOf(keyId);
+      if (state.inFlight.size + state.othersInFlight >= options.maxConcurrent) {
+        schedule(keyId, state);
+        return {
+          ok: false,
+          retryAfterMs: 1000,
+          reason: `${options.maxConcurrent} requests are already in flight for this key; ` +
+            "retry when one ends",
+        };
+      }
+      const id = ++nextLease;
+      state.inFlight.add(id);
+      schedule(keyId, state);
+      startRenewing();
+      return { ok: true, value: { keyId, id } };
+    },
+
+    release(lease) {
       if (!lease) return;
-      const ids = mine.get(lease.keyId);
-      if (!ids?.delete(lease.id)) return;
-      if (ids.size === 0) mine.delete(lease.keyId);
+      const state = keys.get(lease.keyId);
+      if (!state?.inFlight.delete(lease.id)) return;
       stopRenewingIfIdle();
-      await update<Leases>([...STREAMS_PREFIX, lease.keyId], (leases, now) => {
-        const live = prune(leases, now);
-        if (!(lease.id in live)) return { expireInMs: ttl * 2, result: true };
-        delete live[lease.id];
-        return { write: live, expireInMs: ttl * 2, result: true };
-      });
+      schedule(lease.keyId, state);
     },
 
     held() {
       let n = 0;
-      for (const ids of mine.values()) n += ids.size;
+      for (const state of keys.values()) n += state.inFlight.size;
       return n;
     },
-  };
-}
 
-/** The leases that have not expired. */
-function prune(leases: Leases | null, now: number): Leases {
-  const live: Leases = {};
-  for (const [id, expiresAt] of Object.entries(leases ?? {})) {
-    if (expiresAt > now) live[id] = expiresAt;
-  }
-  return live;
+    async sync(keyIds = [...keys.keys()]) {
+      await Promise.all(keyIds.map((keyId) => schedule(keyId, stateOf(keyId))));
+    },
+  };
 }
 
 /** Options for {@link limitMiddleware}. */
@@ -306,9 +363,9 @@ export function limitMiddleware(
   };
   return async (c, next) => {
     const keyId = c.get("keyId") ?? "anonymous";
-    const rate = await limiter.take(keyId);
+    const rate = limiter.take(keyId);
     if (!rate.ok) refuse(rate);
-    const slot = await limiter.acquire(keyId);
+    const slot = limiter.acquire(keyId);
     if (!slot.ok) refuse(slot);
     const lease = slot.ok ? slot.value : null;
     if (!lease) return await next();
@@ -317,16 +374,14 @@ export function limitMiddleware(
       await next();
       const body = c.res.body;
       if (body) {
-        c.res = new Response(releasing(body, () => release()), c.res);
+        // A tapped call says when it is over; any other body is watched by a wrapping stream.
+        const ended = endOf(body);
+        if (ended) ended.finally(() => limiter.release(lease));
+        else c.res = new Response(releasing(body, () => limiter.release(lease)), c.res);
         handedOver = true;
       }
     } finally {
-      if (!handedOver) await release();
-    }
-    function release() {
-      return limiter.release(lease).catch((error) =>
-        options.logger?.warn("limit release failed", { error: String(error) })
-      );
+      if (!handedOver) limiter.release(lease);
     }
   };
 }

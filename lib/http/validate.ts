@@ -1,9 +1,8 @@
 /**
- * Request validation: zod schemas through Hono's validator, with failures turned into
- * Anthropic-shaped 400s that name the field.
+ * Request validation: zod schemas, with failures turned into Anthropic-shaped 400s that name
+ * the field.
  */
-import { zValidator } from "@hono/zod-validator";
-import type { MiddlewareHandler } from "hono";
+import type { Context, MiddlewareHandler } from "hono";
 import type { z } from "zod";
 import { SluiceError } from "../errors.ts";
 
@@ -32,11 +31,27 @@ export function requireJsonContentType(): MiddlewareHandler {
   };
 }
 
-/** Validates the JSON body against `schema`; the parsed value is `c.req.valid("json")`. */
-export function jsonBody<T extends z.ZodType>(schema: T) {
-  return zValidator("json", schema, (result) => {
-    if (!result.success) {
-      throw new SluiceError(400, "invalid_request_error", describeIssues(result.error.issues));
-    }
-  });
+const decoder = new TextDecoder();
+
+/**
+ * The request body read once: its bytes (what goes upstream, byte for byte) and its JSON checked
+ * against `schema`, failures as 400s naming the field. Not Hono's zod validator: it caches the body as text, and reading bytes after it re-encodes that text through
+ * one more `Response`, so the body was read, decoded, parsed and re-encoded on every request.
+ */
+export async function readJsonBody<T extends z.ZodType>(
+  c: Context,
+  schema: T,
+): Promise<{ raw: Uint8Array<ArrayBuffer>; body: z.infer<T> }> {
+  const raw = new Uint8Array(await c.req.arrayBuffer());
+  let json: unknown;
+  try {
+    json = JSON.parse(decoder.decode(raw));
+  } catch {
+    throw new SluiceError(400, "invalid_request_error", "Malformed JSON in request body");
+  }
+  const result = schema.safeParse(json);
+  if (!result.success) {
+    throw new SluiceError(400, "invalid_request_error", describeIssues(result.error.issues));
+  }
+  return { raw, body: result.data };
 }

@@ -5,7 +5,17 @@
  */
 
 /** The files of the page, by name. */
-export const pageAssetNames = ["index.html", "chat.js", "chat.css"] as const;
+export const pageAssetNames = [
+  "index.html",
+  "chat.js",
+  "markdown.js",
+  "stream.js",
+  "follow.js",
+  "chat.css",
+  // Built by `deno task build:page` from npm packages (lib/page/build/), committed.
+  "vendor.js",
+  "vendor.css",
+] as const;
 
 const TYPES: Record<string, string> = {
   html: "text/html; charset=utf-8",

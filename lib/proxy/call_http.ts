@@ -7,6 +7,7 @@ import type { Context } from "hono";
 import type { AppEnv, RouteDeps } from "../app_env.ts";
 import type { Call } from "./messages_call.ts";
 import { upstreamHeaders } from "./pass_headers.ts";
+import { markEnd } from "../http/response_end.ts";
 import type { UpstreamRequest } from "./upstream.ts";
 import { createStreamWriter, type StreamMeta } from "../chat/resume.ts";
 import { SluiceError } from "../errors.ts";
@@ -99,6 +100,7 @@ export function respondWithCall(
     stream = finishOnCancel(stream);
   }
   deps.lifecycle?.adopt(stream, call.finished);
+  markEnd(stream, call.finished);
   for (const [key, value] of Object.entries(SSE_HEADERS)) call.headers.set(key, value);
   return new Response(stream, { status: call.status, headers: call.headers });
 }

@@ -8,6 +8,8 @@ import { ChatApiError, createConversation, streamChat } from "./client.ts";
 import type { ChatDone } from "../../chat/encoding.ts";
 import type { Styles } from "./terminal.ts";
 import { isQuit, SPINNER_CLEAR, spinnerFrame, statsText, styles } from "./terminal.ts";
+import { createTerminalMarkdown } from "./markdown.ts";
+import { createAnswerPrinter } from "./answer_printer.ts";
 
 /** What the loop reads from and writes to. */
 export interface TerminalIO {
@@ -24,6 +26,13 @@ export interface RunChatOptions extends ChatClientOptions {
   color: boolean;
   /** Animate a spinner until the first token (terminals only). */
   spinner: boolean;
+  /**
+   * Redraw the answer's open markdown block in place as it grows (terminals only; default:
+   * `spinner`). Otherwise each block is written once it is complete.
+   */
+  live?: boolean;
+  /** The terminal's size, read at each answer (default 80x24). */
+  size?: () => { columns: number; rows: number };
   model?: string;
   system?: string;
   /** Spinner frame interval, in ms. */
@@ -33,6 +42,12 @@ export interface RunChatOptions extends ChatClientOptions {
 }
 
 const DOUBLE_SIGNAL_MS = 250;
+/**
+ * After a Ctrl-C stopped an answer, a second signal this soon is the same key press forwarded
+ * again (`deno task` passes SIGINT on to its child, late on a busy machine), not a request to
+ * leave: it would print a stray prompt line under `[stopped]`.
+ */
+const AFTER_STOP_MS = 1000;
 
 /**
  * Runs the chat until the user leaves. Returns the exit code: 0 after quit/exit/Ctrl-D, 1 when
@@ -63,13 +78,15 @@ export async function runChat(options: RunChatOptions): Promise<number> {
   let wake: (() => void) | null = null;
   const now = options.now ?? (() => performance.now());
   let lastInterrupt = -Infinity;
+  let lastStop = -Infinity;
   const stop = io.onInterrupt(() => {
     // One Ctrl-C can arrive twice: the terminal signals the whole foreground group, and
     // `deno task` also forwards it to its child. Signals this close together are one key press.
     const at = now();
-    if (at - lastInterrupt < DOUBLE_SIGNAL_MS) return;
+    if (at - lastInterrupt < DOUBLE_SIGNAL_MS || at - lastStop < AFTER_STOP_MS) return;
     lastInterrupt = at;
     if (current) {
+      lastStop = at;
       current.abort();
       return;
     }
@@ -151,7 +168,10 @@ export async function runChat(options: RunChatOptions): Promise<number> {
   }
 }
 
-/** Streams one answer to the terminal: label, spinner until the first token, text, newline. */
+/**
+ * Streams one answer to the terminal: the label, a spinner until the first token, then the
+ * answer as markdown from the next line, ending on a line of its own.
+ */
 async function answerOnce(
   options: RunChatOptions,
   s: Styles,
@@ -161,35 +181,58 @@ async function answerOnce(
   collect: (text: string) => void,
 ): Promise<ChatDone> {
   const { io } = options;
-  io.write(`${s.claude("Claude:")} `);
+  io.write(s.claude("Claude:"));
   let frame = 0;
   let spinning = options.spinner;
   let timer: ReturnType<typeof setInterval> | undefined;
   if (spinning) {
-    io.write(spinnerFrame(frame++));
+    io.write(" " + spinnerFrame(frame++));
     timer = setInterval(() => io.write(spinnerFrame(frame++)), options.spinnerMs ?? 80);
   }
-  const stopSpinner = () => {
-    if (!spinning) return;
-    spinning = false;
-    clearInterval(timer);
-    io.write(SPINNER_CLEAR);
+  let started = false;
+  const start = () => {
+    if (started) return;
+    started = true;
+    if (spinning) {
+      spinning = false;
+      clearInterval(timer);
+      // The spinner goes, then the space before it (erased, so no trailing blank is left).
+      io.write(`${SPINNER_CLEAR}\b\x1b[K`);
+    }
+    io.write("\n");
   };
-  let last = "";
+  const size = options.size?.() ?? { columns: 80, rows: 24 };
+  const printer = createAnswerPrinter({
+    write: io.write,
+    markdown: createTerminalMarkdown({ color: options.color, width: size.columns - 1 }),
+    live: options.live ?? options.spinner,
+    columns: size.columns,
+    rows: size.rows,
+    dim: s.dim,
+  });
+  let finished = false;
   try {
-    return await streamChat(client, request, {
+    const done = await streamChat(client, request, {
       signal,
       onText(text) {
-        stopSpinner();
-        io.write(s.answer(text));
+        start();
+        printer.append(text);
         collect(text);
-        last = text;
+      },
+      onReconnecting(attempt) {
+        start();
+        printer.status(attempt === 0 ? "" : `(connection lost; reconnecting, try ${attempt}…)`);
       },
     });
+    start();
+    printer.end();
+    finished = true;
+    return done;
   } finally {
-    stopSpinner();
-    // The answer (or the marker after it) ends on its own line.
-    if (!last.endsWith("\n")) io.write("\n");
+    if (!finished) {
+      start();
+      printer.stop();
+    }
   }
 }
 

@@ -1,5 +1,5 @@
 /**
- * Accumulator throughput (`deno bench tests/accumulator_bench.ts`, or `deno task bench` for the
+ * Accumulator throughput (`deno bench bench/accumulator_bench.ts`, or `deno task bench` for the
  * table with events/s, MB/s and ratios).
  *
  * Every group runs the same bytes through: the floor (`eventsource-parser` + `JSON.parse` of each
@@ -19,7 +19,7 @@ import {
   runSluice,
   runSluiceTapped,
   textStream,
-} from "./bench_support.ts";
+} from "./streams.ts";
 
 const streams = accumulatorStreams();
 

@@ -3,7 +3,7 @@
  * as `/chat` SSE and as `/v1/messages` with `x-sluice-resumable: true`: the figures in
  * docs/chat.md. Not a test; run it by hand:
  *
- *   deno run --allow-read --allow-env tests/measure_resume_writes.ts
+ *   deno run --allow-read --allow-env bench/resume_writes_bench.ts
  */
 import { createApp } from "../lib/app.ts";
 import { parseConfig } from "../lib/config.ts";

@@ -1,15 +1,19 @@
 /**
- * `deno task bench`: the accumulator benchmarks (`deno bench --json`, in a subprocess) and the
- * gateway comparison on loopback, printed as two tables with ratios and the targets of issue 6.
+ * `deno task bench`: the accumulator benchmarks (`deno bench --json`, in a subprocess), the
+ * request path (bench/request_bench.ts) and the gateway comparison on loopback, printed as
+ * tables with ratios and the targets of issues 6 and 13.
  *
  * Options: --levels 1,100,1000,1000@100 (gateway levels; `N@MS` = N streams, a delta every MS
  * ms), --deltas 100, --runs 10 (sequential streams at level 1), --rounds 2 (each level runs that
- * many times, paths interleaved, samples pooled), --skip-accumulator,
- * --skip-gateway. The report is markdown on stdout; progress goes to stderr.
+ * many times, paths interleaved, samples pooled), --skip-accumulator, --skip-request,
+ * --skip-gateway. The request section's own options are bench/request_bench.ts's
+ * (`deno task bench:request`). The report is markdown on stdout; progress goes to stderr.
  */
 import { parseArgs } from "node:util";
-import { accumulatorStreams, type BenchStream, markdownTable } from "./bench_support.ts";
-import { gatewayTable, gatewayVerdicts, parseLevel, runGatewayBench } from "./gateway_load.ts";
+import { accumulatorStreams, type BenchStream } from "./streams.ts";
+import { markdownTable } from "./report.ts";
+import { gatewayTable, gatewayVerdicts, parseLevel, runGatewayBench } from "./gateway_bench.ts";
+import { requestTable, requestVerdicts, runRequestBench } from "./request_bench.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -19,6 +23,7 @@ const { values } = parseArgs({
     runs: { type: "string", default: "10" },
     rounds: { type: "string", default: "2" },
     "skip-accumulator": { type: "boolean", default: false },
+    "skip-request": { type: "boolean", default: false },
     "skip-gateway": { type: "boolean", default: false },
   },
 });
@@ -163,6 +168,13 @@ console.log(`Machine: ${await machine()}\n`);
 if (!values["skip-accumulator"]) {
   console.error("accumulator benchmarks (deno bench) …");
   const section = "### Accumulator throughput\n\n" + accumulatorReport(await accumulatorBench());
+  console.log(section + "\n");
+}
+if (!values["skip-request"]) {
+  console.error("request path on loopback …");
+  const results = await runRequestBench();
+  const section = "### Request path on loopback\n\n" + requestTable(results) + "\n\n" +
+    requestVerdicts(results).map((v) => `- ${v}`).join("\n");
   console.log(section + "\n");
 }
 if (!values["skip-gateway"]) {

@@ -1,19 +1,20 @@
 /**
- * The gateway benchmark's fake Messages API (a subprocess of tests/gateway_load.ts): streams a
- * text answer at a set pace, a first text delta after `--ttft` ms, then one every `--interval` ms.
+ * The gateway benchmark's fake Messages API (a subprocess of bench/gateway_bench.ts): streams a
+ * text answer at a set pace, a first text delta after `--ttft` ms, then one every `--interval` ms
+ * (`stream: false` gets the whole message at once).
  *
  * Every text delta carries the moment it was written, `|<ms>|` in its text, on this process's
  * `performance.timeOrigin + performance.now()`; the load client converts it to its own clock
  * (offset measured through `GET /clock`) and so measures each delta's latency on one clock.
  *
- * The number of deltas and their interval can come from the request's `metadata.user_id`
- * (`deltas=N;interval=MS`), a field every path under test forwards unchanged, so warm-up runs
+ * The number of deltas, their interval and the TTFT can come from the request's
+ * `metadata.user_id` (`deltas=N;interval=MS;ttft=MS`), a field every path under test forwards unchanged, so warm-up runs
  * can be short and one level can run at another pace.
  *
- * Run: deno run --allow-net=127.0.0.1 tests/bench_upstream.ts --ttft 100 --interval 10 --deltas 100
+ * Run: deno run --allow-net=127.0.0.1 bench/fake_upstream.ts --ttft 100 --interval 10 --deltas 100
  */
 import { parseArgs } from "node:util";
-import { messageEnd, messageStart, sse } from "./bench_support.ts";
+import { messageEnd, messageStart, sse } from "./streams.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -41,19 +42,45 @@ const DELTA_HEAD = 'event: content_block_delta\ndata: {"type":"content_block_del
   '"delta":{"type":"text_delta","text":" token |';
 const DELTA_TAIL = '|"}}\n\n';
 
-function paceOf(body: unknown): { deltas: number; interval: number } {
+interface Pace {
+  deltas: number;
+  interval: number;
+  ttft: number;
+}
+
+function paceOf(body: unknown): Pace {
   const userId = (body as { metadata?: { user_id?: unknown } })?.metadata?.user_id;
   const fields = new URLSearchParams(typeof userId === "string" ? userId.replaceAll(";", "&") : "");
   const deltas = Number(fields.get("deltas") ?? defaultDeltas);
   const interval = Number(fields.get("interval") ?? intervalMs);
+  const ttft = Number(fields.get("ttft") ?? ttftMs);
   return {
     deltas: Number.isInteger(deltas) && deltas > 0 ? Math.min(100_000, deltas) : defaultDeltas,
     interval: Number.isFinite(interval) && interval >= 0 ? interval : intervalMs,
+    ttft: Number.isFinite(ttft) && ttft >= 0 ? ttft : ttftMs,
   };
 }
 
-/** One paced answer. Deltas are scheduled from the start, so a late timer does not shift the rest. */
-function pacedStream({ deltas, interval }: { deltas: number; interval: number }) {
+/** A whole message, for `stream: false` (written at once). */
+function message(deltas: number): string {
+  return JSON.stringify({
+    id: "msg_bench",
+    type: "message",
+    role: "assistant",
+    model: "claude-bench",
+    content: [{ type: "text", text: " token".repeat(deltas) }],
+    stop_reason: "end_turn",
+    stop_sequence: null,
+    usage: { input_tokens: 12, output_tokens: deltas * 2 },
+  });
+}
+
+/**
+ * One paced answer. Deltas are scheduled from the start, so a late timer does not shift the rest.
+ * With a TTFT of 0 the first delta is written with the head, at once (the request bench's
+ * upstream "answers at once").
+ */
+function pacedStream({ deltas, interval, ttft }: Pace) {
   let timer: ReturnType<typeof setTimeout> | undefined;
   return new ReadableStream<Uint8Array>({
     start(controller) {
@@ -65,7 +92,7 @@ function pacedStream({ deltas, interval }: { deltas: number; interval: number })
         controller.enqueue(encoder.encode(DELTA_HEAD + now().toFixed(3) + DELTA_TAIL));
         sent++;
         if (sent < deltas) {
-          const due = start + ttftMs + sent * interval;
+          const due = start + ttft + sent * interval;
           timer = setTimeout(tick, Math.max(0, due - performance.now()));
           return;
         }
@@ -75,7 +102,8 @@ function pacedStream({ deltas, interval }: { deltas: number; interval: number })
         ));
         controller.close();
       };
-      timer = setTimeout(tick, ttftMs);
+      if (ttft === 0) tick();
+      else timer = setTimeout(tick, ttft);
     },
     cancel() {
       clearTimeout(timer);
@@ -97,7 +125,13 @@ Deno.serve({
     } catch {
       // the paths under test always send JSON; a default-length stream is fine otherwise
     }
-    return new Response(pacedStream(paceOf(body)), {
+    const pace = paceOf(body);
+    if ((body as { stream?: unknown } | null)?.stream !== true) {
+      return new Response(message(pace.deltas), {
+        headers: { "content-type": "application/json", "request-id": "req_bench" },
+      });
+    }
+    return new Response(pacedStream(pace), {
       headers: {
         "content-type": "text/event-stream; charset=utf-8",
         "cache-control": "no-cache",

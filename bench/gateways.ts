@@ -1,9 +1,12 @@
 /**
  * One gateway under test, in its own process so its CPU time and memory are its own (a
- * subprocess of tests/gateway_load.ts):
+ * subprocess of bench/gateway_bench.ts):
  *
  * - `sluice`: the real app, wired as main.ts wires it in live mode (SDK upstream pointed at the
- *   fake, defaults for keep-alives and idle timeout, stats into an in-memory Deno KV).
+ *   fake, defaults for keep-alives and idle timeout, stats into Deno KV: in memory, or the file
+ *   BENCH_KV_PATH names).
+ * - `sluice-prod`: the same in the production configuration (gateway keys, rate and concurrency
+ *   limits, stats).
  * - `passthrough`: the floor, a proxy that copies the upstream's bytes and parses nothing.
  * - `sdk-hono`: the usual alternative, a Hono route that wraps the SDK's `MessageStream`
  *   (`client.messages.stream`) and re-sends each event with Hono's `streamSSE`.
@@ -14,7 +17,8 @@
  * Experiments on the sluice gateway: BENCH_SLUICE_ENV (JSON of extra environment variables, e.g.
  * '{"SLUICE_KEEPALIVE_MS":"0"}') and BENCH_NO_STATS=1 (no stats sink).
  *
- * Run: deno run --allow-net=127.0.0.1 --allow-env tests/bench_proxy.ts <gateway> <upstream URL>
+ * Run: deno run --allow-net=127.0.0.1 --allow-env --allow-read --allow-write bench/gateways.ts
+ *   <gateway> <upstream URL>
  */
 import process from "node:process";
 import Anthropic from "@anthropic-ai/sdk";
@@ -38,14 +42,26 @@ export interface ProxyUsage {
 
 type Handler = (request: Request, info: Deno.ServeHandlerInfo) => Response | Promise<Response>;
 
-async function sluice(upstreamUrl: string): Promise<Handler> {
+/**
+ * The production configuration of the request bench's `sluice-prod` path: gateway keys, limits
+ * generous enough never to refuse the bench, stats on (they are on in every configuration).
+ */
+export const PRODUCTION_ENV: Readonly<Record<string, string>> = {
+  SLUICE_API_KEYS: "bench-key,other-key",
+  SLUICE_RATE_LIMIT_RPM: "1000000",
+  SLUICE_MAX_CONCURRENT_STREAMS: "100000",
+};
+
+async function sluice(upstreamUrl: string, production: boolean): Promise<Handler> {
   const config = parseConfig({
     ANTHROPIC_API_KEY: "bench-key",
     ANTHROPIC_BASE_URL: upstreamUrl,
     SLUICE_UPSTREAM: "live",
     SLUICE_LOG_LEVEL: "silent",
-    SLUICE_KV_PATH: ":memory:",
+    // A KV file (fresh, or a copy of bench/kv_history.ts's month) when given, as main.ts opens.
+    SLUICE_KV_PATH: Deno.env.get("BENCH_KV_PATH") ?? ":memory:",
     HOSTNAME: "127.0.0.1",
+    ...(production ? PRODUCTION_ENV : {}),
     // Experiments (e.g. keep-alives off): BENCH_SLUICE_ENV='{"SLUICE_KEEPALIVE_MS":"0"}'.
     ...JSON.parse(Deno.env.get("BENCH_SLUICE_ENV") ?? "{}"),
   });
@@ -111,8 +127,8 @@ function sdkHono(upstreamUrl: string): Handler {
 }
 
 const [gateway, upstreamUrl] = Deno.args;
-const handler = gateway === "sluice"
-  ? await sluice(upstreamUrl)
+const handler = gateway === "sluice" || gateway === "sluice-prod"
+  ? await sluice(upstreamUrl, gateway === "sluice-prod")
   : gateway === "passthrough"
   ? passthrough(upstreamUrl)
   : gateway === "js-copy"
@@ -121,9 +137,14 @@ const handler = gateway === "sluice"
   ? sdkHono(upstreamUrl)
   : undefined;
 if (!handler || !upstreamUrl) {
-  console.error("usage: bench_proxy.ts sluice|passthrough|sdk-hono <upstream URL>");
+  console.error(
+    "usage: gateways.ts sluice|sluice-prod|passthrough|js-copy|sdk-hono <upstream URL>",
+  );
   Deno.exit(2);
 }
+
+// Exit on SIGTERM (the bench's stop), so `--cpu-prof` writes its profile.
+Deno.addSignalListener("SIGTERM", () => Deno.exit(0));
 
 Deno.serve({
   hostname: "127.0.0.1",

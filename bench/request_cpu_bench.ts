@@ -4,7 +4,7 @@
  * `app.fetch` called one request after another. Prints µs of CPU (user + system) and wall time per
  * request. BENCH_NO_STATS=1 leaves the stats sink out.
  *
- * Run: deno run --allow-env --allow-read tests/bench_request.ts [requests]
+ * Run: deno run --allow-env --allow-read bench/request_cpu_bench.ts [requests]
  */
 import process from "node:process";
 import { createApp } from "../lib/app.ts";
@@ -14,7 +14,7 @@ import { createLogger } from "../lib/log.ts";
 import { createLifecycle } from "../lib/http/shutdown.ts";
 import { createKvStats } from "../lib/stats/kv_stats.ts";
 import { createUpstream } from "../lib/proxy/upstream.ts";
-import { messageEnd, messageStart, sse } from "./bench_support.ts";
+import { messageEnd, messageStart, sse } from "./streams.ts";
 
 const requests = Number(Deno.args[0] ?? 20_000);
 const answer = new TextEncoder().encode([

@@ -15,13 +15,13 @@
  * Run (the semi-space flags keep the collector out of the measurement, so the heap's growth is
  * what was allocated):
  *   deno run --v8-flags=--expose-gc,--min-semi-space-size=512,--max-semi-space-size=512 \
- *     tests/bench_tap.ts [events]
+ *     bench/tap_bench.ts [events]
  */
 import process from "node:process";
 import { EventAccumulator } from "../lib/stream/accumulator.ts";
 import { createSseDecoder } from "../lib/stream/sse.ts";
 import { type TapHooks, type TapOptions, tapStream } from "../lib/stream/tap.ts";
-import { textStream } from "./bench_support.ts";
+import { textStream } from "./streams.ts";
 
 const events = Number(Deno.args[0] ?? 20_000);
 const gc = (globalThis as { gc?: () => void }).gc;

@@ -9,28 +9,35 @@
  * - `sluice`: through sluice (createApp, live upstream pointed at the fake);
  * - `sdk-hono`: through a Hono route re-sending the SDK's MessageStream events with streamSSE.
  *
- * The upstream and each gateway run in their own process (tests/bench_upstream.ts,
- * tests/bench_proxy.ts) so a gateway's CPU time and memory are its own. The upstream writes its
+ * The upstream and each gateway run in their own process (bench/fake_upstream.ts,
+ * bench/gateways.ts) so a gateway's CPU time and memory are its own. The upstream writes its
  * send time into every text delta; the client converts it to its own clock (offset measured
  * with `GET /clock`) and so measures, for every stream, the latency the path added to its first
  * and last text deltas.
  *
  * Run alone: deno run --allow-net=127.0.0.1 --allow-run --allow-read --allow-env
- *   tests/gateway_load.ts [--levels 1,100,1000] [--deltas 100] [--json]
+ *   bench/gateway_bench.ts [--levels 1,100,1000] [--deltas 100] [--json]
  * (`deno task bench` runs it after the accumulator benchmarks.)
  */
 import { parseArgs } from "node:util";
-import { markdownTable, percentile } from "./bench_support.ts";
-import type { ProxyUsage } from "./bench_proxy.ts";
+import { markdownTable, percentile } from "./report.ts";
+import type { ProxyUsage } from "./gateways.ts";
+import { type Child, processUsage, spawn, spawnMain } from "./processes.ts";
 
 /** The paths, in the order they run at each level. */
 /**
  * The paths, in the order they run at each level. `js-copy` is a yardstick, not a contender: a
- * pass-through whose chunks go through JavaScript (see bench_proxy.ts), the floor for any
+ * pass-through whose chunks go through JavaScript (see gateways.ts), the floor for any
  * gateway that looks at the bytes in Deno.
  */
 export const PATHS = ["direct", "passthrough", "js-copy", "sluice", "sdk-hono"] as const;
-export type PathName = typeof PATHS[number];
+/**
+ * Also available (`--paths`): sluice as `deno task start` runs it, main.ts with one isolate
+ * (`sluice-main`) or one per core (`sluice-workers`), each with a KV file of its own. Their CPU
+ * and RSS come from /proc (all threads); their heap is not known.
+ */
+export const MAIN_PATHS = ["sluice-main", "sluice-workers"] as const;
+export type PathName = typeof PATHS[number] | typeof MAIN_PATHS[number];
 
 /** Options for {@link runGatewayBench}. */
 export interface GatewayBenchOptions {
@@ -115,42 +122,6 @@ interface StreamSample {
 
 const now = () => performance.timeOrigin + performance.now();
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-const CONFIG = new URL("../deno.json", import.meta.url).pathname;
-
-interface Child {
-  url: string;
-  process: Deno.ChildProcess;
-}
-
-/** Starts a bench subprocess and waits for the `{"port":N}` line it prints when listening. */
-async function spawn(script: string, args: string[], permissions: string[]): Promise<Child> {
-  const process = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--config",
-      CONFIG,
-      ...permissions,
-      new URL(script, import.meta.url).pathname,
-      ...args,
-    ],
-    stdout: "piped",
-    stderr: "inherit",
-  }).spawn();
-  const reader = process.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let buffered = "";
-  while (!buffered.includes("\n")) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`${script} exited before listening`);
-    buffered += value;
-  }
-  const { port } = JSON.parse(buffered.slice(0, buffered.indexOf("\n")));
-  // Keep draining, so a chatty child never blocks on a full pipe.
-  (async () => {
-    while (!(await reader.read().catch(() => ({ done: true }))).done) { /* discard */ }
-  })();
-  return { url: `http://127.0.0.1:${port}`, process };
-}
-
 /** The upstream's clock minus ours, from the exchange with the shortest round trip. */
 async function clockOffset(upstreamUrl: string): Promise<number> {
   let best = { rtt: Infinity, offset: 0 };
@@ -319,8 +290,9 @@ export async function runGatewayBench(options: GatewayBenchOptions = {}): Promis
     ...options,
   };
   const children: Child[] = [];
+  const kvDir = await Deno.makeTempDir({ prefix: "sluice-gateway-bench-" });
   try {
-    const upstream = await spawn("./bench_upstream.ts", [
+    const upstream = await spawn("./fake_upstream.ts", [
       "--ttft",
       String(opts.ttftMs),
       "--interval",
@@ -330,15 +302,30 @@ export async function runGatewayBench(options: GatewayBenchOptions = {}): Promis
     ], ["--allow-net=127.0.0.1"]);
     children.push(upstream);
     const urls: Record<PathName, string> = { direct: upstream.url } as Record<PathName, string>;
+    const usageOf = {} as Record<PathName, () => Promise<ProxyUsage>>;
     const proxies = opts.paths.filter((path) => path !== "direct");
     for (const path of proxies) {
-      const child = await spawn("./bench_proxy.ts", [path, upstream.url], [
+      if ((MAIN_PATHS as readonly string[]).includes(path)) {
+        const child = await spawnMain({
+          ANTHROPIC_API_KEY: "bench-key",
+          ANTHROPIC_BASE_URL: upstream.url,
+          SLUICE_UPSTREAM: "live",
+          SLUICE_KV_PATH: `${kvDir}/${path}.sqlite3`,
+          SLUICE_WORKERS: path === "sluice-workers" ? "auto" : "1",
+        });
+        children.push(child);
+        urls[path] = child.url;
+        usageOf[path] = () => processUsage(child.process.pid);
+        continue;
+      }
+      const child = await spawn("./gateways.ts", [path, upstream.url], [
         "--allow-net=127.0.0.1",
         "--allow-env",
         ...opts.proxyFlags,
       ]);
       children.push(child);
       urls[path] = child.url;
+      usageOf[path] = () => usage(child.url);
     }
     const offset = await clockOffset(upstream.url);
     opts.log(`upstream clock offset ${offset.toFixed(3)} ms; warming up every path`);
@@ -375,17 +362,17 @@ export async function runGatewayBench(options: GatewayBenchOptions = {}): Promis
         const intervalMs = level.intervalMs ?? opts.intervalMs;
         for (const path of opts.paths) {
           await sleep(300); // let the previous run's sockets close
-          const proxy = path === "direct" ? undefined : urls[path];
-          const before = proxy ? await usage(proxy) : undefined;
+          const proxy = path === "direct" ? undefined : usageOf[path];
+          const before = proxy ? await proxy() : undefined;
           let middle: ProxyUsage | undefined;
           const started = performance.now();
           const lag = watchLag();
           const samples = await runLevel(urls[path], level, opts, offset, async () => {
-            if (proxy) middle = await usage(proxy);
+            if (proxy) middle = await proxy();
           });
           const lags = lag.stop();
           const wallMs = performance.now() - started;
-          const after = proxy ? await usage(proxy) : undefined;
+          const after = proxy ? await proxy() : undefined;
           const key = `${streams}@${intervalMs}/${path}`;
           const pool = pools.get(key) ??
             { samples: [], lags: [], cpuMicros: 0, events: 0, heapKib: [], rssKib: [], wallMs: 0 };
@@ -399,7 +386,8 @@ export async function runGatewayBench(options: GatewayBenchOptions = {}): Promis
           }
           if (before && middle) {
             // A collection between the two readings can make it negative: that reads as 0.
-            pool.heapKib.push(Math.max(0, middle.heapUsed - before.heapUsed) / 1024 / streams);
+            const heap = Math.max(0, middle.heapUsed - before.heapUsed) / 1024 / streams;
+            if (Number.isFinite(heap)) pool.heapKib.push(heap);
             pool.rssKib.push((middle.rss - before.rss) / 1024 / streams);
           }
           const ok = samples.filter((s) => s.ok);
@@ -460,6 +448,7 @@ export async function runGatewayBench(options: GatewayBenchOptions = {}): Promis
       }
       await child.process.status;
     }
+    await Deno.remove(kvDir, { recursive: true }).catch(() => {});
   }
 }
 

@@ -1,0 +1,106 @@
+/**
+ * One isolate serving sluice: the dependencies built from the configuration, `createApp`, and
+ * `Deno.serve` with graceful shutdown. main.ts runs it once, or once per worker (workers.ts).
+ */
+import { createApp } from "./app.ts";
+import type { Config } from "./config.ts";
+import { createLogger, type Logger } from "./log.ts";
+import { createUpstreamFromConfig } from "./proxy/upstream_from_config.ts";
+import { openKv } from "./kv.ts";
+import { checkDefaultModel } from "./proxy/model_check.ts";
+import { createKvStats } from "./stats/kv_stats.ts";
+import { createLifecycle, installShutdown, type ShutdownHandle } from "./http/shutdown.ts";
+
+/** Options for {@link serveSluice}. */
+export interface ServeOptions {
+  /** The port to bind (the configured one by default; workers after the first get the first's). */
+  port?: number;
+  /** `SO_REUSEPORT`, so several isolates accept on one port (every worker sets it). */
+  reusePort?: boolean;
+  /**
+   * Whether this isolate logs the start-up lines as soon as it listens (default). Workers wait:
+   * the first one logs them through the returned `announce` once every worker listens.
+   */
+  announce?: boolean;
+  /** Called with the bound port once listening. */
+  onListen?: (port: number) => void;
+  /** Signals that start the shutdown; none in a worker (the main thread tells it). */
+  signals?: Deno.Signal[];
+  /** How the shutdown ends the isolate; `Deno.exit` by default. */
+  exit?: (code: number) => void;
+  /** How many isolates serve the port, for the start-up line. */
+  workers?: number;
+}
+
+/** Serves sluice in this isolate; resolves once it listens. */
+export async function serveSluice(
+  config: Config,
+  options: ServeOptions = {},
+): Promise<{ shutdown: ShutdownHandle; port: number; announce(): void }> {
+  const logger = createLogger({ level: config.logLevel, secrets: [config.anthropicApiKey] });
+  const announce = options.announce ?? true;
+  const upstream = await createUpstreamFromConfig(config);
+  const kv = await openKv(config);
+  const stats = createKvStats({ kv, logger, writeIntervalMs: config.statsWriteMs });
+  const lifecycle = createLifecycle();
+  const app = createApp({ config, upstream, logger, kv, stats, lifecycle });
+
+  let listening!: (port: number) => void;
+  const bound = new Promise<number>((resolve) => (listening = resolve));
+  // `app.fetch` gets Deno.serve's handler info as Hono's `c.env`; the loopback-only rule reads
+  // the caller's address from it.
+  const server = Deno.serve({
+    port: options.port ?? config.port,
+    hostname: config.hostname,
+    reusePort: options.reusePort,
+    onListen: ({ hostname, port }) => {
+      listening(port);
+      options.onListen?.(port);
+      if (announce) announceNow(hostname, port);
+    },
+  }, app.fetch);
+  function announceNow(hostname: string, port: number) {
+    startupLines(config, logger, hostname, port, options.workers ?? 1);
+    if (config.upstream === "live") {
+      // Off the start-up path: serving does not wait for the answer.
+      void checkDefaultModel(upstream, config.defaultModel, logger);
+    }
+  }
+
+  const shutdown = installShutdown({
+    server,
+    lifecycle,
+    logger,
+    graceMs: config.shutdownGraceMs,
+    signals: options.signals,
+    exit: options.exit,
+    close: async () => {
+      await stats.flush();
+      kv.close();
+    },
+  });
+  const port = await bound;
+  return { shutdown, port, announce: () => announceNow(server.addr.hostname, port) };
+}
+
+function startupLines(
+  config: Config,
+  logger: Logger,
+  hostname: string,
+  port: number,
+  workers: number,
+) {
+  const isolates = workers > 1 ? `, ${workers} workers` : "";
+  logger.info(
+    `sluice listening on http://${hostname}:${port} (upstream: ${config.upstream}${isolates})`,
+  );
+  if (config.upstream === "replay") {
+    logger.info("no ANTHROPIC_API_KEY: answering from recorded fixtures (replay mode)");
+  }
+  if (config.upstream === "live" && config.apiKeys.length === 0) {
+    logger.warn(
+      "live mode without SLUICE_API_KEYS: answering only callers on this machine (loopback); " +
+        "set SLUICE_API_KEYS to serve others",
+    );
+  }
+}
