@@ -79,3 +79,18 @@ Deno.test("a part whose check fails fails alone; the others of its batch are wri
     kv.close();
   }
 });
+
+Deno.test("a part committed alone goes out at once, in an operation of its own", async () => {
+  const { kv, counts } = await countedKv();
+  try {
+    const batcher = createCommitBatcher(kv);
+    const shared = batcher.commit(part("a"));
+    const alone = batcher.commit(part("b"), true);
+    assert.equal(counts.commits, 1); // already committed, before the batch's turn
+    assert.equal((await alone).ok, true);
+    assert.equal((await shared).ok, true);
+    assert.equal(counts.commits, 2);
+  } finally {
+    kv.close();
+  }
+});

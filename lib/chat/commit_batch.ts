@@ -19,8 +19,12 @@ export interface CommitPart {
 
 /** Commits parts together; see the module doc. */
 export interface CommitBatcher {
-  /** Commits `part` with the others submitted in this turn; resolves with its own result. */
-  commit(part: CommitPart): Promise<Deno.KvCommitResult | Deno.KvCommitError>;
+  /**
+   * Commits `part` with the others submitted in this turn; resolves with its own result. With
+   * `alone`, at once and on its own (a stream's last commit: nothing is left waiting on a timer
+   * once its stream has ended).
+   */
+  commit(part: CommitPart, alone?: boolean): Promise<Deno.KvCommitResult | Deno.KvCommitError>;
 }
 
 /** Options for {@link createCommitBatcher}. */
@@ -91,7 +95,8 @@ export function createCommitBatcher(
   }
 
   return {
-    commit(part) {
+    commit(part, alone = false) {
+      if (alone) return operation([part]).commit();
       return new Promise((resolve, reject) => {
         queue.push({ part, resolve, reject });
         if (!running) {

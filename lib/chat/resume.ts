@@ -240,7 +240,7 @@ export function createStreamWriter(options: StreamWriterOptions): StreamWriter {
         check: { key: headKey(owner, id), versionstamp: version },
         sets,
         bytes: partBytes + 500,
-      });
+      }, last);
       writes.commits++;
       if (!result.ok) {
         lost = true;
