@@ -38,7 +38,8 @@ const envSchema = z.object({
   SLUICE_CORS_ORIGINS: csv.default([]),
   SLUICE_RATE_LIMIT_RPM: int(0).default(0),
   SLUICE_MAX_CONCURRENT_STREAMS: int(0).default(0),
-  SLUICE_SHUTDOWN_GRACE_MS: int(0).default(8_000),
+  // With the three 1 s steps after it (see lib/http/shutdown.ts), under Docker's 10 s SIGKILL.
+  SLUICE_SHUTDOWN_GRACE_MS: int(0).default(6_000),
   SLUICE_STATS_WRITE_MS: int(0).max(60_000).default(1_000),
   SLUICE_DEFAULT_MODEL: z.string().min(1).default("claude-sonnet-5-5"),
   SLUICE_CHAT_MAX_TOKENS: int(1).default(1024),

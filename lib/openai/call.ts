@@ -12,7 +12,7 @@
  * shape, which OpenAI clients parse. Kept apart from `startCall` so the Messages hot path stays
  * as it is measured.
  */
-import { ServerShutdownError } from "../errors.ts";
+import { ServerShutdownError, shutdownRefusal } from "../errors.ts";
 import { openaiErrorBody, openaiSseError } from "../errors.ts";
 import type { Clock } from "../clock.ts";
 import type { Logger } from "../log.ts";
@@ -24,6 +24,7 @@ import { tokenUsage } from "../stats/request_summary.ts";
 import { chatCompletionUsage, createChatCompletionsTap } from "./tap.ts";
 import { createSseDecoder, readBody, tapStream, UpstreamIdleError } from "../stream/sse.ts";
 import type { Upstream, UpstreamRequest } from "../proxy/upstream.ts";
+import { watchWaiting } from "../proxy/waiting.ts";
 
 /** The path, on sluice and upstream alike. */
 export const CHAT_COMPLETIONS_PATH = "/v1/chat/completions";
@@ -55,14 +56,8 @@ export async function startChatCompletionsCall(options: ChatCompletionsCallOptio
   const { clock, startedAt } = options;
   const controller = new AbortController();
   const upstreamStartedAt = clock.now();
-  let clientLeft = false;
-  const onClientGone = () => {
-    clientLeft = true;
-    controller.abort();
-  };
-  options.clientSignal?.addEventListener("abort", onClientGone, { once: true });
-  const unwatch = () => options.clientSignal?.removeEventListener("abort", onClientGone);
-  if (options.clientSignal?.aborted) onClientGone();
+  const waiting = watchWaiting(controller, options.clientSignal, options.cut);
+  const unwatch = () => waiting.unwatch();
   const base = {
     endpoint: CHAT_COMPLETIONS_PATH,
     streaming: options.request.stream,
@@ -81,7 +76,8 @@ export async function startChatCompletionsCall(options: ChatCompletionsCallOptio
     });
   } catch (error) {
     unwatch();
-    if (!clientLeft) throw error;
+    if (waiting.cause === "shutdown") throw shutdownRefusal();
+    if (waiting.cause !== "client") throw error;
     return clientGone(options, base);
   }
   const { response, retries } = sent;
@@ -98,10 +94,11 @@ export async function startChatCompletionsCall(options: ChatCompletionsCallOptio
     let body: Uint8Array<ArrayBuffer>;
     let failure: string | undefined;
     try {
-      body = await readBody(response.body, policy.idleTimeoutMs);
+      body = await readBody(response.body, policy.idleTimeoutMs, controller.signal);
     } catch (error) {
       unwatch();
-      if (clientLeft) return clientGone(options, base);
+      if (waiting.cause === "shutdown") throw shutdownRefusal();
+      if (waiting.cause === "client") return clientGone(options, base);
       options.logger.warn("upstream body failed", { id, error: String(error) });
       const unread = unreadBody(error, id);
       status = unread.status;

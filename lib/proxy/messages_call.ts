@@ -10,13 +10,14 @@
 import type { AccumulatorObserver, StreamResult } from "../stream/accumulator.ts";
 import { EventAccumulator } from "../stream/accumulator.ts";
 import type { Clock } from "../clock.ts";
-import { errorBody, ServerShutdownError, sseErrorEvent } from "../errors.ts";
+import { errorBody, ServerShutdownError, shutdownRefusal, sseErrorEvent } from "../errors.ts";
 import type { Logger } from "../log.ts";
 import { clientHeaders } from "./pass_headers.ts";
 import type { RequestSummary } from "../stats/request_summary.ts";
 import { tokenUsage } from "../stats/request_summary.ts";
 import { createSseDecoder, readBody, tapStream, UpstreamIdleError } from "../stream/sse.ts";
 import type { StreamPolicy, Upstream, UpstreamRequest } from "./upstream.ts";
+import { watchWaiting } from "./waiting.ts";
 
 /** Options for {@link startCall}. */
 export interface CallOptions {
@@ -45,7 +46,8 @@ export interface CallOptions {
   clientSignal?: AbortSignal;
   /**
    * Graceful shutdown's cut (`Lifecycle.cut`): when it aborts, a stream in progress ends with an
-   * SSE `error` event after the current event, and is recorded as `incomplete`.
+   * SSE `error` event after the current event, and is recorded as `incomplete`; a call still
+   * waiting for its answer is aborted upstream and refused with a 503 ({@link shutdownRefusal}).
    */
   cut?: AbortSignal;
 }
@@ -85,20 +87,16 @@ export async function startCall(options: CallOptions): Promise<Call> {
   const { clock, startedAt } = options;
   const controller = new AbortController();
   const upstreamStartedAt = clock.now();
-  let clientLeft = false;
-  const onClientGone = () => {
-    clientLeft = true;
-    controller.abort();
-  };
-  options.clientSignal?.addEventListener("abort", onClientGone, { once: true });
-  const unwatch = () => options.clientSignal?.removeEventListener("abort", onClientGone);
-  if (options.clientSignal?.aborted) onClientGone();
+  // Until the answer is handed over, the client leaving or the shutdown's cut stops the wait.
+  const waiting = watchWaiting(controller, options.clientSignal, options.cut);
+  const unwatch = () => waiting.unwatch();
   let sent: Awaited<ReturnType<Upstream["send"]>>;
   try {
     sent = await options.upstream.send({ ...options.request, signal: controller.signal });
   } catch (error) {
     unwatch();
-    if (!clientLeft) throw error;
+    if (waiting.cause === "shutdown") throw shutdownRefusal();
+    if (waiting.cause !== "client") throw error;
     return clientGone(options, clock.now());
   }
   const { response, retries } = sent;
@@ -126,10 +124,11 @@ export async function startCall(options: CallOptions): Promise<Call> {
     let body: Uint8Array<ArrayBuffer>;
     let failure: string | undefined;
     try {
-      body = await readBody(response.body, policy.idleTimeoutMs);
+      body = await readBody(response.body, policy.idleTimeoutMs, controller.signal);
     } catch (error) {
       unwatch();
-      if (clientLeft) return clientGone(options, clock.now());
+      if (waiting.cause === "shutdown") throw shutdownRefusal();
+      if (waiting.cause === "client") return clientGone(options, clock.now());
       // The headers came but the body did not: the client gets a clear 5xx, never a 500 or a
       // truncated JSON document.
       options.logger.warn("upstream body failed", { id, error: String(error) });
