@@ -23,6 +23,7 @@ import { errorResponse, errorTypeForStatus, openaiErrorResponse, SluiceError } f
 import { CHAT_COMPLETIONS_PATH } from "./openai/call.ts";
 import type { Logger } from "./log.ts";
 import { createLogger } from "./log.ts";
+import { createRedactor } from "./redact.ts";
 import type { StatsSink } from "./stats/request_summary.ts";
 import type { Upstream } from "./proxy/upstream.ts";
 import { healthRoute } from "../routes/health.ts";
@@ -54,6 +55,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   const logger = deps.logger ??
     createLogger({ level: deps.config.logLevel, secrets: [deps.config.anthropicApiKey] });
   const stats = deps.stats;
+  const redact = createRedactor([deps.config.anthropicApiKey]);
   const routeDeps: RouteDeps = {
     config: deps.config,
     upstream: deps.upstream,
@@ -65,8 +67,9 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     record(summary) {
       // Off the response path: a slow or failing store never delays or fails a client. (The KV
       // sink also waits a macrotask before its work, so the last bytes reach the socket first.)
+      // Upstream values (a request id, an error type, event names) may echo the server's key.
       const work = summary
-        .then((s) => stats?.record(s))
+        .then((s) => stats?.record(redact.value(s)))
         .catch((error) => logger.warn("stats record failed", { error: String(error) }));
       deps.lifecycle?.track(work);
     },

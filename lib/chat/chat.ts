@@ -135,6 +135,7 @@ export async function handleChat(
     withStats: input.withStats,
     requestId: input.requestId,
     conversationId,
+    redact: deps.upstream.redact.text,
     onComplete: storeExchange,
     onCompleteError: (error) =>
       deps.logger.warn("storing a conversation turn failed", {

@@ -94,7 +94,9 @@ export async function startChatCompletionsCall(options: ChatCompletionsCallOptio
     let body: Uint8Array<ArrayBuffer>;
     let failure: string | undefined;
     try {
-      body = await readBody(response.body, policy.idleTimeoutMs, controller.signal);
+      body = options.upstream.redact.bytes(
+        await readBody(response.body, policy.idleTimeoutMs, controller.signal),
+      );
     } catch (error) {
       unwatch();
       if (waiting.cause === "shutdown") throw shutdownRefusal();

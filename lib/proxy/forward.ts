@@ -113,10 +113,12 @@ export async function forward(options: ForwardOptions): Promise<Forwarded> {
 
   if (/json/i.test(response.headers.get("content-type") ?? "") || !response.body) {
     try {
-      let body = await readBody(
-        response.body,
-        options.upstream.streamPolicy.idleTimeoutMs,
-        controller.signal,
+      let body = options.upstream.redact.bytes(
+        await readBody(
+          response.body,
+          options.upstream.streamPolicy.idleTimeoutMs,
+          controller.signal,
+        ),
       );
       unwatch();
       if (options.upstreamBaseUrl && endpoint.includes("/v1/messages/batches")) {

@@ -124,7 +124,10 @@ export async function startCall(options: CallOptions): Promise<Call> {
     let body: Uint8Array<ArrayBuffer>;
     let failure: string | undefined;
     try {
-      body = await readBody(response.body, policy.idleTimeoutMs, controller.signal);
+      // A whole body sluice hands over as one piece: an echoed key is removed first.
+      body = options.upstream.redact.bytes(
+        await readBody(response.body, policy.idleTimeoutMs, controller.signal),
+      );
     } catch (error) {
       unwatch();
       if (waiting.cause === "shutdown") throw shutdownRefusal();
