@@ -210,7 +210,10 @@ function mountHardening(app: Hono<AppEnv>, deps: AppDeps) {
   if (deps.lifecycle) app.use(lifecycleMiddleware(deps.lifecycle));
 }
 
-/** Per-key limits on the routes that call the upstream (after authentication: keyed by key). */
+/**
+ * Per-key limits (after authentication: keyed by key) on every route that calls the upstream
+ * (any method on `/v1/*`, so `GET /v1/models` too) and every route that writes to KV.
+ */
 function mountLimits(app: Hono<AppEnv>, deps: AppDeps, clock: Clock, logger: Logger) {
   const { config } = deps;
   if (config.rateLimitRpm <= 0 && config.maxConcurrentStreams <= 0) return;
@@ -222,7 +225,8 @@ function mountLimits(app: Hono<AppEnv>, deps: AppDeps, clock: Clock, logger: Log
     clock,
   });
   const limit = limitMiddleware({ limiter, logger });
-  for (const path of ["/v1/*", "/chat"]) {
-    app.on("POST", path, limit);
-  }
+  app.use("/v1/*", limit);
+  app.on("POST", "/chat", limit);
+  // (`/conversations/*` matches `/conversations` too.)
+  app.on(["POST", "DELETE"], "/conversations/*", limit);
 }

@@ -47,6 +47,9 @@ const envSchema = z.object({
   // A conversation is one Deno KV value, and KV caps a value at 64 KiB.
   SLUICE_CONVERSATION_MAX_BYTES: int(1024).max(60_000).default(60_000),
   SLUICE_CONVERSATION_TTL_HOURS: z.coerce.number().positive().default(24),
+  // What one gateway key may keep: conversations, and bytes of them together (0: no limit).
+  SLUICE_CONVERSATIONS_PER_KEY: int(0).default(100),
+  SLUICE_CONVERSATION_BYTES_PER_KEY: int(0).default(2 * 1024 * 1024),
   SLUICE_ON_DISCONNECT: z.enum(["finish", "abort"]).default("finish"),
   SLUICE_RESUME_TTL_MS: int(1).default(10 * 60 * 1000),
   SLUICE_RESUME_FLUSH_MS: int(1).max(60_000).default(250),
@@ -98,8 +101,17 @@ export interface Config {
   defaultModel: string;
   /** `/chat`'s default `max_tokens`. */
   chatMaxTokens: number;
-  /** Bounds of a stored conversation: turns, bytes of history, hours kept after the last use. */
-  conversation: { maxTurns: number; maxBytes: number; ttlHours: number };
+  /**
+   * Bounds of a stored conversation (turns, bytes of history, hours kept after the last use) and
+   * of what one gateway key keeps (conversations, bytes of all of them; 0: no limit).
+   */
+  conversation: {
+    maxTurns: number;
+    maxBytes: number;
+    ttlHours: number;
+    maxPerKey: number;
+    maxBytesPerKey: number;
+  };
   /** `/chat`, when the client leaves mid-answer: read the answer to its end, or stop the call. */
   onDisconnect: "finish" | "abort";
   /**
@@ -184,6 +196,8 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
       maxTurns: e.SLUICE_CONVERSATION_MAX_TURNS,
       maxBytes: e.SLUICE_CONVERSATION_MAX_BYTES,
       ttlHours: e.SLUICE_CONVERSATION_TTL_HOURS,
+      maxPerKey: e.SLUICE_CONVERSATIONS_PER_KEY,
+      maxBytesPerKey: e.SLUICE_CONVERSATION_BYTES_PER_KEY,
     },
     onDisconnect: e.SLUICE_ON_DISCONNECT,
     resume: {

@@ -8,6 +8,7 @@ import type { AppEnv, RouteDeps } from "../lib/app_env.ts";
 import { parseJsonObject } from "../lib/chat/request.ts";
 import {
   conversationJson,
+  ConversationQuotaError,
   conversationStoreFor,
   conversationSummaryJson,
   ConversationTooLargeError,
@@ -60,6 +61,13 @@ export function conversationsRoute(deps: RouteDeps): Hono<AppEnv> {
     } catch (error) {
       if (error instanceof ConversationTooLargeError) {
         throw new SluiceError(413, "request_too_large", error.message);
+      }
+      // The key's budget: a count is a permission matter (deleting one helps, waiting does not
+      // until one expires); bytes are a size matter, like the bound of one conversation.
+      if (error instanceof ConversationQuotaError) {
+        throw error.kind === "bytes"
+          ? new SluiceError(413, "request_too_large", error.message)
+          : new SluiceError(403, "permission_error", error.message);
       }
       throw error;
     }
