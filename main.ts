@@ -6,7 +6,7 @@ import { createApp } from "./lib/app.ts";
 import { ConfigError, parseConfig } from "./lib/config.ts";
 import { createLogger } from "./lib/log.ts";
 import { createUpstreamFromConfig } from "./lib/proxy/upstream_from_config.ts";
-import { openKv } from "./lib/kv.ts";
+import { openKvOrFault } from "./lib/kv.ts";
 import { checkDefaultModel } from "./lib/proxy/model_check.ts";
 import { createKvStats } from "./lib/stats/stats.ts";
 import { createLifecycle, installShutdown } from "./lib/http/shutdown.ts";
@@ -25,10 +25,11 @@ try {
 const logger = createLogger({ level: config.logLevel, secrets: [config.anthropicApiKey] });
 const upstream = await createUpstreamFromConfig(config);
 
-const kv = await openKv(config);
-const stats = createKvStats({ kv, logger, writeIntervalMs: config.statsWriteMs });
+// A damaged KV file leaves sluice running without KV (the fault shows in /health).
+const { kv, fault: kvFault } = await openKvOrFault(config, logger);
+const stats = kv ? createKvStats({ kv, logger, writeIntervalMs: config.statsWriteMs }) : undefined;
 const lifecycle = createLifecycle();
-const app = createApp({ config, upstream, logger, kv, stats, lifecycle });
+const app = createApp({ config, upstream, logger, kv, kvFault, stats, lifecycle });
 
 // `app.fetch` gets Deno.serve's handler info as Hono's `c.env`; the loopback-only rule reads the
 // caller's address from it.
@@ -59,7 +60,7 @@ installShutdown({
   logger,
   graceMs: config.shutdownGraceMs,
   close: async () => {
-    await stats.flush();
-    kv.close();
+    await stats?.flush();
+    kv?.close();
   },
 });

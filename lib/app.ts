@@ -45,6 +45,8 @@ export interface AppDeps {
   logger?: Logger;
   stats?: StatsSink;
   kv?: Deno.Kv;
+  /** Why there is no KV when opening it failed (a damaged file): reported by `/health`. */
+  kvFault?: string;
   /** Graceful shutdown: tracks stats records, can end running streams (main.ts gives one). */
   lifecycle?: Lifecycle;
 }
@@ -62,6 +64,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     clock,
     logger,
     kv: deps.kv,
+    kvFault: deps.kvFault,
     draining: () => deps.lifecycle?.draining ?? false,
     lifecycle: deps.lifecycle,
     record(summary) {

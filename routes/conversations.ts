@@ -15,6 +15,7 @@ import {
   InvalidCursorError,
 } from "../lib/chat/conversations.ts";
 import { SluiceError } from "../lib/errors.ts";
+import { kvUnavailable } from "../lib/kv.ts";
 import { describeIssues } from "../lib/http/validate.ts";
 
 /** `POST /conversations` body: optional defaults for every `/chat` on the conversation. */
@@ -36,9 +37,7 @@ const listQuery = z.strictObject({
 export function conversationsRoute(deps: RouteDeps): Hono<AppEnv> {
   const store = conversationStoreFor(deps);
   const need = () => {
-    if (!store) {
-      throw new SluiceError(503, "api_error", "conversations need Deno KV, which is not set up");
-    }
+    if (!store) throw kvUnavailable("conversations", deps.kvFault);
     return store;
   };
   const notFound = (id: string) =>
