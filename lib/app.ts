@@ -8,6 +8,7 @@ import { HTTPException } from "hono/http-exception";
 import { requestId } from "hono/request-id";
 import { bodyLimit } from "hono/body-limit";
 import { isUpload, streamingBodyLimit } from "./http/upload_limit.ts";
+import { bodyReadDeadline } from "./http/body_deadline.ts";
 import { cors } from "hono/cors";
 import { secureHeaders } from "hono/secure-headers";
 import { createLimiter, kvLimitStore, limitMiddleware, memoryLimitStore } from "./http/limits.ts";
@@ -156,8 +157,8 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
 /**
  * Middleware every request passes before any route: secure headers (a route's own value wins,
  * so the page keeps its CSP), CORS for the configured origins (preflights answered here, before
- * authentication), loopback-only serving in live mode without gateway keys, the body limit and
- * the shutdown guard on streamed responses.
+ * authentication), loopback-only serving in live mode without gateway keys, the body read
+ * deadline, the body limit and the shutdown guard on streamed responses.
  */
 function mountHardening(app: Hono<AppEnv>, deps: AppDeps) {
   const { config } = deps;
@@ -193,6 +194,11 @@ function mountHardening(app: Hono<AppEnv>, deps: AppDeps) {
     }));
   }
   if (config.upstream === "live" && config.apiKeys.length === 0) app.use(loopbackOnly());
+  // First, so the body limits' own reads are under the deadline too. Not uploads: they stream
+  // to the upstream untouched by JavaScript (a JS layer per chunk held ~57 MiB of garbage for a
+  // 100 MB upload, tests/upload_memory_test.ts), and the upstream's own read deadline ends them.
+  const deadline = bodyReadDeadline({ idleMs: config.bodyTimeoutMs });
+  app.use((c, next) => (isUpload(c.req.method, c.req.path) ? next() : deadline(c, next)));
   const jsonLimit = bodyLimit({
     maxSize: config.maxBodyBytes,
     onError: () => {

@@ -33,6 +33,7 @@ const envSchema = z.object({
   SLUICE_IDLE_TIMEOUT_MS: int(0).default(300_000),
   SLUICE_KEEPALIVE_MS: int(0).default(15_000),
   SLUICE_MAX_BODY_BYTES: int(1).default(32 * 1024 * 1024),
+  SLUICE_BODY_TIMEOUT_MS: int(0).default(30_000),
   // The API takes files up to 500 MB; uploads stream through, so this costs no memory.
   SLUICE_MAX_FILE_BYTES: int(1).default(500 * 1024 * 1024),
   SLUICE_CORS_ORIGINS: csv.default([]),
@@ -86,6 +87,8 @@ export interface Config {
   keepAliveMs: number;
   /** Largest request body accepted (bytes). */
   maxBodyBytes: number;
+  /** Longest silence while a request body is read (ms; then 408 and the connection closed). */
+  bodyTimeoutMs: number;
   /** Largest upload (`POST /v1/files`), streamed through. */
   maxFileBytes: number;
   /** Origins allowed by CORS ("*" for any); empty: no CORS headers. */
@@ -184,6 +187,7 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
     idleTimeoutMs: e.SLUICE_IDLE_TIMEOUT_MS,
     keepAliveMs: e.SLUICE_KEEPALIVE_MS,
     maxBodyBytes: e.SLUICE_MAX_BODY_BYTES,
+    bodyTimeoutMs: e.SLUICE_BODY_TIMEOUT_MS,
     maxFileBytes: e.SLUICE_MAX_FILE_BYTES,
     corsOrigins: e.SLUICE_CORS_ORIGINS,
     rateLimitRpm: e.SLUICE_RATE_LIMIT_RPM,
