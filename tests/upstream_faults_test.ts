@@ -8,8 +8,9 @@ import FakeTimers from "@sinonjs/fake-timers";
 import { createApp } from "../lib/app.ts";
 import { createLogger, silentLogger } from "../lib/log.ts";
 import { memorySink, type RequestSummary } from "../lib/stats/request_summary.ts";
-import { createKvStats } from "../lib/stats/stats.ts";
-import { decodeAll, KEEP_ALIVE_COMMENT, tapStream } from "../lib/stream/sse.ts";
+import { createKvStats } from "../lib/stats/kv_stats.ts";
+import { decodeAll } from "../lib/stream/sse.ts";
+import { KEEP_ALIVE_COMMENT, tapStream } from "../lib/stream/tap.ts";
 import {
   clampRetryAfter,
   createUpstream,
@@ -259,11 +260,13 @@ Deno.test("a retry-after beyond the cap makes the SDK wait only the cap, and the
   // Observe the waits the SDK asks the timer for (its sleep uses the global setTimeout).
   const realSetTimeout = globalThis.setTimeout;
   const waits: number[] = [];
-  // The per-attempt limit (the SDK's timer, and sluice's for reading error bodies) is told
-  // apart by its size and left alone.
+  // The per-attempt limit (the SDK's timer, and sluice's for reading error bodies) and the
+  // request body's read deadline are told apart by their sizes and left alone.
   const requestTimeoutMs = 987_654;
+  const bodyDeadlineMs = testConfig().bodyTimeoutMs;
   globalThis.setTimeout = ((fn: () => void, ms?: number) => {
     if (ms !== undefined && ms > requestTimeoutMs - 1000) return realSetTimeout(fn, ms);
+    if (ms === bodyDeadlineMs) return realSetTimeout(fn, ms);
     if (typeof ms === "number" && ms >= 1) waits.push(ms);
     return realSetTimeout(fn, ms !== undefined && ms >= 1 ? 0 : ms);
   }) as typeof setTimeout;

@@ -17,7 +17,7 @@ import type { Logger } from "../log.ts";
 import { unreadBody } from "./messages_call.ts";
 import { clientHeaders, upstreamHeaders } from "./pass_headers.ts";
 import { type RequestSummary, tokenUsage } from "../stats/request_summary.ts";
-import { readBody } from "../stream/sse.ts";
+import { readBody } from "../stream/tap.ts";
 import type { Upstream, UpstreamMethod } from "./upstream.ts";
 import { watchWaiting } from "./waiting.ts";
 
