@@ -27,7 +27,14 @@ const upstream = await createUpstreamFromConfig(config);
 
 // A damaged KV file leaves sluice running without KV (the fault shows in /health).
 const { kv, fault: kvFault } = await openKvOrFault(config, logger);
-const stats = kv ? createKvStats({ kv, logger, writeIntervalMs: config.statsWriteMs }) : undefined;
+const stats = kv
+  ? createKvStats({
+    kv,
+    logger,
+    writeIntervalMs: config.statsWriteMs,
+    knownModels: [config.defaultModel],
+  })
+  : undefined;
 const lifecycle = createLifecycle();
 const app = createApp({ config, upstream, logger, kv, kvFault, stats, lifecycle });
 
