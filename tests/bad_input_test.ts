@@ -76,6 +76,16 @@ Deno.test("malformed bodies get a 400 invalid_request_error that names the probl
     ["a list of content types", JSON.stringify(valid), /content-type/, {
       "content-type": "application/json, text/plain",
     }],
+    // A JSON type in another spelling is still read and validated, never taken as `{}`.
+    [
+      "a bad stream flag under a JSON type in capitals with spaces",
+      JSON.stringify({
+        ...valid,
+        stream: "yes",
+      }),
+      /stream/,
+      { "content-type": "Application/JSON ; charset=UTF-8" },
+    ],
     [
       "a form content type",
       "model=x",

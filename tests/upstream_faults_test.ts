@@ -739,3 +739,62 @@ Deno.test("a canary key echoed by the upstream in an error body, a 200 body, a m
     kv.close();
   }
 });
+
+Deno.test("retries are counted for attempts that got no answer: stalled, refused, or garbage instead of HTTP", async (t) => {
+  await t.step("no headers within the first-byte limit", async () => {
+    const fake = faultyApp((_req, _attempt, signal) =>
+      new Promise((_resolve, reject) => {
+        signal.addEventListener("abort", () => reject(signal.reason), { once: true });
+      }), { timeoutMs: 20, maxRetries: 2, retryMaxWaitMs: 1 });
+    const response = await fake.app.request(post(false));
+    assert.equal(response.status, 504);
+    await response.body?.cancel();
+    assert.equal(fake.attempts(), 3);
+    assert.equal((await fake.summary()).retries, 2);
+  });
+  await t.step("a connection refused every time", async () => {
+    const fake = faultyApp(() => Promise.reject(new TypeError("connection refused")), {
+      maxRetries: 2,
+      retryMaxWaitMs: 1,
+    });
+    const response = await fake.app.request(post(true));
+    assert.equal(response.status, 502);
+    await response.body?.cancel();
+    assert.equal(fake.attempts(), 3);
+    assert.equal((await fake.summary()).retries, 2);
+  });
+  await t.step("a server on a real socket that answers garbage", async () => {
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    let connections = 0;
+    const serving = (async () => {
+      for await (const conn of listener) {
+        connections++;
+        await conn.write(enc("NOT HTTP AT ALL\r\n\r\n")).catch(() => {});
+        conn.close();
+      }
+    })();
+    try {
+      const stats = memorySink();
+      const { port } = listener.addr as Deno.NetAddr;
+      const upstream = createUpstream({
+        mode: "live",
+        apiKey: "sk-ant-test-key",
+        baseURL: `http://127.0.0.1:${port}`,
+        maxRetries: 2,
+        retryMaxWaitMs: 1,
+      });
+      const app = createApp({ config: testConfig(), upstream, logger: silentLogger, stats });
+      const response = await app.request(post(false));
+      assert.equal(response.status, 502);
+      await response.body?.cancel();
+      for (let i = 0; i < 200 && stats.records.length === 0; i++) {
+        await new Promise((r) => setTimeout(r, 1));
+      }
+      assert.equal(connections, 3, "three attempts reached the socket");
+      assert.equal(stats.records[0].retries, 2);
+    } finally {
+      listener.close();
+      await serving.catch(() => {});
+    }
+  });
+});

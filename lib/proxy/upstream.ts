@@ -132,12 +132,23 @@ export function createUpstream(options: UpstreamOptions): Upstream {
   const errorBodyLimitMs = idleTimeoutMs > 0 ? idleTimeoutMs : options.timeoutMs ?? 600_000;
   // Replay's placeholder is no secret: its fixtures may say "replay" in their answers.
   const redact = createRedactor(options.mode === "live" ? [options.apiKey] : []);
+  // The last attempt of each call in flight, by the call's id (`CALL_HEADER`): an attempt that
+  // gets no response (a timeout, a connection error, garbage instead of HTTP) has no headers to
+  // key `attempts` by, and its retries were reported as 0.
+  const lastAttempt = new Map<string, number>();
+  let calls = 0;
   const countingFetch: typeof fetch = async (input, init) => {
-    let response = redactHeaders(await baseFetch(input, init), redact);
     // The SDK passes a Headers object: read it as it is rather than copying it (a copy per
     // request showed in the gateway bench's profile).
     const sent = init?.headers instanceof Headers ? init.headers : new Headers(init?.headers);
     const attempt = Number(sent.get("x-stainless-retry-count") ?? 0) || 0;
+    const call = sent.get(CALL_HEADER);
+    if (call !== null) {
+      sent.delete(CALL_HEADER); // sluice's own bookkeeping: never sent upstream
+      lastAttempt.set(call, attempt);
+      if (!(init?.headers instanceof Headers)) init = { ...init, headers: sent };
+    }
+    let response = redactHeaders(await baseFetch(input, init), redact);
     // Only an attempt that may be followed by another has its wait clamped; the last answer
     // reaches the client with the upstream's own retry-after.
     if (!response.ok && attempt < maxRetries) {
@@ -192,6 +203,10 @@ export function createUpstream(options: UpstreamOptions): Upstream {
         headers["x-api-key"] = options.apiKey;
         headers["authorization"] = null;
       }
+      const call = String(++calls);
+      headers[CALL_HEADER] = call;
+      // Retries as counted by the attempts sent, whatever became of them.
+      const retried = (fallback: number) => Math.max(fallback, lastAttempt.get(call) ?? 0);
       try {
         const path = request.path ?? "/v1/messages";
         const streamedBody = request.body instanceof ReadableStream;
@@ -205,20 +220,26 @@ export function createUpstream(options: UpstreamOptions): Upstream {
           // A body read as it arrives cannot be sent twice.
           ...(streamedBody ? { maxRetries: 0 } : {}),
         }).asResponse();
-        return { response, retries: attempts.get(response.headers) ?? 0 };
+        return { response, retries: retried(attempts.get(response.headers) ?? 0) };
       } catch (error) {
         if (error instanceof APIUserAbortError) throw error;
         if (request.rawErrors) {
           const raw = rawFailure(error, original, errorBytes, redact);
-          if (raw) return { response: raw.response, retries: attempts.get(raw.seen) ?? 0 };
+          if (raw) return { response: raw.response, retries: retried(attempts.get(raw.seen) ?? 0) };
         }
         const failed = upstreamFailure(error, original, redact);
         if (!failed) throw error;
-        return failed(attempts);
+        const result = failed(attempts);
+        return { ...result, retries: retried(result.retries) };
+      } finally {
+        lastAttempt.delete(call);
       }
     },
   };
 }
+
+/** The header that names a call to `countingFetch`; removed before anything is sent. */
+const CALL_HEADER = "x-sluice-call";
 
 /** Turns an SDK error into the response the client should get, or undefined to rethrow. */
 function upstreamFailure(
