@@ -62,7 +62,7 @@ export async function forward(options: ForwardOptions): Promise<Forwarded> {
   if (!METHODS.includes(method)) {
     throw new SluiceError(405, "not_found_error", `sluice does not forward ${method} requests`);
   }
-  const path = checkedPath(url);
+  const path = checkedPath(url, request.url);
   const endpoint = endpointLabel(method, url.pathname);
   const controller = new AbortController();
   const waiting = watchWaiting(controller, request.signal, options.cut);
@@ -158,14 +158,22 @@ export async function forward(options: ForwardOptions): Promise<Forwarded> {
 }
 
 /**
- * The path and query string to send upstream, exactly as the caller wrote them. Percent-encoded
- * slashes, backslashes and dots are refused: the URL parser has already resolved literal `..`
- * segments, and an encoded one must not let a caller walk the upstream's path with the server's
- * key.
+ * The path and query string to send upstream. Dot segments (`.`, `..`, encoded or not),
+ * backslashes and percent-encoded slashes, backslashes and dots are refused, as the caller sent
+ * them (`raw`, the request's URL before parsing: `Deno.serve` hands it over unresolved, while
+ * `new URL` would quietly resolve `/v1/models/../files` to `/v1/files`): a caller must not walk
+ * the upstream's paths with the server's key.
  */
-function checkedPath(url: URL): string {
-  // `/v1/models/..` and `/v1/models/%2e%2e` arrive here already resolved to `/v1/`: the API has
-  // nothing there, so nothing is sent.
+function checkedPath(url: URL, raw: string): string {
+  const rawPath = raw.replace(/^[a-z][a-z0-9+.-]*:\/\/[^/]*/i, "").split(/[?#]/, 1)[0];
+  if (/(^|\/)(\.|%2e){1,2}(\/|$)|\\/i.test(rawPath)) {
+    throw new SluiceError(
+      400,
+      "invalid_request_error",
+      "the path holds a dot segment or a backslash; sluice does not forward it",
+    );
+  }
+  // The API has nothing at `/v1/` itself, so nothing is sent.
   if (/^\/v1\/?$/.test(url.pathname)) {
     throw new SluiceError(404, "not_found_error", `no API endpoint at ${url.pathname}`);
   }
