@@ -32,6 +32,7 @@ const envSchema = z.object({
   SLUICE_FIRST_BYTE_TIMEOUT_MS: int(1).default(600_000),
   SLUICE_IDLE_TIMEOUT_MS: int(0).default(300_000),
   SLUICE_KEEPALIVE_MS: int(0).default(15_000),
+  SLUICE_MAX_SSE_EVENT_CHARS: int(1024).default(8 * 1024 * 1024),
   SLUICE_MAX_BODY_BYTES: int(1).default(32 * 1024 * 1024),
   SLUICE_BODY_TIMEOUT_MS: int(0).default(30_000),
   // The API takes files up to 500 MB; uploads stream through, so this costs no memory.
@@ -85,6 +86,8 @@ export interface Config {
   idleTimeoutMs: number;
   /** SSE comment sent to the client after this much silence (ms; 0: never). */
   keepAliveMs: number;
+  /** Most characters of one upstream SSE event sluice holds to parse (larger: passed unparsed). */
+  maxSseEventChars: number;
   /** Largest request body accepted (bytes). */
   maxBodyBytes: number;
   /** Longest silence while a request body is read (ms; then 408 and the connection closed). */
@@ -186,6 +189,7 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
     firstByteTimeoutMs: e.SLUICE_FIRST_BYTE_TIMEOUT_MS,
     idleTimeoutMs: e.SLUICE_IDLE_TIMEOUT_MS,
     keepAliveMs: e.SLUICE_KEEPALIVE_MS,
+    maxSseEventChars: e.SLUICE_MAX_SSE_EVENT_CHARS,
     maxBodyBytes: e.SLUICE_MAX_BODY_BYTES,
     bodyTimeoutMs: e.SLUICE_BODY_TIMEOUT_MS,
     maxFileBytes: e.SLUICE_MAX_FILE_BYTES,

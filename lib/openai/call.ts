@@ -161,7 +161,14 @@ export async function startChatCompletionsCall(options: ChatCompletionsCallOptio
   let settle!: (summary: RequestSummary) => void;
   const finished = new Promise<RequestSummary>((resolve) => (settle = resolve));
   const tap = createChatCompletionsTap({ clock });
-  const decoder = createSseDecoder((event) => tap.push(event));
+  const decoder = createSseDecoder((event) => tap.push(event), {
+    maxEventChars: policy.maxEventChars,
+    onOverflow: () =>
+      options.logger.warn("an upstream SSE event over the size limit was passed on unparsed", {
+        id,
+        maxEventChars: policy.maxEventChars,
+      }),
+  });
   let done = false;
   const finish = (outcome?: string) => {
     if (done) return;

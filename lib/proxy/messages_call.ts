@@ -194,7 +194,14 @@ export async function startCall(options: CallOptions): Promise<Call> {
   let settle!: (summary: RequestSummary) => void;
   const finished = new Promise<RequestSummary>((resolve) => (settle = resolve));
   const accumulator = new EventAccumulator({ clock, startedAt, observer: options.observer });
-  const decoder = createSseDecoder((event) => accumulator.push(event));
+  const decoder = createSseDecoder((event) => accumulator.push(event), {
+    maxEventChars: policy.maxEventChars,
+    onOverflow: () =>
+      options.logger.warn("an upstream SSE event over the size limit was passed on unparsed", {
+        id,
+        maxEventChars: policy.maxEventChars,
+      }),
+  });
   let done = false;
   const finish = (outcome?: string) => {
     if (done) return;

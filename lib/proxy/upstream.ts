@@ -78,7 +78,15 @@ export interface StreamPolicy {
   idleTimeoutMs: number;
   /** Silence towards the client (ms) after which an SSE comment is sent; 0: never. */
   keepAliveMs: number;
+  /**
+   * Most characters sluice parses of one upstream SSE event (see `createSseDecoder`): a larger
+   * one still reaches the client byte for byte, but is not held in memory to be parsed.
+   */
+  maxEventChars: number;
 }
+
+/** The default of {@link StreamPolicy.maxEventChars}: 8 Mi characters. */
+export const DEFAULT_MAX_SSE_EVENT_CHARS = 8 * 1024 * 1024;
 
 /** Sends Messages requests upstream. */
 export interface Upstream {
@@ -186,6 +194,7 @@ export function createUpstream(options: UpstreamOptions): Upstream {
     streamPolicy: {
       idleTimeoutMs: options.streamPolicy?.idleTimeoutMs ?? 0,
       keepAliveMs: options.streamPolicy?.keepAliveMs ?? 0,
+      maxEventChars: options.streamPolicy?.maxEventChars ?? DEFAULT_MAX_SSE_EVENT_CHARS,
     },
     async send(request) {
       const method = request.method ?? "POST";
