@@ -8,6 +8,7 @@ import { HTTPException } from "hono/http-exception";
 import { requestId } from "hono/request-id";
 import { bodyLimit } from "hono/body-limit";
 import { isUpload, streamingBodyLimit } from "./http/upload_limit.ts";
+import { bodyReadDeadline } from "./http/body_deadline.ts";
 import { cors } from "hono/cors";
 import { secureHeaders } from "hono/secure-headers";
 import {
@@ -29,6 +30,7 @@ import { errorResponse, errorTypeForStatus, openaiErrorResponse, SluiceError } f
 import { CHAT_COMPLETIONS_PATH } from "./openai/call.ts";
 import type { Logger } from "./log.ts";
 import { createLogger } from "./log.ts";
+import { createRedactor } from "./redact.ts";
 import type { StatsSink } from "./stats/request_summary.ts";
 import type { Upstream } from "./proxy/upstream.ts";
 import { healthRoute } from "../routes/health.ts";
@@ -51,6 +53,8 @@ export interface AppDeps {
   logger?: Logger;
   stats?: StatsSink;
   kv?: Deno.Kv;
+  /** Why there is no KV when opening it failed (a damaged file): reported by `/health`. */
+  kvFault?: string;
   /** Graceful shutdown: tracks stats records, can end running streams (main.ts gives one). */
   lifecycle?: Lifecycle;
   /** The per-key limiter; built from the config (over `kv` when given) unless passed. */
@@ -86,19 +90,22 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   const logger = deps.logger ??
     createLogger({ level: deps.config.logLevel, secrets: [deps.config.anthropicApiKey] });
   const stats = deps.stats;
+  const redact = createRedactor([deps.config.anthropicApiKey]);
   const routeDeps: RouteDeps = {
     config: deps.config,
     upstream: deps.upstream,
     clock,
     logger,
     kv: deps.kv,
+    kvFault: deps.kvFault,
     draining: () => deps.lifecycle?.draining ?? false,
     lifecycle: deps.lifecycle,
     record(summary) {
       // Off the response path: a slow or failing store never delays or fails a client. (The KV
       // sink also waits a macrotask before its work, so the last bytes reach the socket first.)
+      // Upstream values (a request id, an error type, event names) may echo the server's key.
       const work = summary
-        .then((s) => stats?.record(s))
+        .then((s) => stats?.record(redact.value(s)))
         .catch((error) => logger.warn("stats record failed", { error: String(error) }));
       deps.lifecycle?.track(work);
     },
@@ -182,8 +189,8 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
 /**
  * Middleware every request passes before any route: secure headers (a route's own value wins,
  * so the page keeps its CSP), CORS for the configured origins (preflights answered here, before
- * authentication), loopback-only serving in live mode without gateway keys, the body limit and
- * the shutdown guard on streamed responses.
+ * authentication), loopback-only serving in live mode without gateway keys, the body read
+ * deadline, the body limit and the shutdown guard on streamed responses.
  */
 function mountHardening(app: Hono<AppEnv>, deps: AppDeps) {
   const { config } = deps;
@@ -219,6 +226,11 @@ function mountHardening(app: Hono<AppEnv>, deps: AppDeps) {
     }));
   }
   if (config.upstream === "live" && config.apiKeys.length === 0) app.use(loopbackOnly());
+  // First, so the body limits' own reads are under the deadline too. Not uploads: they stream
+  // to the upstream untouched by JavaScript (a JS layer per chunk held ~57 MiB of garbage for a
+  // 100 MB upload, tests/upload_memory_test.ts), and the upstream's own read deadline ends them.
+  const deadline = bodyReadDeadline({ idleMs: config.bodyTimeoutMs });
+  app.use((c, next) => (isUpload(c.req.method, c.req.path) ? next() : deadline(c, next)));
   const jsonLimit = bodyLimit({
     maxSize: config.maxBodyBytes,
     onError: () => {
@@ -239,7 +251,10 @@ function mountHardening(app: Hono<AppEnv>, deps: AppDeps) {
   if (deps.lifecycle) app.use(lifecycleMiddleware(deps.lifecycle));
 }
 
-/** Per-key limits on the routes that call the upstream (after authentication: keyed by key). */
+/**
+ * Per-key limits (after authentication: keyed by key) on every route that calls the upstream
+ * (any method on `/v1/*`, so `GET /v1/models` too) and every route that writes to KV.
+ */
 function mountLimits(app: Hono<AppEnv>, deps: AppDeps, clock: Clock, logger: Logger) {
   const { config } = deps;
   if (config.rateLimitRpm <= 0 && config.maxConcurrentStreams <= 0) return;
@@ -252,7 +267,8 @@ function mountLimits(app: Hono<AppEnv>, deps: AppDeps, clock: Clock, logger: Log
     logger,
   });
   const limit = limitMiddleware({ limiter, logger });
-  for (const path of ["/v1/*", "/chat"]) {
-    app.on("POST", path, limit);
-  }
+  app.use("/v1/*", limit);
+  app.on("POST", "/chat", limit);
+  // (`/conversations/*` matches `/conversations` too.)
+  app.on(["POST", "DELETE"], "/conversations/*", limit);
 }

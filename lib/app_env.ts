@@ -28,6 +28,8 @@ export interface RouteDeps {
   record(summary: Promise<RequestSummary>): void;
   /** Deno KV, when the app has one (stats, conversations, limits). */
   kv?: Deno.Kv;
+  /** Why there is no KV, when opening it failed (see lib/kv.ts). */
+  kvFault?: string;
   /** Whether the process is shutting down (main.ts gives a lifecycle; tests may not). */
   draining(): boolean;
   /** Graceful shutdown, for streams that end themselves when it cuts them. */

@@ -32,13 +32,16 @@ const envSchema = z.object({
   SLUICE_FIRST_BYTE_TIMEOUT_MS: int(1).default(600_000),
   SLUICE_IDLE_TIMEOUT_MS: int(0).default(300_000),
   SLUICE_KEEPALIVE_MS: int(0).default(15_000),
+  SLUICE_MAX_SSE_EVENT_CHARS: int(1024).default(8 * 1024 * 1024),
   SLUICE_MAX_BODY_BYTES: int(1).default(32 * 1024 * 1024),
+  SLUICE_BODY_TIMEOUT_MS: int(0).default(30_000),
   // The API takes files up to 500 MB; uploads stream through, so this costs no memory.
   SLUICE_MAX_FILE_BYTES: int(1).default(500 * 1024 * 1024),
   SLUICE_CORS_ORIGINS: csv.default([]),
   SLUICE_RATE_LIMIT_RPM: int(0).default(0),
   SLUICE_MAX_CONCURRENT_STREAMS: int(0).default(0),
-  SLUICE_SHUTDOWN_GRACE_MS: int(0).default(8_000),
+  // With the three 1 s steps after it (see lib/http/shutdown.ts), under Docker's 10 s SIGKILL.
+  SLUICE_SHUTDOWN_GRACE_MS: int(0).default(6_000),
   SLUICE_STATS_WRITE_MS: int(0).max(60_000).default(1_000),
   // Unset: main.ts's `--workers` flag decides (`deno task start` passes `auto`), else 1.
   SLUICE_WORKERS: z.union([z.literal("auto"), int(1).max(256)]).optional(),
@@ -48,6 +51,9 @@ const envSchema = z.object({
   // A conversation is one Deno KV value, and KV caps a value at 64 KiB.
   SLUICE_CONVERSATION_MAX_BYTES: int(1024).max(60_000).default(60_000),
   SLUICE_CONVERSATION_TTL_HOURS: z.coerce.number().positive().default(24),
+  // What one gateway key may keep: conversations, and bytes of them together (0: no limit).
+  SLUICE_CONVERSATIONS_PER_KEY: int(0).default(100),
+  SLUICE_CONVERSATION_BYTES_PER_KEY: int(0).default(2 * 1024 * 1024),
   SLUICE_ON_DISCONNECT: z.enum(["finish", "abort"]).default("finish"),
   SLUICE_RESUME_TTL_MS: int(1).default(10 * 60 * 1000),
   SLUICE_RESUME_FLUSH_MS: int(1).max(60_000).default(250),
@@ -84,8 +90,12 @@ export interface Config {
   idleTimeoutMs: number;
   /** SSE comment sent to the client after this much silence (ms; 0: never). */
   keepAliveMs: number;
+  /** Most characters of one upstream SSE event sluice holds to parse (larger: passed unparsed). */
+  maxSseEventChars: number;
   /** Largest request body accepted (bytes). */
   maxBodyBytes: number;
+  /** Longest silence while a request body is read (ms; then 408 and the connection closed). */
+  bodyTimeoutMs: number;
   /** Largest upload (`POST /v1/files`), streamed through. */
   maxFileBytes: number;
   /** Origins allowed by CORS ("*" for any); empty: no CORS headers. */
@@ -101,8 +111,17 @@ export interface Config {
   defaultModel: string;
   /** `/chat`'s default `max_tokens`. */
   chatMaxTokens: number;
-  /** Bounds of a stored conversation: turns, bytes of history, hours kept after the last use. */
-  conversation: { maxTurns: number; maxBytes: number; ttlHours: number };
+  /**
+   * Bounds of a stored conversation (turns, bytes of history, hours kept after the last use) and
+   * of what one gateway key keeps (conversations, bytes of all of them; 0: no limit).
+   */
+  conversation: {
+    maxTurns: number;
+    maxBytes: number;
+    ttlHours: number;
+    maxPerKey: number;
+    maxBytesPerKey: number;
+  };
   /** `/chat`, when the client leaves mid-answer: read the answer to its end, or stop the call. */
   onDisconnect: "finish" | "abort";
   /**
@@ -175,7 +194,9 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
     firstByteTimeoutMs: e.SLUICE_FIRST_BYTE_TIMEOUT_MS,
     idleTimeoutMs: e.SLUICE_IDLE_TIMEOUT_MS,
     keepAliveMs: e.SLUICE_KEEPALIVE_MS,
+    maxSseEventChars: e.SLUICE_MAX_SSE_EVENT_CHARS,
     maxBodyBytes: e.SLUICE_MAX_BODY_BYTES,
+    bodyTimeoutMs: e.SLUICE_BODY_TIMEOUT_MS,
     maxFileBytes: e.SLUICE_MAX_FILE_BYTES,
     corsOrigins: e.SLUICE_CORS_ORIGINS,
     rateLimitRpm: e.SLUICE_RATE_LIMIT_RPM,
@@ -188,6 +209,8 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
       maxTurns: e.SLUICE_CONVERSATION_MAX_TURNS,
       maxBytes: e.SLUICE_CONVERSATION_MAX_BYTES,
       ttlHours: e.SLUICE_CONVERSATION_TTL_HOURS,
+      maxPerKey: e.SLUICE_CONVERSATIONS_PER_KEY,
+      maxBytesPerKey: e.SLUICE_CONVERSATION_BYTES_PER_KEY,
     },
     onDisconnect: e.SLUICE_ON_DISCONNECT,
     resume: {

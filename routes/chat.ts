@@ -14,6 +14,7 @@ import {
   parseEventId,
 } from "../lib/chat/resume.ts";
 import { SluiceError } from "../lib/errors.ts";
+import { kvUnavailable } from "../lib/kv.ts";
 import { tokenUsage } from "../lib/stats/request_summary.ts";
 import { ON_DISCONNECT_HEADER } from "../lib/proxy/call_http.ts";
 
@@ -56,13 +57,7 @@ export function chatRoute(deps: RouteDeps): Hono<AppEnv> {
       "not_found_error",
       `stream ${JSON.stringify(id)} not found (it may have expired)`,
     );
-    if (!streams) {
-      throw new SluiceError(
-        503,
-        "api_error",
-        "resumable streams need Deno KV, which is not set up",
-      );
-    }
+    if (!streams) throw kvUnavailable("resumable streams", deps.kvFault);
     // `Last-Event-ID` is what EventSource sends on its own; `?after=` is for fetch and curl.
     const raw = c.req.header("last-event-id") ?? c.req.query("after");
     const after = raw === undefined ? 0 : parseEventId(raw);

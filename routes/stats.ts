@@ -9,6 +9,7 @@ import { z } from "zod";
 import { adminAuth } from "../lib/http/admin_auth.ts";
 import type { AppEnv, RouteDeps } from "../lib/app_env.ts";
 import { SluiceError } from "../lib/errors.ts";
+import { kvUnavailable } from "../lib/kv.ts";
 import { PROMETHEUS_CONTENT_TYPE, renderPrometheus } from "../lib/stats/prometheus.ts";
 import type { StatsSource } from "../lib/stats/kv_stats.ts";
 import { describeIssues } from "../lib/http/validate.ts";
@@ -24,9 +25,9 @@ export function statsRoute(deps: RouteDeps, stats: StatsSource | undefined): Hon
   app.use("/stats", adminAuth(deps.config));
   app.use("/stats/*", adminAuth(deps.config));
   app.use("/metrics", adminAuth(deps.config));
-  app.use("/stats", requireStats(stats));
-  app.use("/stats/*", requireStats(stats));
-  app.use("/metrics", requireStats(stats));
+  app.use("/stats", requireStats(stats, deps.kvFault));
+  app.use("/stats/*", requireStats(stats, deps.kvFault));
+  app.use("/metrics", requireStats(stats, deps.kvFault));
   app.get("/stats", async (c) => c.json(await stats!.report(), 200, noStore));
   app.get(
     "/stats/recent",
@@ -47,8 +48,10 @@ export function statsRoute(deps: RouteDeps, stats: StatsSource | undefined): Hon
   return app;
 }
 
-function requireStats(stats: StatsSource | undefined) {
+function requireStats(stats: StatsSource | undefined, kvFault: string | undefined) {
   return async (_c: unknown, next: () => Promise<void>) => {
+    // A KV that failed to open is a fault to report, not stats switched off.
+    if (!stats && kvFault) throw kvUnavailable("stats", kvFault);
     if (!stats) {
       throw new SluiceError(
         404,

@@ -73,7 +73,13 @@ async function resumeApp(
   const kv = await Deno.openKv(":memory:");
   const stats = memorySink();
   const app = createApp({
-    config: testConfig({ SLUICE_API_KEYS: "key-one,key-two", SLUICE_RESUME_FLUSH_MS: "1", ...env }),
+    config: testConfig({
+      SLUICE_API_KEYS: "key-one,key-two",
+      SLUICE_RESUME_FLUSH_MS: "1",
+      // The 200 trials make a conversation each, under one key (the default allows 100).
+      SLUICE_CONVERSATIONS_PER_KEY: "0",
+      ...env,
+    }),
     upstream,
     logger: silentLogger,
     stats,

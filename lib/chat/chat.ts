@@ -14,6 +14,7 @@ import { buildMessagesBody, encodeJson, parseChatBody } from "./request.ts";
 import { chatDone, createChatView, messageText } from "./view.ts";
 import type { Conversation, ConversationStore, Turn } from "./conversations.ts";
 import { SluiceError } from "../errors.ts";
+import { kvUnavailable } from "../kv.ts";
 import type { Message } from "../stream/accumulator.ts";
 import { startCall } from "../proxy/messages_call.ts";
 import type { LiveStreams, StreamWriter } from "./resume.ts";
@@ -76,9 +77,7 @@ export async function handleChat(
   const chat = parseChatBody(input.bodyText);
   let conversation: Conversation | null = null;
   if (chat.conversation_id !== undefined) {
-    if (!store) {
-      throw new SluiceError(503, "api_error", "conversations need Deno KV, which is not set up");
-    }
+    if (!store) throw kvUnavailable("conversations", deps.kvFault);
     conversation = await store.get(input.keyId, chat.conversation_id);
     if (!conversation) {
       throw new SluiceError(
@@ -144,6 +143,7 @@ export async function handleChat(
     withStats: input.withStats,
     requestId: input.requestId,
     conversationId,
+    redact: deps.upstream.redact.text,
     onComplete: storeExchange,
     onCompleteError: (error) =>
       deps.logger.warn("storing a conversation turn failed", {

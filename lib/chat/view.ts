@@ -45,6 +45,11 @@ export interface ChatViewOptions {
    * for `GET /chat/streams/{id}`.
    */
   writer?: StreamWriter;
+  /**
+   * Cleans the upstream's words that the view re-encodes (an `error` event's type and message)
+   * of the server's key; the answer's text is the payload and passes as it is.
+   */
+  redact?: (text: string) => string;
 }
 
 /** A view: attach `observer` to the call, then serve `body(call)`. */
@@ -128,7 +133,9 @@ export function createChatView(options: ChatViewOptions): ChatView {
     },
   };
 
-  function failure(type: string, message: string): string {
+  function failure(upstreamType: string, upstreamMessage: string): string {
+    const type = options.redact ? options.redact(upstreamType) : upstreamType;
+    const message = options.redact ? options.redact(upstreamMessage) : upstreamMessage;
     if (options.format === "sse") return sseEvent("error", errorPayload(type, message));
     // The marked line starts on a line of its own, after whatever text came before it.
     const gap = lastText === "" || lastText.endsWith("\n") ? "" : "\n";

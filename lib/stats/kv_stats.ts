@@ -7,6 +7,7 @@
  * meanwhile are batched into the next one. A failed commit is logged and counted, and its changes
  * are kept for the next attempt.
  */
+import { boundLabels, modelLabeller } from "./labels.ts";
 import type { Clock } from "../clock.ts";
 import { systemClock } from "../clock.ts";
 import { RELATIVE_ERROR } from "./histogram.ts";
@@ -67,6 +68,11 @@ export interface KvStatsOptions {
    * `recent`) write what is waiting first, so this instance's figures are never behind.
    */
   writeIntervalMs?: number;
+  /**
+   * Models labelled by name besides the SDK's (see labels.ts); any other model is `other`, so
+   * callers cannot grow the store with made-up names. `main.ts` passes `SLUICE_DEFAULT_MODEL`.
+   */
+  knownModels?: readonly string[];
 }
 
 /** The KV sink and reader. */
@@ -107,6 +113,7 @@ export interface KvStats extends StatsSink, StatsSource {
  * ```
  */
 export function createKvStats(options: KvStatsOptions): KvStats {
+  const modelLabel = modelLabeller(options.knownModels);
   const kv = options.kv;
   const clock = options.clock ?? systemClock;
   const logger = options.logger ?? silentLogger;
@@ -183,7 +190,7 @@ export function createKvStats(options: KvStatsOptions): KvStats {
       // not in the app, so that apps without a KV sink (and their tests) start no timer at all.
       return new Promise<void>((resolve) => setTimeout(resolve, 0)).then(() => {
         try {
-          pending.add(summary);
+          pending.add(boundLabels(summary, modelLabel));
         } catch (error) {
           writeFailures++;
           logger.warn("stats record failed", { error: String(error) });
