@@ -14,7 +14,7 @@ import { errorBody, ServerShutdownError, sseErrorEvent } from "../errors.ts";
 import type { Logger } from "../log.ts";
 import { clientHeaders } from "./pass_headers.ts";
 import type { RequestSummary } from "../stats/request_summary.ts";
-import { tokenUsage } from "../stats/request_summary.ts";
+import { tokenUsage, usageDetail } from "../stats/request_summary.ts";
 import { createSseDecoder, readBody, tapStream, UpstreamIdleError } from "../stream/sse.ts";
 import type { StreamPolicy, Upstream, UpstreamRequest } from "./upstream.ts";
 
@@ -164,6 +164,7 @@ export async function startCall(options: CallOptions): Promise<Call> {
       totalMs: endedAt - startedAt,
       upstreamTtftMs: endedAt - upstreamStartedAt,
       usage: tokenUsage(response.ok ? parsed?.usage : undefined),
+      usageDetail: usageDetail(response.ok ? parsed?.usage : undefined),
       stopReason: typeof parsed?.stop_reason === "string" ? parsed.stop_reason : null,
       events: {},
     };
@@ -209,7 +210,10 @@ export async function startCall(options: CallOptions): Promise<Call> {
       upstreamTtftMs: accumulator.firstDeltaAt === null
         ? null
         : accumulator.firstDeltaAt - upstreamStartedAt,
+      // What the usage reached, also when the stream was cut or its client left: the input
+      // and cache tokens of message_start are billed either way.
       usage: tokenUsage(message?.usage),
+      usageDetail: usageDetail(message?.usage),
       stopReason: typeof message?.stop_reason === "string" ? message.stop_reason : null,
       events: result.events,
     });
