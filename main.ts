@@ -8,7 +8,7 @@ import { createLogger } from "./lib/log.ts";
 import { createUpstreamFromConfig } from "./lib/proxy/upstream_from_config.ts";
 import { openKv } from "./lib/kv.ts";
 import { checkDefaultModel } from "./lib/proxy/model_check.ts";
-import { createKvStats } from "./lib/stats/stats.ts";
+import { createKvStats } from "./lib/stats/kv_stats.ts";
 import { createLifecycle, installShutdown } from "./lib/http/shutdown.ts";
 
 let config;

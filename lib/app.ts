@@ -34,7 +34,8 @@ import { forwardRoute } from "../routes/forward.ts";
 import { conversationsRoute } from "../routes/conversations.ts";
 import { pageRoute } from "../routes/page.ts";
 import { statsRoute } from "../routes/stats.ts";
-import { isStatsSource, refusalSummary } from "./stats/stats.ts";
+import { isStatsSource } from "./stats/kv_stats.ts";
+import { refusalSummary } from "./stats/refusal.ts";
 
 /** What the app is built from. */
 export interface AppDeps {

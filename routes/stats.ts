@@ -10,7 +10,7 @@ import { adminAuth } from "../lib/http/admin_auth.ts";
 import type { AppEnv, RouteDeps } from "../lib/app_env.ts";
 import { SluiceError } from "../lib/errors.ts";
 import { PROMETHEUS_CONTENT_TYPE, renderPrometheus } from "../lib/stats/prometheus.ts";
-import type { StatsSource } from "../lib/stats/stats.ts";
+import type { StatsSource } from "../lib/stats/kv_stats.ts";
 import { describeIssues } from "../lib/http/validate.ts";
 
 const recentQuery = z.object({

@@ -25,7 +25,7 @@ import { parseConfig } from "../lib/config.ts";
 import { openKv } from "../lib/kv.ts";
 import { createLogger } from "../lib/log.ts";
 import { createLifecycle } from "../lib/http/shutdown.ts";
-import { createKvStats } from "../lib/stats/stats.ts";
+import { createKvStats } from "../lib/stats/kv_stats.ts";
 import { createUpstreamFromConfig } from "../lib/proxy/upstream_from_config.ts";
 
 /** What `/__bench/usage` answers. */

@@ -12,7 +12,7 @@ import { parseConfig } from "../lib/config.ts";
 import { openKv } from "../lib/kv.ts";
 import { createLogger } from "../lib/log.ts";
 import { createLifecycle } from "../lib/http/shutdown.ts";
-import { createKvStats } from "../lib/stats/stats.ts";
+import { createKvStats } from "../lib/stats/kv_stats.ts";
 import { createUpstream } from "../lib/proxy/upstream.ts";
 import { messageEnd, messageStart, sse } from "./bench_support.ts";
 

@@ -9,7 +9,8 @@
 import Anthropic from "@anthropic-ai/sdk";
 import { createParser } from "eventsource-parser";
 import { EventAccumulator, type StreamResult } from "../lib/stream/accumulator.ts";
-import { createSseDecoder, tapStream } from "../lib/stream/sse.ts";
+import { createSseDecoder } from "../lib/stream/sse.ts";
+import { tapStream } from "../lib/stream/tap.ts";
 
 const encoder = new TextEncoder();
 

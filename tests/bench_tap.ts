@@ -19,7 +19,8 @@
  */
 import process from "node:process";
 import { EventAccumulator } from "../lib/stream/accumulator.ts";
-import { createSseDecoder, type TapHooks, type TapOptions, tapStream } from "../lib/stream/sse.ts";
+import { createSseDecoder } from "../lib/stream/sse.ts";
+import { type TapHooks, type TapOptions, tapStream } from "../lib/stream/tap.ts";
 import { textStream } from "./bench_support.ts";
 
 const events = Number(Deno.args[0] ?? 20_000);

@@ -15,7 +15,7 @@ import {
   UsageError,
 } from "../lib/cli/terminal/terminal.ts";
 import { silentLogger } from "../lib/log.ts";
-import type { Pace } from "../lib/replay/replay.ts";
+import type { Pace } from "../lib/replay/pace.ts";
 import { createReplayFetch } from "../lib/replay/replay.ts";
 import { memorySink } from "../lib/stats/request_summary.ts";
 import { createUpstream } from "../lib/proxy/upstream.ts";

@@ -9,8 +9,9 @@ import OpenAI from "openai";
 import { createApp } from "../lib/app.ts";
 import { silentLogger } from "../lib/log.ts";
 import { memorySink } from "../lib/stats/request_summary.ts";
-import type { RecentEntry, StatsReport } from "../lib/stats/stats.ts";
-import { createKvStats } from "../lib/stats/stats.ts";
+import type { RecentEntry } from "../lib/stats/recent.ts";
+import type { StatsReport } from "../lib/stats/report.ts";
+import { createKvStats } from "../lib/stats/kv_stats.ts";
 import { createUpstream } from "../lib/proxy/upstream.ts";
 import {
   liveApp,

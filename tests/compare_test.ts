@@ -8,7 +8,9 @@ import {
   runCompare,
 } from "../lib/cli/compare.ts";
 import { RELATIVE_ERROR } from "../lib/stats/histogram.ts";
-import { pickFixture, schedule, truncateAtMaxTokens } from "../lib/replay/replay.ts";
+import { schedule } from "../lib/replay/pace.ts";
+import { truncateAtMaxTokens } from "../lib/replay/rewrite.ts";
+import { pickFixture } from "../lib/replay/select.ts";
 import { decodeAll } from "../lib/stream/sse.ts";
 import { projectFixtures } from "./helpers.ts";
 import { expectedFor, PACE, timedStatsApp } from "./stats_support.ts";

@@ -114,7 +114,8 @@ import { createApp } from "../lib/app.ts";
 import type { AppDeps } from "../lib/app.ts";
 import { type Config, parseConfig } from "../lib/config.ts";
 import { silentLogger } from "../lib/log.ts";
-import { createReplayFetch, type FixtureSet, loadFixtures } from "../lib/replay/replay.ts";
+import { type FixtureSet, loadFixtures } from "../lib/replay/fixtures.ts";
+import { createReplayFetch } from "../lib/replay/replay.ts";
 import { createUpstream, type Upstream } from "../lib/proxy/upstream.ts";
 
 /** A request the fake upstream received. */

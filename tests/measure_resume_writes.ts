@@ -7,7 +7,8 @@
 import { createApp } from "../lib/app.ts";
 import { parseConfig } from "../lib/config.ts";
 import { silentLogger } from "../lib/log.ts";
-import { createReplayFetch, loadFixtures } from "../lib/replay/replay.ts";
+import { loadFixtures } from "../lib/replay/fixtures.ts";
+import { createReplayFetch } from "../lib/replay/replay.ts";
 import { createUpstream } from "../lib/proxy/upstream.ts";
 
 const config = parseConfig({ SLUICE_LOG_LEVEL: "silent" });

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { tokenUsage } from "../lib/stats/request_summary.ts";
 import { escapeLabel, PROMETHEUS_CONTENT_TYPE } from "../lib/stats/prometheus.ts";
-import { createKvStats } from "../lib/stats/stats.ts";
+import { createKvStats } from "../lib/stats/kv_stats.ts";
 import { projectFixtures } from "./helpers.ts";
 import { type Expected, sendFixture, T0, timedStatsApp } from "./stats_support.ts";
 

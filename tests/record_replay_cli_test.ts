@@ -4,7 +4,8 @@
  */
 import assert from "node:assert/strict";
 import { EventAccumulator } from "../lib/stream/accumulator.ts";
-import { createReplayFetch, loadFixtures } from "../lib/replay/replay.ts";
+import { loadFixtures } from "../lib/replay/fixtures.ts";
+import { createReplayFetch } from "../lib/replay/replay.ts";
 import { createSseDecoder } from "../lib/stream/sse.ts";
 import { clean, readFixture, sdkOracle, sseResponse, startFakeUpstream } from "./helpers.ts";
 

@@ -1,15 +1,11 @@
 import assert from "node:assert/strict";
 import FakeTimers from "@sinonjs/fake-timers";
 import { EventAccumulator } from "../lib/stream/accumulator.ts";
-import {
-  createReplayFetch,
-  type Fixture,
-  pickFixture,
-  ReplayCutError,
-  schedule,
-  selectFixture,
-  truncateAtMaxTokens,
-} from "../lib/replay/replay.ts";
+import { type Fixture } from "../lib/replay/fixtures.ts";
+import { ReplayCutError, schedule } from "../lib/replay/pace.ts";
+import { createReplayFetch } from "../lib/replay/replay.ts";
+import { truncateAtMaxTokens } from "../lib/replay/rewrite.ts";
+import { pickFixture, selectFixture } from "../lib/replay/select.ts";
 import { createSseDecoder, decodeAll } from "../lib/stream/sse.ts";
 import { clean, liveApp, projectFixtures, replayApp, sdkOracle, seededRandom } from "./helpers.ts";
 

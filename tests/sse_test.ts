@@ -5,9 +5,9 @@ import {
   createSseDecoder,
   decodeAll,
   type SseEvent,
-  tapStream,
 } from "../lib/stream/sse.ts";
-import { splitEvents } from "../lib/replay/replay.ts";
+import { tapStream } from "../lib/stream/tap.ts";
+import { splitEvents } from "../lib/replay/pace.ts";
 import { splitEvery, streamOf } from "./helpers.ts";
 
 const enc = (s: string) => new TextEncoder().encode(s);

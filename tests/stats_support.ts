@@ -10,13 +10,14 @@ import { createApp } from "../lib/app.ts";
 import { EventAccumulator } from "../lib/stream/accumulator.ts";
 import { manualClock } from "../lib/clock.ts";
 import { silentLogger } from "../lib/log.ts";
-import type { Pace } from "../lib/replay/replay.ts";
-import { createReplayFetch, schedule } from "../lib/replay/replay.ts";
+import type { Pace } from "../lib/replay/pace.ts";
+import { schedule } from "../lib/replay/pace.ts";
+import { createReplayFetch } from "../lib/replay/replay.ts";
 import type { TokenUsage } from "../lib/stats/request_summary.ts";
 import { tokenUsage } from "../lib/stats/request_summary.ts";
 import { createSseDecoder, decodeAll } from "../lib/stream/sse.ts";
-import type { KvStatsOptions } from "../lib/stats/stats.ts";
-import { createKvStats } from "../lib/stats/stats.ts";
+import type { KvStatsOptions } from "../lib/stats/kv_stats.ts";
+import { createKvStats } from "../lib/stats/kv_stats.ts";
 import { createUpstream } from "../lib/proxy/upstream.ts";
 import { projectFixtures, testConfig } from "./helpers.ts";
 

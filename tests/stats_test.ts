@@ -5,8 +5,10 @@ import { manualClock } from "../lib/clock.ts";
 import { RELATIVE_ERROR } from "../lib/stats/histogram.ts";
 import { createLogger } from "../lib/log.ts";
 import { memorySink, type RequestSummary, tokenUsage } from "../lib/stats/request_summary.ts";
-import type { LatencyFigures, RecentEntry, StatsReport, StatsView } from "../lib/stats/stats.ts";
-import { createKvStats, WINDOWS } from "../lib/stats/stats.ts";
+import type { RecentEntry } from "../lib/stats/recent.ts";
+import type { LatencyFigures, StatsReport, StatsView } from "../lib/stats/report.ts";
+import { WINDOWS } from "../lib/stats/kv_layout.ts";
+import { createKvStats } from "../lib/stats/kv_stats.ts";
 import { projectFixtures, replayApp } from "./helpers.ts";
 import {
   exactQuantile,

@@ -8,7 +8,8 @@ import FakeTimers from "@sinonjs/fake-timers";
 import { createApp } from "../lib/app.ts";
 import { createLogger, silentLogger } from "../lib/log.ts";
 import { memorySink, type RequestSummary } from "../lib/stats/request_summary.ts";
-import { decodeAll, KEEP_ALIVE_COMMENT, tapStream } from "../lib/stream/sse.ts";
+import { decodeAll } from "../lib/stream/sse.ts";
+import { KEEP_ALIVE_COMMENT, tapStream } from "../lib/stream/tap.ts";
 import {
   clampRetryAfter,
   createUpstream,

@@ -18,7 +18,8 @@
  */
 import type { Clock } from "../clock.ts";
 import type { Logger } from "../log.ts";
-import { decodeAll, KEEP_ALIVE_COMMENT } from "../stream/sse.ts";
+import { decodeAll } from "../stream/sse.ts";
+import { KEEP_ALIVE_COMMENT } from "../stream/tap.ts";
 import { errorPayload, sseEvent } from "./encoding.ts";
 
 const PREFIX = ["sluice", "streams"] as const;

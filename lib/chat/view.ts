@@ -14,7 +14,8 @@ import { concatBytes } from "../bytes.ts";
 import { errorLine, errorPayload, sseEvent, statsLine } from "./encoding.ts";
 import type { Call, StreamCall } from "../proxy/messages_call.ts";
 import type { SseEvent } from "../stream/sse.ts";
-import { decodeAll, KEEP_ALIVE_COMMENT } from "../stream/sse.ts";
+import { decodeAll } from "../stream/sse.ts";
+import { KEEP_ALIVE_COMMENT } from "../stream/tap.ts";
 import type { StreamWriter } from "./resume.ts";
 import { CHUNK_BYTES } from "./resume.ts";
 

@@ -17,14 +17,13 @@ import { EventAccumulator, type StreamResult } from "../stream/accumulator.ts";
 import { systemClock } from "../clock.ts";
 import { parseConfig } from "../config.ts";
 import {
-  abortableSleep,
   describeFixtures,
   type Fixture,
   type FixtureListing,
   loadFixtures,
-  schedule,
-  SELECTION_RULES,
-} from "../replay/replay.ts";
+} from "../replay/fixtures.ts";
+import { abortableSleep, schedule } from "../replay/pace.ts";
+import { SELECTION_RULES } from "../replay/select.ts";
 import { createSseDecoder } from "../stream/sse.ts";
 
 /** Options for {@link replayFile}. */

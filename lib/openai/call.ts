@@ -22,7 +22,8 @@ import { clientHeaders } from "../proxy/pass_headers.ts";
 import type { RequestSummary } from "../stats/request_summary.ts";
 import { tokenUsage } from "../stats/request_summary.ts";
 import { chatCompletionUsage, createChatCompletionsTap } from "./tap.ts";
-import { createSseDecoder, readBody, tapStream, UpstreamIdleError } from "../stream/sse.ts";
+import { createSseDecoder } from "../stream/sse.ts";
+import { readBody, tapStream, UpstreamIdleError } from "../stream/tap.ts";
 import type { Upstream, UpstreamRequest } from "../proxy/upstream.ts";
 
 /** The path, on sluice and upstream alike. */

@@ -17,7 +17,7 @@ import type { Logger } from "../log.ts";
 import { unreadBody } from "./messages_call.ts";
 import { clientHeaders, upstreamHeaders } from "./pass_headers.ts";
 import { type RequestSummary, tokenUsage } from "../stats/request_summary.ts";
-import { readBody } from "../stream/sse.ts";
+import { readBody } from "../stream/tap.ts";
 import type { Upstream, UpstreamMethod } from "./upstream.ts";
 
 /** Request bodies up to this size are read whole, so the SDK can retry them (1 MiB). */

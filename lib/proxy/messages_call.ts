@@ -15,7 +15,8 @@ import type { Logger } from "../log.ts";
 import { clientHeaders } from "./pass_headers.ts";
 import type { RequestSummary } from "../stats/request_summary.ts";
 import { tokenUsage, usageDetail } from "../stats/request_summary.ts";
-import { createSseDecoder, readBody, tapStream, UpstreamIdleError } from "../stream/sse.ts";
+import { createSseDecoder } from "../stream/sse.ts";
+import { readBody, tapStream, UpstreamIdleError } from "../stream/tap.ts";
 import type { StreamPolicy, Upstream, UpstreamRequest } from "./upstream.ts";
 
 /** Options for {@link startCall}. */

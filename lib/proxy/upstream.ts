@@ -15,7 +15,7 @@ import Anthropic, {
 } from "@anthropic-ai/sdk";
 import { errorBody, errorTypeForStatus } from "../errors.ts";
 import { clientHeaders } from "./pass_headers.ts";
-import { readBody } from "../stream/sse.ts";
+import { readBody } from "../stream/tap.ts";
 
 /** One request to the upstream. */
 export interface UpstreamRequest {

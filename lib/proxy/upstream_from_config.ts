@@ -4,7 +4,8 @@
  * gateway bench run exactly the same wiring.
  */
 import type { Config } from "../config.ts";
-import { createReplayFetch, loadFixtures } from "../replay/replay.ts";
+import { loadFixtures } from "../replay/fixtures.ts";
+import { createReplayFetch } from "../replay/replay.ts";
 import { createUpstream, type Upstream } from "./upstream.ts";
 
 /** Builds the upstream `config` describes (reads the fixtures folder in replay mode). */

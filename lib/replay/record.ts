@@ -5,7 +5,7 @@
 import { concatBytes } from "../bytes.ts";
 import type { Clock } from "../clock.ts";
 import { systemClock } from "../clock.ts";
-import type { TimingChunk } from "./replay.ts";
+import type { TimingChunk } from "./fixtures.ts";
 import type { Upstream } from "../proxy/upstream.ts";
 
 /** What a recording produced: the files to write, by extension. */

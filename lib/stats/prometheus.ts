@@ -12,8 +12,8 @@
  */
 import type { Histogram } from "./histogram.ts";
 import { BUCKETS_PER_DECADE, bucketUpperMs, cumulativeCounts } from "./histogram.ts";
-import type { LatencyName, Row, SeriesLabels } from "./stats.ts";
-import { histogramOf } from "./stats.ts";
+import type { LatencyName, Row, SeriesLabels } from "./kv_layout.ts";
+import { histogramOf } from "./report.ts";
 
 /** The content type Prometheus expects for the text format. */
 export const PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";

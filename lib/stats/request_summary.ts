@@ -96,7 +96,7 @@ export function tokenUsage(usage: unknown): TokenUsage {
   };
 }
 
-/** Where finished requests go. `record` must not throw into the response path; see stats.ts. */
+/** Where finished requests go. `record` must not throw into the response path; see kv_stats.ts. */
 export interface StatsSink {
   record(summary: RequestSummary): void | Promise<void>;
 }

@@ -1,0 +1,251 @@
+/**
+ * Stats that survive: a Deno KV sink for finished requests and the reader behind `GET /stats`,
+ * `GET /stats/recent` and `GET /metrics` (the key layout is in lib/stats/kv_layout.ts).
+ *
+ * Writing never touches the response path: `record` only adds to memory and schedules a commit.
+ * Commits are serialized per instance, at most one per `writeIntervalMs`; records that arrive
+ * meanwhile are batched into the next one. A failed commit is logged and counted, and its changes
+ * are kept for the next attempt.
+ */
+import type { Clock } from "../clock.ts";
+import { systemClock } from "../clock.ts";
+import { RELATIVE_ERROR } from "./histogram.ts";
+import type { Row } from "./kv_layout.ts";
+import {
+  ALL_SELECTOR,
+  decodeRow,
+  FIRST_AT_KEY,
+  LAST_AT_KEY,
+  RECENT_PREFIX,
+  WINDOWS,
+  windowSelector,
+} from "./kv_layout.ts";
+import type { Logger } from "../log.ts";
+import { silentLogger } from "../log.ts";
+import { PendingStats } from "./pending.ts";
+import type { RecentEntry } from "./recent.ts";
+import type { StatsReport } from "./report.ts";
+import { round, section } from "./report.ts";
+import type { RequestSummary, StatsSink } from "./request_summary.ts";
+
+/** Deno KV accepts up to 1000 mutations per atomic operation; stay well under it. */
+const MAX_MUTATIONS = 500;
+
+/** What the stats routes read. */
+export interface StatsSource {
+  report(): Promise<StatsReport>;
+  recent(limit: number): Promise<RecentEntry[]>;
+  /** All-time rows (for `/metrics`). */
+  rows(): Promise<Row[]>;
+  /** Failed writes of this instance since it started. */
+  readonly writeFailures: number;
+}
+
+/** True when `stats` can also be read (the KV sink can; the in-memory test sink cannot). */
+export function isStatsSource(stats: unknown): stats is StatsSource {
+  return !!stats && typeof (stats as StatsSource).report === "function";
+}
+
+/** Options for {@link createKvStats}. */
+export interface KvStatsOptions {
+  kv: Deno.Kv;
+  /** Wall-clock time for windows and expiry (epoch ms). */
+  clock?: Clock;
+  logger?: Logger;
+  /** Distinguishes this process's window keys; random by default, new on every start. */
+  instanceId?: string;
+  /** Recent-log entries this instance keeps (older ones are deleted). */
+  recentLimit?: number;
+  /** How long a recent-log entry lives. */
+  recentTtlMs?: number;
+  /** Injectable for tests of failing writes. */
+  commit?: (kv: Deno.Kv, mutations: Deno.KvMutation[]) => Promise<void>;
+  /**
+   * How long a record may wait for its write, in ms, so that the records of that time share one
+   * atomic write (counters added up in memory first). 0 (the default here): write as soon as the
+   * previous write is over. `main.ts` passes `SLUICE_STATS_WRITE_MS`. Reads (`report`, `rows`,
+   * `recent`) write what is waiting first, so this instance's figures are never behind.
+   */
+  writeIntervalMs?: number;
+}
+
+/** The KV sink and reader. */
+export interface KvStats extends StatsSink, StatsSource {
+  /**
+   * Adds a summary in memory and schedules a write; never throws. The promise settles once the
+   * summary is in memory (a graceful shutdown waits for that, then calls {@link flush}), not when
+   * it is written: with a write interval that could be a second later.
+   */
+  record(summary: RequestSummary): Promise<void>;
+  /** Resolves once every record handed over so far has been written (or failed). */
+  flush(): Promise<void>;
+}
+
+/** Creates the KV-backed stats sink. */
+export function createKvStats(options: KvStatsOptions): KvStats {
+  const kv = options.kv;
+  const clock = options.clock ?? systemClock;
+  const logger = options.logger ?? silentLogger;
+  const commit = options.commit ?? defaultCommit;
+  const writeIntervalMs = options.writeIntervalMs ?? 0;
+  const pending = new PendingStats({
+    instance: options.instanceId ?? crypto.randomUUID(),
+    recentLimit: options.recentLimit ?? 200,
+    recentTtlMs: Math.ceil(options.recentTtlMs ?? 24 * 60 * 60_000),
+  });
+  let writeFailures = 0;
+  let inflight: Promise<void> | null = null;
+  // The timer of the next write when `writeIntervalMs` > 0.
+  let waitTimer: ReturnType<typeof setTimeout> | undefined;
+
+  async function drain() {
+    while (true) {
+      const items = pending.take(clock.now());
+      if (items.length === 0) return;
+      for (let i = 0; i < items.length; i += MAX_MUTATIONS) {
+        const chunk = items.slice(i, i + MAX_MUTATIONS);
+        try {
+          await commit(kv, chunk.map((item) => item.mutation));
+        } catch (error) {
+          writeFailures++;
+          logger.warn("stats write failed; kept for the next attempt", { error: String(error) });
+          for (const item of items.slice(i)) item.undo();
+          return; // try again with the next record or flush, not in a tight loop
+        }
+      }
+    }
+  }
+
+  function writeNow(): Promise<void> {
+    // Nobody awaits a scheduled write: whatever goes wrong is counted and logged, never thrown.
+    inflight ??= drain().catch((error) => {
+      writeFailures++;
+      logger.warn("stats write failed", { error: String(error) });
+    }).finally(() => (inflight = null));
+    return inflight;
+  }
+
+  /**
+   * A write for what was just recorded: right away, or with every record of the next
+   * `writeIntervalMs`. Batching by time is what keeps stats cheap under load: one commit of a few
+   * dozen merged mutations a second instead of one per request (the gateway bench measured the
+   * per-request commits delaying other streams' deltas; see docs/performance.md).
+   */
+  function schedule(): void {
+    if (writeIntervalMs <= 0) writeNow();
+    else waitTimer ??= setTimeout(writeWaiting, writeIntervalMs);
+  }
+
+  /** Starts the write that was waiting for its interval now. */
+  function writeWaiting(): Promise<void> {
+    if (waitTimer !== undefined) clearTimeout(waitTimer);
+    waitTimer = undefined;
+    return writeNow();
+  }
+
+  /** Writes whatever is waiting and resolves when every write so far is over. */
+  async function writeAll(): Promise<void> {
+    while (inflight) await inflight;
+    await writeWaiting();
+  }
+
+  return {
+    get writeFailures() {
+      return writeFailures;
+    },
+    record(summary) {
+      // One macrotask later, so a response's last bytes reach the socket before the stats work
+      // runs (the gateway bench measured the last delta ~1 ms later without it). A timer here,
+      // not in the app, so that apps without a KV sink (and their tests) start no timer at all.
+      return new Promise<void>((resolve) => setTimeout(resolve, 0)).then(() => {
+        try {
+          pending.add(summary);
+        } catch (error) {
+          writeFailures++;
+          logger.warn("stats record failed", { error: String(error) });
+          return;
+        }
+        // Not awaited: the write goes out with the others of its interval; `flush` waits for it.
+        schedule();
+      });
+    },
+    async flush() {
+      // Summaries travel through already-resolved promise chains before `record` sees them; one
+      // macrotask lets every such chain run first. Then wait for the writes.
+      await new Promise<void>((resolve) => setTimeout(resolve, 0));
+      await writeAll();
+    },
+    async rows() {
+      await writeAll();
+      return await rowsIn(kv, ALL_SELECTOR);
+    },
+    async recent(limit) {
+      await writeAll();
+      const entries: RecentEntry[] = [];
+      const iter = kv.list<RecentEntry>({ prefix: RECENT_PREFIX }, { reverse: true, limit });
+      for await (const entry of iter) entries.push(entry.value);
+      return entries;
+    },
+    async report() {
+      await writeAll();
+      return await readReport(kv, clock.now(), {
+        write_failures: writeFailures,
+        pending_writes: pending.size,
+      });
+    },
+  };
+}
+
+async function defaultCommit(kv: Deno.Kv, mutations: Deno.KvMutation[]): Promise<void> {
+  const result = await kv.atomic().mutate(...mutations).commit();
+  if (!result.ok) throw new Error("KV atomic commit was not applied");
+}
+
+async function rowsIn(
+  kv: Deno.Kv,
+  where: { selector: Deno.KvListSelector; skip: number },
+): Promise<Row[]> {
+  const rows: Row[] = [];
+  for await (const entry of kv.list(where.selector)) {
+    const row = decodeRow(entry.key.slice(where.skip), entry.value);
+    if (row) rows.push(row);
+  }
+  return rows;
+}
+
+/** The body of `GET /stats` as KV holds it at `now`. */
+async function readReport(
+  kv: Deno.Kv,
+  now: number,
+  storage: StatsReport["storage"],
+): Promise<StatsReport> {
+  const [all, meta] = await Promise.all([
+    rowsIn(kv, ALL_SELECTOR),
+    kv.getMany<Deno.KvU64[]>([FIRST_AT_KEY, LAST_AT_KEY]),
+  ]);
+  const windows: StatsReport["windows"] = {};
+  for (const spec of WINDOWS) {
+    const current = Math.floor(now / spec.bucketMs) * spec.bucketMs;
+    const from = current - (spec.buckets - 1) * spec.bucketMs;
+    const rows = await rowsIn(kv, windowSelector(spec.granularity, from, current + spec.bucketMs));
+    windows[spec.name] = {
+      from: new Date(from).toISOString(),
+      to: new Date(now).toISOString(),
+      ...section(rows),
+    };
+  }
+  const time = (entry: Deno.KvEntryMaybe<Deno.KvU64>) =>
+    entry.value ? new Date(Number(entry.value.value)).toISOString() : null;
+  return {
+    generated_at: new Date(now).toISOString(),
+    first_request_at: time(meta[0]),
+    last_request_at: time(meta[1]),
+    ...section(all),
+    windows,
+    percentiles: {
+      method: "nearest rank, from log-scale histograms (24 buckets per decade)",
+      relative_error: round(RELATIVE_ERROR, 4),
+    },
+    storage,
+  };
+}

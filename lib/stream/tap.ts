@@ -1,0 +1,280 @@
+/**
+ * The tap: forwards an upstream body to the client chunk by chunk, before anything looks at the
+ * bytes, and reports each chunk, the end, a cancel or a failure to hooks that run after the
+ * bytes are enqueued (the accumulator, stats, keep-alives, shutdown cuts).
+ */
+import { concatBytes } from "../bytes.ts";
+import { createBoundaryTracker } from "./sse.ts";
+
+/** What the tap reports while it forwards a stream. All hooks run after the bytes are enqueued. */
+export interface TapHooks {
+  /** A chunk was handed to the client. */
+  onChunk(chunk: Uint8Array): void;
+  /**
+   * The upstream body ended normally (a clean close). May return bytes to send the client after
+   * the upstream's last byte, before the stream ends (an SSE `error` event when the answer is
+   * incomplete), or nothing. `atEventBoundary` is as for `onError`.
+   */
+  onClose(state: { atEventBoundary: boolean }): Uint8Array | undefined | void;
+  /** The client went away (the response body was cancelled). */
+  onCancel(reason: unknown): void;
+  /**
+   * Reading the upstream failed (connection lost, or {@link UpstreamIdleError} when it went
+   * silent too long). May return bytes to send the client as the stream's last words (an SSE
+   * `error` event), or nothing. `atEventBoundary` says whether the bytes so far end with a blank
+   * line, so whether such an event can follow directly.
+   */
+  onError(error: unknown, state: { atEventBoundary: boolean }): Uint8Array | undefined;
+}
+
+/** Options for {@link tapStream}. */
+export interface TapOptions {
+  /**
+   * Longest silence of the upstream, in ms, before the tap gives up on it: the upstream read is
+   * cancelled and `onError` gets an {@link UpstreamIdleError}. 0 or unset: wait for ever.
+   */
+  idleTimeoutMs?: number;
+  /**
+   * After this much silence towards the client, in ms, send `keepAlive` (only between events,
+   * never inside one). 0 or unset: none.
+   */
+  keepAliveMs?: number;
+  /** The keep-alive bytes; an SSE comment by default, which every SSE parser skips. */
+  keepAlive?: Uint8Array;
+  /**
+   * Size of the buffer each read of a byte stream (a `fetch` body) fills. Deno's own reads
+   * allocate 64 KiB per pending read, which an open but quiet stream holds all along; with
+   * buffers of ours an open stream holds less (measured in tests/load_test.ts: about 60 KiB of
+   * buffers and 25 KiB of RSS less per open stream). Chunks larger than this arrive in several
+   * reads, unchanged otherwise. Default 4096.
+   */
+  readBufferBytes?: number;
+  /**
+   * Ends the stream when it aborts (graceful shutdown's cut): the upstream read is cancelled and
+   * `onError` gets the signal's reason, so its last words (an SSE `error` event) come from the
+   * tap itself. This used to be a separate guard stream behind the tap; one JavaScript stream
+   * layer fewer per chunk was ~5% of the gateway's CPU per event in the bench (see docs/performance.md).
+   */
+  cut?: AbortSignal;
+}
+
+/** The part of a stream reader the tap uses. */
+interface ChunkReader {
+  read(): Promise<ReadableStreamReadResult<Uint8Array>>;
+  cancel(reason?: unknown): Promise<void>;
+}
+
+/**
+ * Reads `stream` chunk by chunk: with a BYOB reader and fresh buffers of `size` bytes when it is
+ * a byte stream (fetch bodies are), else with its default reader.
+ */
+function chunkReader(stream: ReadableStream<Uint8Array>, size: number): ChunkReader {
+  let byob: ReadableStreamBYOBReader;
+  try {
+    byob = stream.getReader({ mode: "byob" });
+  } catch {
+    return stream.getReader();
+  }
+  // One buffer per stream, read into again and again; what a read filled is copied out at its
+  // exact size for the client. (A fresh 4 KiB buffer per read, zeroed and counted as external
+  // memory by the GC, was ~4% of the gateway's main-thread time in the bench's profile.)
+  let buffer = new Uint8Array(size);
+  return {
+    read: () =>
+      byob.read(buffer).then((result) => {
+        if (result.value) buffer = new Uint8Array(result.value.buffer); // handed back to us
+        if (result.done) return { done: true, value: undefined };
+        return { done: false, value: result.value.slice() };
+      }),
+    cancel: (reason) => byob.cancel(reason),
+  };
+}
+
+/** The default keep-alive: an SSE comment line and a blank line (a no-op for SSE parsers). */
+export const KEEP_ALIVE_COMMENT: Uint8Array = new TextEncoder().encode(": keep-alive\n\n");
+
+/** The upstream sent nothing for longer than the idle timeout. */
+export class UpstreamIdleError extends Error {
+  readonly idleMs: number;
+  constructor(idleMs: number) {
+    super(`the upstream sent nothing for ${idleMs} ms`);
+    this.name = "UpstreamIdleError";
+    this.idleMs = idleMs;
+  }
+}
+
+/**
+ * Forwards `upstream` to the client unchanged and in order, one chunk at a time as it arrives,
+ * then reports each chunk to `hooks`. The client's bytes never wait on parsing or accounting: a
+ * hook that throws is reported to `onHookError` and the bytes keep flowing.
+ *
+ * While the upstream is silent the tap can send keep-alive comments (at event boundaries only)
+ * and give up after an idle timeout; see {@link TapOptions}.
+ *
+ * Written by hand rather than with a `TransformStream` because the tap must see the client's
+ * cancel (to abort the upstream request), read failures (to close the stream with an error
+ * event) and silence (keep-alives, idle timeout), which a pull-based `ReadableStream` exposes
+ * directly.
+ */
+export function tapStream(
+  upstream: ReadableStream<Uint8Array>,
+  hooks: TapHooks,
+  onHookError: (error: unknown) => void = () => {},
+  options: TapOptions = {},
+): ReadableStream<Uint8Array> {
+  const reader = chunkReader(upstream, options.readBufferBytes ?? 4096);
+  const boundary = createBoundaryTracker();
+  const idleMs = options.idleTimeoutMs ?? 0;
+  const keepAliveMs = options.keepAliveMs ?? 0;
+  const keepAlive = options.keepAlive ?? KEEP_ALIVE_COMMENT;
+  const timed = idleMs > 0 || keepAliveMs > 0;
+  let finished = false;
+  let unwatchCut = () => {};
+  const safely = (fn: () => void) => {
+    try {
+      fn();
+    } catch (error) {
+      onHookError(error);
+    }
+  };
+  // Keep-alives and the idle deadline share one timer per stream, armed when a wait begins and
+  // no timer is armed, re-armed only when it fires early. (A timer set and cleared on every read
+  // was 2.6 µs of sluice's 6 µs of CPU per event, measured in-process; see docs/performance.md.) The
+  // timer acts by itself (enqueues a keep-alive, or cancels the read and ends the stream) while
+  // the pull awaits its read: racing every read against a timeout promise cost ~1 KB of garbage
+  // per event (see docs/performance.md).
+  let waiting = false;
+  let waitStart = 0;
+  let lastSent = 0;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const stopTimer = () => {
+    if (timer !== undefined) clearTimeout(timer);
+    timer = undefined;
+  };
+  const fail = (controller: ReadableStreamDefaultController<Uint8Array>, error: unknown) => {
+    finished = true;
+    stopTimer();
+    unwatchCut();
+    let last: Uint8Array | undefined;
+    safely(() => {
+      last = hooks.onError(error, { atEventBoundary: boundary.atBoundary() });
+    });
+    if (last) controller.enqueue(last);
+    controller.close();
+  };
+  /** Gives up on the upstream: its read is cancelled and the stream ends with `onError`'s words. */
+  const abandon = (controller: ReadableStreamDefaultController<Uint8Array>, error: unknown) => {
+    if (finished) return;
+    reader.cancel(error).catch(() => {});
+    fail(controller, error);
+  };
+  const arm = (controller: ReadableStreamDefaultController<Uint8Array>) => {
+    let due = Infinity;
+    if (idleMs > 0) due = waitStart + idleMs;
+    if (keepAliveMs > 0) due = Math.min(due, lastSent + keepAliveMs);
+    timer = setTimeout(() => {
+      timer = undefined;
+      if (finished || !waiting) return; // between reads: the next wait arms it again
+      const now = performance.now();
+      if (idleMs > 0 && now - waitStart >= idleMs) {
+        abandon(controller, new UpstreamIdleError(idleMs));
+        return;
+      }
+      if (keepAliveMs > 0 && now - lastSent >= keepAliveMs) {
+        // Inside an event a comment would corrupt it; wait for the event to end instead.
+        if (boundary.atBoundary()) controller.enqueue(keepAlive);
+        lastSent = now;
+      }
+      arm(controller);
+    }, Math.max(0, due - performance.now()));
+  };
+
+  const cut = options.cut;
+  return new ReadableStream<Uint8Array>({
+    start(controller) {
+      if (!cut) return;
+      if (cut.aborted) {
+        queueMicrotask(() => abandon(controller, cut.reason));
+        return;
+      }
+      const listener = () => abandon(controller, cut.reason);
+      cut.addEventListener("abort", listener, { once: true });
+      unwatchCut = () => cut.removeEventListener("abort", listener);
+    },
+    async pull(controller) {
+      if (finished) return;
+      if (timed) {
+        waiting = true;
+        waitStart = lastSent = performance.now();
+        // A timer left from an earlier wait fires before this wait's deadlines and re-arms itself.
+        if (timer === undefined) arm(controller);
+      }
+      let result: ReadableStreamReadResult<Uint8Array>;
+      try {
+        result = await reader.read();
+      } catch (error) {
+        waiting = false;
+        if (!finished) fail(controller, error);
+        return;
+      }
+      waiting = false;
+      // The timer or the cut may have ended the stream (and cancelled this read) meanwhile.
+      if (finished) return;
+      if (result.done) {
+        finished = true;
+        stopTimer();
+        unwatchCut();
+        let last: Uint8Array | undefined | void;
+        safely(() => {
+          last = hooks.onClose({ atEventBoundary: boundary.atBoundary() });
+        });
+        if (last) controller.enqueue(last);
+        controller.close();
+        return;
+      }
+      const chunk = result.value;
+      controller.enqueue(chunk);
+      boundary.see(chunk);
+      safely(() => hooks.onChunk(chunk));
+    },
+    cancel(reason) {
+      if (finished) return;
+      finished = true;
+      stopTimer();
+      unwatchCut();
+      safely(() => hooks.onCancel(reason));
+      return reader.cancel(reason).catch(() => {});
+    },
+  }, { highWaterMark: 0 });
+}
+
+/**
+ * Reads a whole body, giving up after `idleTimeoutMs` of silence (0: never): the upstream's
+ * JSON answers and error bodies, which must not hang a request for ever either.
+ */
+export async function readBody(
+  body: ReadableStream<Uint8Array> | null,
+  idleTimeoutMs = 0,
+): Promise<Uint8Array<ArrayBuffer>> {
+  if (!body) return new Uint8Array(0);
+  const chunks: Uint8Array[] = [];
+  let failure: unknown;
+  // The tap brings the idle timeout; its onError only notes the failure (nothing is sent).
+  const tapped = tapStream(
+    body,
+    {
+      onChunk: () => {},
+      onClose: () => {},
+      onCancel: () => {},
+      onError: (error) => {
+        failure = error;
+        return undefined;
+      },
+    },
+    undefined,
+    { idleTimeoutMs },
+  );
+  for await (const chunk of tapped) chunks.push(chunk);
+  if (failure !== undefined) throw failure;
+  return concatBytes(chunks);
+}
