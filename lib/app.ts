@@ -24,6 +24,9 @@ import { CHAT_COMPLETIONS_PATH } from "./openai/call.ts";
 import type { Logger } from "./log.ts";
 import { createLogger } from "./log.ts";
 import type { StatsSink } from "./stats/request_summary.ts";
+import { createRecorder } from "./stats/recorder.ts";
+import type { SpendStore } from "./stats/budgets.ts";
+import { kvSpendStore } from "./stats/budgets.ts";
 import type { Upstream } from "./proxy/upstream.ts";
 import { healthRoute } from "../routes/health.ts";
 import { messagesRoute } from "../routes/messages.ts";
@@ -45,6 +48,8 @@ export interface AppDeps {
   logger?: Logger;
   stats?: StatsSink;
   kv?: Deno.Kv;
+  /** Where spend per key is counted; by default in `kv` when there is one. */
+  spend?: SpendStore;
   /** Graceful shutdown: tracks stats records, can end running streams (main.ts gives one). */
   lifecycle?: Lifecycle;
 }
@@ -55,6 +60,12 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   const logger = deps.logger ??
     createLogger({ level: deps.config.logLevel, secrets: [deps.config.anthropicApiKey] });
   const stats = deps.stats;
+  const recorder = createRecorder({
+    prices: deps.config.prices,
+    logger,
+    stats,
+    spend: deps.spend ?? (deps.kv ? kvSpendStore(deps.kv) : undefined),
+  });
   const routeDeps: RouteDeps = {
     config: deps.config,
     upstream: deps.upstream,
@@ -64,11 +75,9 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     draining: () => deps.lifecycle?.draining ?? false,
     lifecycle: deps.lifecycle,
     record(summary) {
-      // Off the response path: a slow or failing store never delays or fails a client. (The KV
-      // sink also waits a macrotask before its work, so the last bytes reach the socket first.)
-      const work = summary
-        .then((s) => stats?.record(s))
-        .catch((error) => logger.warn("stats record failed", { error: String(error) }));
+      // Off the response path (lib/stats/recorder.ts). The KV sink also waits a macrotask before
+      // its work, so the last bytes reach the socket first.
+      const work = recorder(summary); // not inside `?.(…)`: it must run without a lifecycle too
       deps.lifecycle?.track(work);
     },
   };

@@ -15,7 +15,8 @@
  * at most six decimals, so each token product is an exact integer and totals never drift.
  */
 import type { PriceTable, Rates } from "./prices.ts";
-import type { TokenUsage, UsageDetail } from "./request_summary.ts";
+import type { RequestSummary, TokenUsage, UsageDetail } from "./request_summary.ts";
+import { tokenUsage, usageDetail } from "./request_summary.ts";
 
 /** Pico-dollars per USD. */
 export const PICO_PER_USD = 1e12;
@@ -99,4 +100,31 @@ export function costOf(table: PriceTable, input: CostInput): Cost {
 /** Rounds USD for display and JSON: to the micro-dollar, enough to add up to the cent. */
 export function roundUsd(usd: number): number {
   return Math.round(usd * 1e6) / 1e6;
+}
+
+/**
+ * `summary` with its `costUsd`: priced from the usage it reached, 0 when it used nothing (a
+ * refusal, a request its client left before any answer), null when its model has no price.
+ */
+export function withCost(summary: RequestSummary, table: PriceTable): RequestSummary {
+  const u = summary.usage;
+  const calls = Object.values(summary.usageDetail?.server_tool_use ?? {});
+  const used = u.input_tokens + u.output_tokens + u.cache_creation_input_tokens +
+          u.cache_read_input_tokens > 0 || calls.some((n) => n > 0);
+  if (!used) return { ...summary, costUsd: 0 };
+  const cost = costOf(table, { model: summary.model, usage: u, detail: summary.usageDetail });
+  return { ...summary, costUsd: cost.priced ? cost.usd : null };
+}
+
+/** The cost of a Message (or an accumulated stream's message): its model and its `usage`. */
+export function costOfMessage(
+  table: PriceTable,
+  message: { model?: unknown; usage?: unknown } | null | undefined,
+): Cost {
+  const model = typeof message?.model === "string" ? message.model : null;
+  return costOf(table, {
+    model,
+    usage: tokenUsage(message?.usage),
+    detail: usageDetail(message?.usage),
+  });
 }
