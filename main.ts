@@ -22,7 +22,11 @@ try {
   throw error;
 }
 
-const logger = createLogger({ level: config.logLevel, secrets: [config.anthropicApiKey] });
+const logger = createLogger({
+  level: config.logLevel,
+  format: config.logFormat,
+  secrets: [config.anthropicApiKey, ...config.apiKeys, config.adminKey],
+});
 const upstream = await createUpstreamFromConfig(config);
 
 const kv = await openKv(config);

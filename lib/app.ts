@@ -25,6 +25,7 @@ import type { Logger } from "./log.ts";
 import { createLogger } from "./log.ts";
 import type { StatsSink } from "./stats/request_summary.ts";
 import { createRecorder } from "./stats/recorder.ts";
+import { logRequest } from "./stats/request_log.ts";
 import type { SpendStore } from "./stats/budgets.ts";
 import { kvSpendStore } from "./stats/budgets.ts";
 import type { Upstream } from "./proxy/upstream.ts";
@@ -58,13 +59,18 @@ export interface AppDeps {
 export function createApp(deps: AppDeps): Hono<AppEnv> {
   const clock = deps.clock ?? systemClock;
   const logger = deps.logger ??
-    createLogger({ level: deps.config.logLevel, secrets: [deps.config.anthropicApiKey] });
+    createLogger({
+      level: deps.config.logLevel,
+      format: deps.config.logFormat,
+      secrets: [deps.config.anthropicApiKey, ...deps.config.apiKeys, deps.config.adminKey],
+    });
   const stats = deps.stats;
   const recorder = createRecorder({
     prices: deps.config.prices,
     logger,
     stats,
     spend: deps.spend ?? (deps.kv ? kvSpendStore(deps.kv) : undefined),
+    requestLog: (summary) => logRequest(logger, summary),
   });
   const routeDeps: RouteDeps = {
     config: deps.config,
