@@ -27,7 +27,9 @@ import type { StatsSink } from "./stats/request_summary.ts";
 import { createRecorder } from "./stats/recorder.ts";
 import { logRequest } from "./stats/request_log.ts";
 import type { SpendStore } from "./stats/budgets.ts";
-import { kvSpendStore } from "./stats/budgets.ts";
+import { kvSpendStore, memorySpendStore } from "./stats/budgets.ts";
+import { budgetGuard } from "./http/budget.ts";
+import { RECORDED_ENDPOINTS } from "./stats/refusal.ts";
 import type { Upstream } from "./proxy/upstream.ts";
 import { healthRoute } from "../routes/health.ts";
 import { messagesRoute } from "../routes/messages.ts";
@@ -65,11 +67,12 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
       secrets: [deps.config.anthropicApiKey, ...deps.config.apiKeys, deps.config.adminKey],
     });
   const stats = deps.stats;
+  const spend = deps.spend ?? (deps.kv ? kvSpendStore(deps.kv) : memorySpendStore());
   const recorder = createRecorder({
     prices: deps.config.prices,
     logger,
     stats,
-    spend: deps.spend ?? (deps.kv ? kvSpendStore(deps.kv) : undefined),
+    spend,
     requestLog: (summary) => logRequest(logger, summary),
   });
   const routeDeps: RouteDeps = {
@@ -78,6 +81,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     clock,
     logger,
     kv: deps.kv,
+    spend,
     draining: () => deps.lifecycle?.draining ?? false,
     lifecycle: deps.lifecycle,
     record(summary) {
@@ -103,6 +107,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   app.route("/", statsRoute(routeDeps, isStatsSource(stats) ? stats : undefined));
   app.use("*", gatewayAuth(deps.config.apiKeys));
   mountLimits(app, deps, clock, logger);
+  mountBudgets(app, deps, spend, clock, logger);
   app.route("/", messagesRoute(routeDeps));
   app.route("/", chatCompletionsRoute(routeDeps));
   app.route("/", replayFixturesRoute(routeDeps));
@@ -238,4 +243,19 @@ function mountLimits(app: Hono<AppEnv>, deps: AppDeps, clock: Clock, logger: Log
   for (const path of ["/v1/*", "/chat"]) {
     app.on("POST", path, limit);
   }
+}
+
+/** Daily and monthly USD caps per key (`SLUICE_KEY_BUDGETS`) on the endpoints that are costed. */
+function mountBudgets(
+  app: Hono<AppEnv>,
+  deps: AppDeps,
+  spend: SpendStore,
+  clock: Clock,
+  logger: Logger,
+) {
+  const budgets = deps.config.keyBudgets;
+  if (Object.keys(budgets).length === 0) return;
+  if (!deps.kv && !deps.spend) logger.warn("no KV: key budgets are counted per isolate");
+  const guard = budgetGuard({ budgets, spend, clock });
+  for (const path of RECORDED_ENDPOINTS) app.on("POST", path, guard);
 }

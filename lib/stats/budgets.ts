@@ -189,3 +189,39 @@ export function capReached(spend: KeySpend): CapReached | undefined {
   }
   return undefined;
 }
+
+/**
+ * A {@link SpendStore} in this isolate's memory, for an app built without KV (tests,
+ * embedding): budgets then hold per isolate only.
+ */
+export function memorySpendStore(): SpendStore {
+  const sums = new Map<string, number>();
+  const get = (key: string) => sums.get(key) ?? 0;
+  return {
+    add(keyId, picoUsd, at) {
+      const { day, month } = periodsOf(at);
+      const pico = Math.max(0, Math.round(picoUsd));
+      sums.set(`${keyId}/d/${day}`, get(`${keyId}/d/${day}`) + pico);
+      sums.set(`${keyId}/m/${month}`, get(`${keyId}/m/${month}`) + pico);
+      return Promise.resolve();
+    },
+    spend(keyId, at, budget) {
+      const p = periodsOf(at);
+      return Promise.resolve({
+        key_id: keyId,
+        daily: periodSpend(
+          p.day,
+          get(`${keyId}/d/${p.day}`) / PICO_PER_USD,
+          budget?.daily_usd,
+          p.dayEnds,
+        ),
+        monthly: periodSpend(
+          p.month,
+          get(`${keyId}/m/${p.month}`) / PICO_PER_USD,
+          budget?.monthly_usd,
+          p.monthEnds,
+        ),
+      });
+    },
+  };
+}
