@@ -29,7 +29,7 @@ function ask(stream = false) {
   });
 }
 
-async function instance(
+function instance(
   upstreamUrl: string,
   kv: Deno.Kv,
   budgets: string,
@@ -59,8 +59,8 @@ Deno.test("a daily cap counted across two instances on one KV refuses the next r
   const kvB = await Deno.openKv(`${dir}/kv.sqlite3`);
   try {
     const budgets = JSON.stringify({ [await keyIdOf(KEY)]: { daily_usd: 0.5 } });
-    const a = await instance(upstream.url, kvA, budgets);
-    const b = await instance(upstream.url, kvB, budgets, a.clock);
+    const a = instance(upstream.url, kvA, budgets);
+    const b = instance(upstream.url, kvB, budgets, a.clock);
 
     await t.step("under the cap: answered (0.29304, then 0.58608 spent)", async () => {
       assert.equal((await a.send(ask())).response.status, 200);
@@ -124,7 +124,7 @@ Deno.test("a monthly cap applies to every key through *", async () => {
   const upstream = startFixtureUpstream();
   const kv = await Deno.openKv(":memory:");
   try {
-    const a = await instance(upstream.url, kv, '{"*": {"monthly_usd": 0.25}}');
+    const a = instance(upstream.url, kv, '{"*": {"monthly_usd": 0.25}}');
     assert.equal((await a.send(ask())).response.status, 200);
     const { response, body } = await a.send(ask());
     assert.equal(response.status, 429);
@@ -162,7 +162,7 @@ Deno.test("a stream in flight when its key crosses the cap is finished, not cut"
   });
   const kv = await Deno.openKv(":memory:");
   try {
-    const a = await instance(upstream.url, kv, '{"*": {"daily_usd": 0.3}}');
+    const a = instance(upstream.url, kv, '{"*": {"daily_usd": 0.3}}');
     const streamed = await a.app.request(ask(true));
     assert.equal(streamed.status, 200);
     // Meanwhile another answer takes the key to $0.29304, under $0.30: allowed. The stream's
