@@ -57,7 +57,30 @@ export interface AppDeps {
   lifecycle?: Lifecycle;
 }
 
-/** Builds the app. */
+/**
+ * Builds the app: every route behind the shared middleware, with its dependencies injected
+ * (nothing is opened at import time). `main.ts` wires the real ones.
+ *
+ * @example An app in front of a fake upstream, asked without a server
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { createApp } from "./app.ts";
+ * import { parseConfig } from "./config.ts";
+ * import { createUpstream } from "./proxy/upstream.ts";
+ *
+ * const upstream = createUpstream({
+ *   mode: "live",
+ *   apiKey: "sk-server-side",
+ *   baseURL: "http://upstream.test",
+ *   maxRetries: 0,
+ *   fetch: () => Promise.resolve(Response.json({ data: [], has_more: false })),
+ * });
+ * const app = createApp({ config: parseConfig({ SLUICE_LOG_LEVEL: "silent" }), upstream });
+ * const response = await app.request("/v1/models");
+ * assert.equal(response.status, 200);
+ * assert.deepEqual(await response.json(), { data: [], has_more: false });
+ * ```
+ */
 export function createApp(deps: AppDeps): Hono<AppEnv> {
   const clock = deps.clock ?? systemClock;
   const logger = deps.logger ??

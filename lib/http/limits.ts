@@ -127,7 +127,22 @@ const STREAMS_PREFIX = ["sluice", "limits", "streams"] as const;
 
 type Leases = Record<string, number>;
 
-/** Creates a limiter over `store`. */
+/**
+ * Creates a limiter over `store` (Deno KV in production, so every isolate counts together).
+ *
+ * @example Two requests a minute, the third refused
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { createLimiter, memoryLimitStore } from "./limits.ts";
+ *
+ * const limiter = createLimiter({ store: memoryLimitStore(), rpm: 2, maxConcurrent: 0 });
+ * assert.equal((await limiter.take("key-a")).ok, true);
+ * assert.equal((await limiter.take("key-a")).ok, true);
+ * const third = await limiter.take("key-a");
+ * assert.equal(third.ok, false);
+ * assert.equal((await limiter.take("key-b")).ok, true); // keys are counted apart
+ * ```
+ */
 export function createLimiter(options: LimiterOptions): Limiter {
   const clock = options.clock ?? systemClock;
   const ttl = options.leaseTtlMs ?? 60_000;

@@ -6,6 +6,7 @@ import type { Fixture } from "./fixtures.ts";
 import { createBoundaryTracker, decodeAll } from "../stream/sse.ts";
 import { splitEvents } from "./pace.ts";
 import { isObject } from "./body.ts";
+import { concatBytes } from "../bytes.ts";
 
 const encoder = new TextEncoder();
 const sse = (event: string, data: unknown) => `event: ${event}\ndata: ${JSON.stringify(data)}\n\n`;
@@ -84,7 +85,7 @@ export function truncateAtMaxTokens(bytes: Uint8Array, maxTokens: number): Uint8
     sse("message_stop", { type: "message_stop" }),
   );
   out.push(encoder.encode(tail.join("")));
-  return concat(out);
+  return concatBytes(out);
 }
 
 const TOOL_INPUT_BLOCKS = new Set(["tool_use", "server_tool_use", "mcp_tool_use"]);
@@ -102,16 +103,6 @@ function deltaText(delta: unknown): string {
   if (!isObject(delta)) return "";
   const text = delta.text ?? delta.thinking ?? delta.partial_json;
   return typeof text === "string" ? text : "";
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let offset = 0;
-  for (const part of parts) {
-    out.set(part, offset);
-    offset += part.length;
-  }
-  return out;
 }
 
 /** Bytes as Latin-1 text: one char per byte, for byte searches. */
@@ -148,7 +139,7 @@ export function rewriteModel(
     return undefined;
   }
   return {
-    bytes: concat([bytes.subarray(0, start), replacement, bytes.subarray(end)]),
+    bytes: concatBytes([bytes.subarray(0, start), replacement, bytes.subarray(end)]),
     at: start,
     delta: replacement.length - old.length,
   };

@@ -92,7 +92,31 @@ export interface KvStats extends StatsSink, StatsSource {
   flush(): Promise<void>;
 }
 
-/** Creates the KV-backed stats sink. */
+/**
+ * Creates the KV-backed stats sink.
+ *
+ * @example One request recorded and read back
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { createKvStats } from "./kv_stats.ts";
+ *
+ * const kv = await Deno.openKv(":memory:");
+ * const stats = createKvStats({ kv });
+ * await stats.record({
+ *   id: "req_1", endpoint: "/v1/messages", streaming: true, model: "claude-sonnet-5-5",
+ *   outcome: "ok", status: 200, retries: 0, startedAt: Date.now(), ttftMs: 310, totalMs: 900,
+ *   upstreamTtftMs: 305, stopReason: "end_turn", events: {},
+ *   usage: {
+ *     input_tokens: 12, output_tokens: 40,
+ *     cache_creation_input_tokens: 0, cache_read_input_tokens: 0,
+ *   },
+ * });
+ * const report = await stats.report();
+ * assert.equal(report.requests.streaming, 1);
+ * assert.equal(report.tokens.output, 40);
+ * kv.close();
+ * ```
+ */
 export function createKvStats(options: KvStatsOptions): KvStats {
   const kv = options.kv;
   const clock = options.clock ?? systemClock;

@@ -120,6 +120,28 @@ type Snapshot = {
 
 /**
  * Accumulates one stream. Feed it decoded SSE events with {@link push}, then call {@link end}.
+ *
+ * @example The final message of a short stream
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { EventAccumulator } from "./accumulator.ts";
+ * import { decodeAll } from "./sse.ts";
+ *
+ * const sse = [
+ *   'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-5-5","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":5,"output_tokens":1}}}\n\n',
+ *   'event: content_block_start\ndata: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}\n\n',
+ *   'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}\n\n',
+ *   'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n',
+ *   'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":2}}\n\n',
+ *   'event: message_stop\ndata: {"type":"message_stop"}\n\n',
+ * ].join("");
+ * const accumulator = new EventAccumulator();
+ * for (const event of decodeAll(new TextEncoder().encode(sse))) accumulator.push(event);
+ * const result = accumulator.end();
+ * assert.equal(result.complete, true);
+ * assert.deepEqual(result.message?.content, [{ type: "text", text: "Hello" }]);
+ * assert.equal(result.message?.usage?.output_tokens, 2);
+ * ```
  */
 export class EventAccumulator {
   #clock: Clock;

@@ -115,6 +115,23 @@ export class UpstreamIdleError extends Error {
  * cancel (to abort the upstream request), read failures (to close the stream with an error
  * event) and silence (keep-alives, idle timeout), which a pull-based `ReadableStream` exposes
  * directly.
+ *
+ * @example Bytes pass unchanged while a hook counts them
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { tapStream } from "./tap.ts";
+ *
+ * let seen = 0;
+ * const upstream = new Blob(["event: ping\ndata: {}\n\n"]).stream();
+ * const client = tapStream(upstream, {
+ *   onChunk: (chunk) => (seen += chunk.length),
+ *   onClose: () => {},
+ *   onCancel: () => {},
+ *   onError: () => undefined,
+ * });
+ * assert.equal(await new Response(client).text(), "event: ping\ndata: {}\n\n");
+ * assert.equal(seen, 22);
+ * ```
  */
 export function tapStream(
   upstream: ReadableStream<Uint8Array>,
