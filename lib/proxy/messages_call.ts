@@ -18,6 +18,7 @@ import { tokenUsage, usageDetail } from "../stats/request_summary.ts";
 import { createSseDecoder } from "../stream/sse.ts";
 import { readBody, tapStream, UpstreamIdleError } from "../stream/tap.ts";
 import type { StreamPolicy, Upstream, UpstreamRequest } from "./upstream.ts";
+import { startCallTelemetry } from "../stats/otel.ts";
 
 /** Options for {@link startCall}. */
 export interface CallOptions {
@@ -81,8 +82,27 @@ export interface JsonCall extends CallBase {
   body: Uint8Array<ArrayBuffer>;
 }
 
-/** Sends the request upstream and prepares the answer for the client. */
+/**
+ * Sends the request upstream and prepares the answer for the client, inside its OpenTelemetry
+ * span (lib/stats/otel.ts), which ends when the answer is over.
+ */
 export async function startCall(options: CallOptions): Promise<Call> {
+  const telemetry = startCallTelemetry({
+    model: options.model,
+    streaming: options.request.stream,
+  });
+  let call: Call;
+  try {
+    call = await sendAndTap(options);
+  } catch (error) {
+    telemetry.fail(error);
+    throw error;
+  }
+  call.finished.then((summary) => telemetry.end(summary), () => {});
+  return call;
+}
+
+async function sendAndTap(options: CallOptions): Promise<Call> {
   const { clock, startedAt } = options;
   const controller = new AbortController();
   const upstreamStartedAt = clock.now();
@@ -166,6 +186,7 @@ export async function startCall(options: CallOptions): Promise<Call> {
       upstreamTtftMs: endedAt - upstreamStartedAt,
       usage: tokenUsage(response.ok ? parsed?.usage : undefined),
       usageDetail: usageDetail(response.ok ? parsed?.usage : undefined),
+      messageId: typeof parsed?.id === "string" ? parsed.id : undefined,
       stopReason: typeof parsed?.stop_reason === "string" ? parsed.stop_reason : null,
       events: {},
     };
@@ -215,6 +236,7 @@ export async function startCall(options: CallOptions): Promise<Call> {
       // and cache tokens of message_start are billed either way.
       usage: tokenUsage(message?.usage),
       usageDetail: usageDetail(message?.usage),
+      messageId: typeof message?.id === "string" ? message.id : undefined,
       stopReason: typeof message?.stop_reason === "string" ? message.stop_reason : null,
       events: result.events,
     });

@@ -40,6 +40,8 @@ export interface RequestSummary {
   events: Record<string, number>;
   /** A short hash of the gateway key (never the key), for per-key views. */
   keyId?: string;
+  /** The answer's message id (`msg_…`), when one arrived. */
+  messageId?: string;
   /** The usage fields that change the price but not the token counts (see lib/stats/cost.ts). */
   usageDetail?: UsageDetail;
   /**
