@@ -39,6 +39,7 @@ import { chatRoute } from "../routes/chat.ts";
 import { forwardRoute } from "../routes/forward.ts";
 import { conversationsRoute } from "../routes/conversations.ts";
 import { pageRoute } from "../routes/page.ts";
+import { dashboardRoute } from "../routes/dashboard.ts";
 import { statsRoute } from "../routes/stats.ts";
 import { isStatsSource } from "./stats/kv_stats.ts";
 import { refusalSummary } from "./stats/refusal.ts";
@@ -126,6 +127,8 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   app.route("/", healthRoute(routeDeps));
   // The chat page is public (it holds nothing); its API calls carry the key the user types.
   app.route("/", pageRoute());
+  // The dashboard page is public too; the /stats and /metrics it reads need the admin key.
+  app.route("/", dashboardRoute());
   // Stats have their own key (SLUICE_ADMIN_KEY), not a gateway key: mounted before gatewayAuth.
   app.route("/", statsRoute(routeDeps, isStatsSource(stats) ? stats : undefined));
   app.use("*", gatewayAuth(deps.config.apiKeys));
