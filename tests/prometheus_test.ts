@@ -75,6 +75,19 @@ Deno.test("PromQL over a real Prometheus's scrapes agrees with /stats", async (t
       return null; // not up yet
     }
   };
+  /** An instant query at `time` (s): a vector's [time, value] or a matrix's samples. */
+  const queryAt = async (
+    promql: string,
+    time: number,
+    type: "vector" | "matrix",
+  ): Promise<[number, string][]> => {
+    const url = `http://127.0.0.1:${port}/api/v1/query?time=${time}&query=` +
+      encodeURIComponent(promql);
+    const body = await (await fetch(url)).json();
+    assert.equal(body.data?.resultType, type, `${promql}: ${JSON.stringify(body)}`);
+    const first = body.data.result[0];
+    return type === "vector" ? [first.value] : first.values;
+  };
   try {
     // A spread of answers, streamed and not, on priced models, so the TTFT histogram has more
     // than one bucket and cost is not zero.
@@ -139,6 +152,64 @@ Deno.test("PromQL over a real Prometheus's scrapes agrees with /stats", async (t
             bucket(fromStats),
             `${fromPrometheus} vs ${fromStats}`,
           );
+        }
+      },
+    );
+
+    await t.step(
+      "rate() over the cost and token counters agrees with /stats' increase",
+      async () => {
+        // Three more prompt-cache answers on claude-opus-5-5: 3 × $0.29304 and 3 × 412 output
+        // tokens (cost_test.ts works out the price), counted by /stats as well.
+        const before: StatsReport = await (await fetch(`${sluice.url}/stats`)).json();
+        for (let i = 0; i < 3; i++) {
+          const response = await fetch(`${sluice.url}/v1/messages`, {
+            method: "POST",
+            headers: { "content-type": "application/json", "x-sluice-fixture": "prompt-cache" },
+            body: JSON.stringify({
+              model: "claude-opus-5-5",
+              max_tokens: 1024,
+              messages: [{ role: "user", content: "hello" }],
+            }),
+          });
+          await response.arrayBuffer();
+        }
+        await stats.flush();
+        const after: StatsReport = await (await fetch(`${sluice.url}/stats`)).json();
+        const costDelta = after.cost_usd.by_model["claude-opus-5-5"] -
+          before.cost_usd.by_model["claude-opus-5-5"];
+        assert.ok(Math.abs(costDelta - 3 * 0.29304) < 1e-9);
+        const outputDelta = after.by_model["claude-opus-5-5"].tokens.output -
+          before.by_model["claude-opus-5-5"].tokens.output;
+        assert.equal(outputDelta, 3 * 412);
+        let total: number | null = null;
+        for (let i = 0; i < 300 && total !== sent + 3; i++) {
+          total = await query("sum(sluice_requests_total)");
+          if (total !== sent + 3) await new Promise((r) => setTimeout(r, 100));
+        }
+        assert.equal(total, sent + 3, "Prometheus scraped the new requests");
+        const series = [
+          { selector: 'sluice_cost_usd_total{model="claude-opus-5-5"}', delta: costDelta },
+          {
+            // One series, so its raw samples can be read: the new answers are all non-streamed.
+            selector: 'sluice_tokens_total{model="claude-opus-5-5",type="output",' +
+              'streaming="false",outcome="ok",endpoint="/v1/messages"}',
+            delta: outputDelta,
+          },
+        ];
+        const at = Date.now() / 1000;
+        for (const { selector, delta } of series) {
+          // The raw samples of the last minute (every scrape since the series appeared) ...
+          const samples = await queryAt(`${selector}[1m]`, at, "matrix");
+          const values = samples.map(([, v]) => Number(v));
+          const raw = values.at(-1)! - values[0];
+          assert.ok(Math.abs(raw - delta) < 1e-6, `${selector}: ${raw} vs ${delta}`);
+          // ... and rate(), which extrapolates that increase to the window: never below it, never
+          // beyond the window's share the samples cover.
+          const rate = Number((await queryAt(`rate(${selector}[1m])`, at, "vector"))[0][1]);
+          const covered = samples.at(-1)![0] - samples[0][0];
+          assert.ok(rate * 60 >= delta * (1 - 1e-6), `${selector}: rate ${rate}`);
+          assert.ok(rate * 60 <= delta * (60 / covered) * (1 + 1e-6), `${selector}: rate ${rate}`);
         }
       },
     );
