@@ -32,6 +32,12 @@ import type { Logger } from "./log.ts";
 import { createLogger } from "./log.ts";
 import { createRedactor } from "./redact.ts";
 import type { StatsSink } from "./stats/request_summary.ts";
+import { createRecorder } from "./stats/recorder.ts";
+import { logRequest } from "./stats/request_log.ts";
+import type { SpendStore } from "./stats/budgets.ts";
+import { kvSpendStore, memorySpendStore } from "./stats/budgets.ts";
+import { budgetGuard } from "./http/budget.ts";
+import { RECORDED_ENDPOINTS } from "./stats/refusal.ts";
 import type { Upstream } from "./proxy/upstream.ts";
 import { healthRoute } from "../routes/health.ts";
 import { messagesRoute } from "../routes/messages.ts";
@@ -41,6 +47,7 @@ import { chatRoute } from "../routes/chat.ts";
 import { forwardRoute } from "../routes/forward.ts";
 import { conversationsRoute } from "../routes/conversations.ts";
 import { pageRoute } from "../routes/page.ts";
+import { dashboardRoute } from "../routes/dashboard.ts";
 import { statsRoute } from "../routes/stats.ts";
 import { isStatsSource } from "./stats/kv_stats.ts";
 import { refusalSummary } from "./stats/refusal.ts";
@@ -55,6 +62,8 @@ export interface AppDeps {
   kv?: Deno.Kv;
   /** Why there is no KV when opening it failed (a damaged file): reported by `/health`. */
   kvFault?: string;
+  /** Where spend per key is counted; by default in `kv` when there is one. */
+  spend?: SpendStore;
   /** Graceful shutdown: tracks stats records, can end running streams (main.ts gives one). */
   lifecycle?: Lifecycle;
   /** The per-key limiter; built from the config (over `kv` when given) unless passed. */
@@ -88,9 +97,21 @@ export interface AppDeps {
 export function createApp(deps: AppDeps): Hono<AppEnv> {
   const clock = deps.clock ?? systemClock;
   const logger = deps.logger ??
-    createLogger({ level: deps.config.logLevel, secrets: [deps.config.anthropicApiKey] });
+    createLogger({
+      level: deps.config.logLevel,
+      format: deps.config.logFormat,
+      secrets: [deps.config.anthropicApiKey, ...deps.config.apiKeys, deps.config.adminKey],
+    });
   const stats = deps.stats;
   const redact = createRedactor([deps.config.anthropicApiKey]);
+  const spend = deps.spend ?? (deps.kv ? kvSpendStore(deps.kv) : memorySpendStore());
+  const recorder = createRecorder({
+    prices: deps.config.prices,
+    logger,
+    stats,
+    spend,
+    requestLog: (summary) => logRequest(logger, summary),
+  });
   const routeDeps: RouteDeps = {
     config: deps.config,
     upstream: deps.upstream,
@@ -98,15 +119,15 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     logger,
     kv: deps.kv,
     kvFault: deps.kvFault,
+    spend,
     draining: () => deps.lifecycle?.draining ?? false,
     lifecycle: deps.lifecycle,
     record(summary) {
-      // Off the response path: a slow or failing store never delays or fails a client. (The KV
-      // sink also waits a macrotask before its work, so the last bytes reach the socket first.)
-      // Upstream values (a request id, an error type, event names) may echo the server's key.
-      const work = summary
-        .then((s) => stats?.record(redact.value(s)))
-        .catch((error) => logger.warn("stats record failed", { error: String(error) }));
+      // Off the response path (lib/stats/recorder.ts). The KV sink also waits a macrotask before
+      // its work, so the last bytes reach the socket first. Upstream values (a request id, an
+      // error type, event names) may echo the server's key: redacted before anything keeps them.
+      // (Not inside `?.(…)`: it must run without a lifecycle too.)
+      const work = recorder(summary.then((s) => redact.value(s)));
       deps.lifecycle?.track(work);
     },
   };
@@ -122,10 +143,13 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   app.route("/", healthRoute(routeDeps));
   // The chat page is public (it holds nothing); its API calls carry the key the user types.
   app.route("/", pageRoute());
+  // The dashboard page is public too; the /stats and /metrics it reads need the admin key.
+  app.route("/", dashboardRoute());
   // Stats have their own key (SLUICE_ADMIN_KEY), not a gateway key: mounted before gatewayAuth.
   app.route("/", statsRoute(routeDeps, isStatsSource(stats) ? stats : undefined));
   app.use("*", gatewayAuth(deps.config.apiKeys));
   mountLimits(app, deps, clock, logger);
+  mountBudgets(app, deps, spend, clock, logger);
   app.route("/", messagesRoute(routeDeps));
   app.route("/", chatCompletionsRoute(routeDeps));
   app.route("/", replayFixturesRoute(routeDeps));
@@ -271,4 +295,19 @@ function mountLimits(app: Hono<AppEnv>, deps: AppDeps, clock: Clock, logger: Log
   app.on("POST", "/chat", limit);
   // (`/conversations/*` matches `/conversations` too.)
   app.on(["POST", "DELETE"], "/conversations/*", limit);
+}
+
+/** Daily and monthly USD caps per key (`SLUICE_KEY_BUDGETS`) on the endpoints that are costed. */
+function mountBudgets(
+  app: Hono<AppEnv>,
+  deps: AppDeps,
+  spend: SpendStore,
+  clock: Clock,
+  logger: Logger,
+) {
+  const budgets = deps.config.keyBudgets;
+  if (Object.keys(budgets).length === 0) return;
+  if (!deps.kv && !deps.spend) logger.warn("no KV: key budgets are counted per isolate");
+  const guard = budgetGuard({ budgets, spend, clock });
+  for (const path of RECORDED_ENDPOINTS) app.on("POST", path, guard);
 }

@@ -8,6 +8,7 @@ import type { Logger } from "./log.ts";
 import type { RequestSummary } from "./stats/request_summary.ts";
 import type { Lifecycle } from "./http/shutdown.ts";
 import type { Upstream } from "./proxy/upstream.ts";
+import type { SpendStore } from "./stats/budgets.ts";
 
 /** Hono environment of sluice's app. */
 export interface AppEnv {
@@ -26,6 +27,8 @@ export interface RouteDeps {
   logger: Logger;
   /** Hands a finished request to the stats sink, off the response path; never throws. */
   record(summary: Promise<RequestSummary>): void;
+  /** Spend per gateway key (in KV when the app has one), for budgets and `/stats/keys/{id}`. */
+  spend: SpendStore;
   /** Deno KV, when the app has one (stats, conversations, limits). */
   kv?: Deno.Kv;
   /** Why there is no KV, when opening it failed (see lib/kv.ts). */

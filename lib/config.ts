@@ -5,6 +5,10 @@
  * reads the environment, so tests build a `Config` with `parseConfig({...})`.
  */
 import { z } from "zod";
+import type { PriceTable } from "./stats/prices.ts";
+import { loadPrices, PriceTableError } from "./stats/prices.ts";
+import type { KeyBudgets } from "./stats/budgets.ts";
+import { BudgetConfigError, parseKeyBudgets } from "./stats/budgets.ts";
 
 const DEFAULT_BASE_URL = "https://api.anthropic.com";
 
@@ -59,6 +63,10 @@ const envSchema = z.object({
   SLUICE_RESUME_FLUSH_MS: int(1).max(60_000).default(250),
   SLUICE_RESUME_STALE_MS: int(100).default(10_000),
   SLUICE_LOG_LEVEL: z.enum(["debug", "info", "warn", "error", "silent"]).default("info"),
+  SLUICE_LOG_FORMAT: z.enum(["text", "json"]).default("text"),
+  // Read after the schema: a path or inline JSON (lib/stats/prices.ts, lib/stats/budgets.ts).
+  SLUICE_PRICES: z.string().optional(),
+  SLUICE_KEY_BUDGETS: z.string().optional(),
 });
 
 /** Every environment variable sluice reads (the README and .env.example list each one). */
@@ -130,6 +138,12 @@ export interface Config {
    */
   resume: { ttlMs: number; flushMs: number; staleMs: number };
   logLevel: "debug" | "info" | "warn" | "error" | "silent";
+  /** Log lines as text or as one JSON object each. */
+  logFormat: "text" | "json";
+  /** USD per million tokens by model: lib/stats/prices.json with `SLUICE_PRICES` applied. */
+  prices: PriceTable;
+  /** Daily and monthly USD caps per gateway key id (`SLUICE_KEY_BUDGETS`; empty: none). */
+  keyBudgets: KeyBudgets;
   /** True when running on Deno Deploy (detected from its environment). */
   onDeploy: boolean;
 }
@@ -149,7 +163,10 @@ export const BUNDLED_FIXTURES_DIR = new URL("../fixtures/", import.meta.url);
  * Parses an environment (a plain record, so tests need not touch `Deno.env`).
  * Empty strings count as unset, as `.env` files often leave them.
  */
-export function parseConfig(env: Record<string, string | undefined>): Config {
+export function parseConfig(
+  env: Record<string, string | undefined>,
+  options: { readTextFile?: (path: string) => string } = {},
+): Config {
   const present = Object.fromEntries(
     Object.entries(env).filter(([key, value]) => key in envSchema.shape && value !== ""),
   );
@@ -174,6 +191,7 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
     );
   }
   return {
+    ...fileSettings(e.SLUICE_PRICES, e.SLUICE_KEY_BUDGETS, options.readTextFile),
     port: e.PORT,
     workers: e.SLUICE_WORKERS,
     hostname: e.HOSTNAME,
@@ -219,8 +237,29 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
       staleMs: e.SLUICE_RESUME_STALE_MS,
     },
     logLevel: e.SLUICE_LOG_LEVEL,
+    logFormat: e.SLUICE_LOG_FORMAT,
     onDeploy: isOnDeploy(env),
   };
+}
+
+/** The settings given as JSON (inline or a path); an error names the variable. */
+function fileSettings(
+  prices: string | undefined,
+  budgets: string | undefined,
+  readTextFile?: (path: string) => string,
+): Pick<Config, "prices" | "keyBudgets"> {
+  try {
+    return {
+      prices: loadPrices(prices, readTextFile),
+      keyBudgets: parseKeyBudgets(budgets, readTextFile),
+    };
+  } catch (error) {
+    if (error instanceof PriceTableError) throw new ConfigError(`SLUICE_PRICES: ${error.message}`);
+    if (error instanceof BudgetConfigError) {
+      throw new ConfigError(`SLUICE_KEY_BUDGETS: ${error.message}`);
+    }
+    throw error;
+  }
 }
 
 /** Deno Deploy sets `DENO_DEPLOYMENT_ID` (and `DENO_DEPLOY` on newer platforms). */

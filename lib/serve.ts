@@ -37,7 +37,11 @@ export async function serveSluice(
   config: Config,
   options: ServeOptions = {},
 ): Promise<{ shutdown: ShutdownHandle; port: number; announce(): void }> {
-  const logger = createLogger({ level: config.logLevel, secrets: [config.anthropicApiKey] });
+  const logger = createLogger({
+    level: config.logLevel,
+    format: config.logFormat,
+    secrets: [config.anthropicApiKey, ...config.apiKeys, config.adminKey],
+  });
   const announce = options.announce ?? true;
   const upstream = await createUpstreamFromConfig(config);
   // A damaged KV file leaves sluice running without KV (the fault shows in /health).

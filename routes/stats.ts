@@ -1,5 +1,6 @@
 /**
- * `GET /stats`, `GET /stats/recent` and `GET /metrics`: what sluice has measured, from Deno KV.
+ * `GET /stats`, `GET /stats/recent`, `GET /stats/keys/{id}` (one key's spend against its caps)
+ * and `GET /metrics`: what sluice has measured, from Deno KV.
  * They need the admin key once sluice has keys (see lib/admin_auth.ts), and show figures only:
  * never a prompt, an answer or a key.
  */
@@ -13,6 +14,7 @@ import { kvUnavailable } from "../lib/kv.ts";
 import { PROMETHEUS_CONTENT_TYPE, renderPrometheus } from "../lib/stats/prometheus.ts";
 import type { StatsSource } from "../lib/stats/kv_stats.ts";
 import { describeIssues } from "../lib/http/validate.ts";
+import { budgetOf, capReached } from "../lib/stats/budgets.ts";
 
 const recentQuery = z.object({
   limit: z.coerce.number().int().min(1).max(1000).default(50),
@@ -41,6 +43,31 @@ export function statsRoute(deps: RouteDeps, stats: StatsSource | undefined): Hon
       return c.json({ requests: await stats!.recent(limit) }, 200, noStore);
     },
   );
+  app.get("/stats/keys/:id", async (c) => {
+    const id = c.req.param("id");
+    if (!/^([0-9a-f]{16}|anonymous)$/.test(id)) {
+      throw new SluiceError(
+        400,
+        "invalid_request_error",
+        "a key id is 16 hex digits (as /stats' cost_usd.by_key shows them) or anonymous",
+      );
+    }
+    const budget = budgetOf(deps.config.keyBudgets, id);
+    const [spend, totals] = await Promise.all([
+      deps.spend.spend(id, deps.clock.now(), budget),
+      stats!.keyTotals(id),
+    ]);
+    const reached = capReached(spend);
+    return c.json(
+      {
+        ...spend,
+        over_cap: reached ? reached.cap : null,
+        all_time: totals,
+      },
+      200,
+      noStore,
+    );
+  });
   app.get("/metrics", async (c) => {
     const text = renderPrometheus(await stats!.rows(), { writeFailures: stats!.writeFailures });
     return c.body(text, 200, { ...noStore, "content-type": PROMETHEUS_CONTENT_TYPE });

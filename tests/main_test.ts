@@ -37,8 +37,26 @@ Deno.test("with no API key, main.ts serves recorded streams in replay mode", asy
   }
 });
 
-Deno.test("a bad environment value stops main.ts with a message naming the variable", async () => {
-  const output = await new Deno.Command(Deno.execPath(), {
+Deno.test("a bad environment value stops main.ts with a message naming the variable", async (t) => {
+  const cases: [Record<string, string>, RegExp][] = [
+    [{ PORT: "not-a-port" }, /PORT/],
+    [{ SLUICE_PRICES: '{"claude-x": {"input": 1}}' }, /^sluice: SLUICE_PRICES: claude-x\.output/m],
+    [
+      { SLUICE_KEY_BUDGETS: '{"*": {"daily_usd": -5}}' },
+      /^sluice: SLUICE_KEY_BUDGETS: \*\.daily_usd/m,
+    ],
+  ];
+  for (const [env, named] of cases) {
+    await t.step(Object.keys(env)[0], async () => {
+      const output = await startUp(env);
+      assert.equal(output.code, 1);
+      assert.match(new TextDecoder().decode(output.stderr), named);
+    });
+  }
+});
+
+function startUp(env: Record<string, string>) {
+  return new Deno.Command(Deno.execPath(), {
     args: [
       "run",
       "--allow-net=127.0.0.1",
@@ -47,14 +65,12 @@ Deno.test("a bad environment value stops main.ts with a message naming the varia
       "--allow-write",
       MAIN_PATH,
     ],
-    env: { NO_COLOR: "1", PORT: "not-a-port" },
+    env: { NO_COLOR: "1", ...env },
     clearEnv: true,
     stdout: "piped",
     stderr: "piped",
   }).output();
-  assert.equal(output.code, 1);
-  assert.match(new TextDecoder().decode(output.stderr), /PORT/);
-});
+}
 
 /** A Deno KV file with entries whose pages past the header are then overwritten. */
 async function damagedKvFile(path: string) {

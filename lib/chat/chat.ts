@@ -141,6 +141,7 @@ export async function handleChat(
     onDisconnect: input.onDisconnect ?? deps.config.onDisconnect,
     writer,
     withStats: input.withStats,
+    prices: deps.config.prices,
     requestId: input.requestId,
     conversationId,
     redact: deps.upstream.redact.text,
@@ -192,7 +193,7 @@ export async function handleChat(
   headers.set("content-type", CONTENT_TYPES.json);
   const message = call.status < 300 ? parseMessage(call.body) : null;
   if (!message) return new Response(call.body, { status: call.status, headers });
-  const done = await chatDone(call, input.requestId, conversationId, null);
+  const done = await chatDone(call, input.requestId, conversationId, null, deps.config.prices);
   if (storeExchange) {
     try {
       done.stored = await storeExchange(message);

@@ -14,11 +14,12 @@ import { errorBody, ServerShutdownError, shutdownRefusal, sseErrorEvent } from "
 import type { Logger } from "../log.ts";
 import { clientHeaders } from "./pass_headers.ts";
 import type { RequestSummary } from "../stats/request_summary.ts";
-import { tokenUsage } from "../stats/request_summary.ts";
+import { tokenUsage, usageDetail } from "../stats/request_summary.ts";
 import { createSseDecoder } from "../stream/sse.ts";
 import { readBody, tapStream, UpstreamIdleError } from "../stream/tap.ts";
 import type { StreamPolicy, Upstream, UpstreamRequest } from "./upstream.ts";
 import { watchWaiting } from "./waiting.ts";
+import { startCallTelemetry } from "../stats/otel.ts";
 
 /** Options for {@link startCall}. */
 export interface CallOptions {
@@ -83,8 +84,27 @@ export interface JsonCall extends CallBase {
   body: Uint8Array<ArrayBuffer>;
 }
 
-/** Sends the request upstream and prepares the answer for the client. */
+/**
+ * Sends the request upstream and prepares the answer for the client, inside its OpenTelemetry
+ * span (lib/stats/otel.ts), which ends when the answer is over.
+ */
 export async function startCall(options: CallOptions): Promise<Call> {
+  const telemetry = startCallTelemetry({
+    model: options.model,
+    streaming: options.request.stream,
+  });
+  let call: Call;
+  try {
+    call = await sendAndTap(options);
+  } catch (error) {
+    telemetry.fail(error);
+    throw error;
+  }
+  call.finished.then((summary) => telemetry.end(summary), () => {});
+  return call;
+}
+
+async function sendAndTap(options: CallOptions): Promise<Call> {
   const { clock, startedAt } = options;
   const controller = new AbortController();
   const upstreamStartedAt = clock.now();
@@ -167,6 +187,8 @@ export async function startCall(options: CallOptions): Promise<Call> {
       totalMs: endedAt - startedAt,
       upstreamTtftMs: endedAt - upstreamStartedAt,
       usage: tokenUsage(response.ok ? parsed?.usage : undefined),
+      usageDetail: usageDetail(response.ok ? parsed?.usage : undefined),
+      messageId: typeof parsed?.id === "string" ? parsed.id : undefined,
       stopReason: typeof parsed?.stop_reason === "string" ? parsed.stop_reason : null,
       events: {},
     };
@@ -219,7 +241,11 @@ export async function startCall(options: CallOptions): Promise<Call> {
       upstreamTtftMs: accumulator.firstDeltaAt === null
         ? null
         : accumulator.firstDeltaAt - upstreamStartedAt,
+      // What the usage reached, also when the stream was cut or its client left: the input
+      // and cache tokens of message_start are billed either way.
       usage: tokenUsage(message?.usage),
+      usageDetail: usageDetail(message?.usage),
+      messageId: typeof message?.id === "string" ? message.id : undefined,
       stopReason: typeof message?.stop_reason === "string" ? message.stop_reason : null,
       events: result.events,
     });

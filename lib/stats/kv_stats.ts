@@ -16,6 +16,7 @@ import {
   ALL_SELECTOR,
   decodeRow,
   FIRST_AT_KEY,
+  KEY_COUNTERS_PREFIX,
   LAST_AT_KEY,
   RECENT_PREFIX,
   WINDOWS,
@@ -27,6 +28,7 @@ import { PendingStats } from "./pending.ts";
 import type { RecentEntry } from "./recent.ts";
 import type { StatsReport } from "./report.ts";
 import { round, section } from "./report.ts";
+import { PICO_PER_USD, roundUsd } from "./cost.ts";
 import type { RequestSummary, StatsSink } from "./request_summary.ts";
 
 /** Deno KV accepts up to 1000 mutations per atomic operation; stay well under it. */
@@ -38,8 +40,17 @@ export interface StatsSource {
   recent(limit: number): Promise<RecentEntry[]>;
   /** All-time rows (for `/metrics`). */
   rows(): Promise<Row[]>;
+  /** All-time requests and cost of one gateway key id, by model. */
+  keyTotals(keyId: string): Promise<KeyTotals>;
   /** Failed writes of this instance since it started. */
   readonly writeFailures: number;
+}
+
+/** A gateway key's all-time figures (`GET /stats/keys/{id}`). */
+export interface KeyTotals {
+  requests: number;
+  cost_usd: number;
+  by_model: Record<string, { requests: number; cost_usd: number }>;
 }
 
 /** True when `stats` can also be read (the KV sink can; the in-memory test sink cannot). */
@@ -210,6 +221,11 @@ export function createKvStats(options: KvStatsOptions): KvStats {
       await writeAll();
       return await rowsIn(kv, ALL_SELECTOR);
     },
+    async keyTotals(keyId) {
+      await writeAll();
+      const totals = await readKeyCounters(kv, [...KEY_COUNTERS_PREFIX, keyId]);
+      return totals.get(keyId) ?? { requests: 0, cost_usd: 0, by_model: {} };
+    },
     async recent(limit) {
       await writeAll();
       const entries: RecentEntry[] = [];
@@ -250,9 +266,10 @@ async function readReport(
   now: number,
   storage: StatsReport["storage"],
 ): Promise<StatsReport> {
-  const [all, meta] = await Promise.all([
+  const [all, meta, keys] = await Promise.all([
     rowsIn(kv, ALL_SELECTOR),
     kv.getMany<Deno.KvU64[]>([FIRST_AT_KEY, LAST_AT_KEY]),
+    readKeyCounters(kv, KEY_COUNTERS_PREFIX),
   ]);
   const windows: StatsReport["windows"] = {};
   for (const spec of WINDOWS) {
@@ -267,11 +284,16 @@ async function readReport(
   }
   const time = (entry: Deno.KvEntryMaybe<Deno.KvU64>) =>
     entry.value ? new Date(Number(entry.value.value)).toISOString() : null;
+  const whole = section(all);
+  const byKey = Object.fromEntries(
+    [...keys].sort(([a], [b]) => a.localeCompare(b)).map(([id, totals]) => [id, totals.cost_usd]),
+  );
   return {
     generated_at: new Date(now).toISOString(),
     first_request_at: time(meta[0]),
     last_request_at: time(meta[1]),
-    ...section(all),
+    ...whole,
+    cost_usd: { ...whole.cost_usd, by_key: byKey },
     windows,
     percentiles: {
       method: "nearest rank, from log-scale histograms (24 buckets per decade)",
@@ -279,4 +301,34 @@ async function readReport(
     },
     storage,
   };
+}
+
+/** The per-key counters under `prefix`, by key id. */
+async function readKeyCounters(kv: Deno.Kv, prefix: Deno.KvKey): Promise<Map<string, KeyTotals>> {
+  const picos = new Map<string, Map<string, { requests: number; pico: number }>>();
+  for await (const entry of kv.list({ prefix })) {
+    const [keyId, model, metric] = entry.key.slice(KEY_COUNTERS_PREFIX.length).map(String);
+    const n = entry.value instanceof Deno.KvU64 ? Number(entry.value.value) : 0;
+    const models = picos.get(keyId) ?? new Map();
+    picos.set(keyId, models);
+    const figures = models.get(model) ?? { requests: 0, pico: 0 };
+    models.set(model, figures);
+    if (metric === "requests") figures.requests += n;
+    else if (metric === "cost") figures.pico += n;
+  }
+  const out = new Map<string, KeyTotals>();
+  for (const [keyId, models] of picos) {
+    let requests = 0, pico = 0;
+    const byModel: KeyTotals["by_model"] = {};
+    for (const [model, figures] of [...models].sort(([a], [b]) => a.localeCompare(b))) {
+      requests += figures.requests;
+      pico += figures.pico;
+      byModel[model] = {
+        requests: figures.requests,
+        cost_usd: roundUsd(figures.pico / PICO_PER_USD),
+      };
+    }
+    out.set(keyId, { requests, cost_usd: roundUsd(pico / PICO_PER_USD), by_model: byModel });
+  }
+  return out;
 }
