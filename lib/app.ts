@@ -8,6 +8,7 @@ import { HTTPException } from "hono/http-exception";
 import { requestId } from "hono/request-id";
 import { bodyLimit } from "hono/body-limit";
 import { isUpload, streamingBodyLimit } from "./http/upload_limit.ts";
+import { bodyReadDeadline } from "./http/body_deadline.ts";
 import { cors } from "hono/cors";
 import { secureHeaders } from "hono/secure-headers";
 import {
@@ -29,7 +30,14 @@ import { errorResponse, errorTypeForStatus, openaiErrorResponse, SluiceError } f
 import { CHAT_COMPLETIONS_PATH } from "./openai/call.ts";
 import type { Logger } from "./log.ts";
 import { createLogger } from "./log.ts";
+import { createRedactor } from "./redact.ts";
 import type { StatsSink } from "./stats/request_summary.ts";
+import { createRecorder } from "./stats/recorder.ts";
+import { logRequest } from "./stats/request_log.ts";
+import type { SpendStore } from "./stats/budgets.ts";
+import { kvSpendStore, memorySpendStore } from "./stats/budgets.ts";
+import { budgetGuard } from "./http/budget.ts";
+import { RECORDED_ENDPOINTS } from "./stats/refusal.ts";
 import type { Upstream } from "./proxy/upstream.ts";
 import { healthRoute } from "../routes/health.ts";
 import { messagesRoute } from "../routes/messages.ts";
@@ -39,6 +47,7 @@ import { chatRoute } from "../routes/chat.ts";
 import { forwardRoute } from "../routes/forward.ts";
 import { conversationsRoute } from "../routes/conversations.ts";
 import { pageRoute } from "../routes/page.ts";
+import { dashboardRoute } from "../routes/dashboard.ts";
 import { statsRoute } from "../routes/stats.ts";
 import { isStatsSource } from "./stats/kv_stats.ts";
 import { refusalSummary } from "./stats/refusal.ts";
@@ -53,6 +62,10 @@ export interface AppDeps {
   logger?: Logger;
   stats?: StatsSink;
   kv?: Deno.Kv;
+  /** Why there is no KV when opening it failed (a damaged file): reported by `/health`. */
+  kvFault?: string;
+  /** Where spend per key is counted; by default in `kv` when there is one. */
+  spend?: SpendStore;
   /** Graceful shutdown: tracks stats records, can end running streams (main.ts gives one). */
   lifecycle?: Lifecycle;
   /** The per-key limiter; built from the config (over `kv` when given) unless passed. */
@@ -86,8 +99,21 @@ export interface AppDeps {
 export function createApp(deps: AppDeps): Hono<AppEnv> {
   const clock = deps.clock ?? systemClock;
   const logger = deps.logger ??
-    createLogger({ level: deps.config.logLevel, secrets: [deps.config.anthropicApiKey] });
+    createLogger({
+      level: deps.config.logLevel,
+      format: deps.config.logFormat,
+      secrets: [deps.config.anthropicApiKey, ...deps.config.apiKeys, deps.config.adminKey],
+    });
   const stats = deps.stats;
+  const redact = createRedactor([deps.config.anthropicApiKey]);
+  const spend = deps.spend ?? (deps.kv ? kvSpendStore(deps.kv) : memorySpendStore());
+  const recorder = createRecorder({
+    prices: deps.config.prices,
+    logger,
+    stats,
+    spend,
+    requestLog: (summary) => logRequest(logger, summary),
+  });
   const routeDeps: RouteDeps = {
     config: deps.config,
     upstream: deps.upstream,
@@ -102,14 +128,16 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
         stops: new Map(),
       }
       : undefined,
+    kvFault: deps.kvFault,
+    spend,
     draining: () => deps.lifecycle?.draining ?? false,
     lifecycle: deps.lifecycle,
     record(summary) {
-      // Off the response path: a slow or failing store never delays or fails a client. (The KV
-      // sink also waits a macrotask before its work, so the last bytes reach the socket first.)
-      const work = summary
-        .then((s) => stats?.record(s))
-        .catch((error) => logger.warn("stats record failed", { error: String(error) }));
+      // Off the response path (lib/stats/recorder.ts). The KV sink also waits a macrotask before
+      // its work, so the last bytes reach the socket first. Upstream values (a request id, an
+      // error type, event names) may echo the server's key: redacted before anything keeps them.
+      // (Not inside `?.(…)`: it must run without a lifecycle too.)
+      const work = recorder(summary.then((s) => redact.value(s)));
       deps.lifecycle?.track(work);
     },
   };
@@ -125,10 +153,13 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   app.route("/", healthRoute(routeDeps));
   // The chat page is public (it holds nothing); its API calls carry the key the user types.
   app.route("/", pageRoute());
+  // The dashboard page is public too; the /stats and /metrics it reads need the admin key.
+  app.route("/", dashboardRoute());
   // Stats have their own key (SLUICE_ADMIN_KEY), not a gateway key: mounted before gatewayAuth.
   app.route("/", statsRoute(routeDeps, isStatsSource(stats) ? stats : undefined));
   app.use("*", gatewayAuth(deps.config.apiKeys));
   mountLimits(app, deps, clock, logger);
+  mountBudgets(app, deps, spend, clock, logger);
   app.route("/", messagesRoute(routeDeps));
   app.route("/", chatCompletionsRoute(routeDeps));
   app.route("/", replayFixturesRoute(routeDeps));
@@ -192,8 +223,8 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
 /**
  * Middleware every request passes before any route: secure headers (a route's own value wins,
  * so the page keeps its CSP), CORS for the configured origins (preflights answered here, before
- * authentication), loopback-only serving in live mode without gateway keys, the body limit and
- * the shutdown guard on streamed responses.
+ * authentication), loopback-only serving in live mode without gateway keys, the body read
+ * deadline, the body limit and the shutdown guard on streamed responses.
  */
 function mountHardening(app: Hono<AppEnv>, deps: AppDeps) {
   const { config } = deps;
@@ -230,6 +261,11 @@ function mountHardening(app: Hono<AppEnv>, deps: AppDeps) {
     }));
   }
   if (config.upstream === "live" && config.apiKeys.length === 0) app.use(loopbackOnly());
+  // First, so the body limits' own reads are under the deadline too. Not uploads: they stream
+  // to the upstream untouched by JavaScript (a JS layer per chunk held ~57 MiB of garbage for a
+  // 100 MB upload, tests/upload_memory_test.ts), and the upstream's own read deadline ends them.
+  const deadline = bodyReadDeadline({ idleMs: config.bodyTimeoutMs });
+  app.use((c, next) => (isUpload(c.req.method, c.req.path) ? next() : deadline(c, next)));
   const jsonLimit = bodyLimit({
     maxSize: config.maxBodyBytes,
     onError: () => {
@@ -250,7 +286,10 @@ function mountHardening(app: Hono<AppEnv>, deps: AppDeps) {
   if (deps.lifecycle) app.use(lifecycleMiddleware(deps.lifecycle));
 }
 
-/** Per-key limits on the routes that call the upstream (after authentication: keyed by key). */
+/**
+ * Per-key limits (after authentication: keyed by key) on every route that calls the upstream
+ * (any method on `/v1/*`, so `GET /v1/models` too) and every route that writes to KV.
+ */
 function mountLimits(app: Hono<AppEnv>, deps: AppDeps, clock: Clock, logger: Logger) {
   const { config } = deps;
   if (config.rateLimitRpm <= 0 && config.maxConcurrentStreams <= 0) return;
@@ -263,7 +302,23 @@ function mountLimits(app: Hono<AppEnv>, deps: AppDeps, clock: Clock, logger: Log
     logger,
   });
   const limit = limitMiddleware({ limiter, logger });
-  for (const path of ["/v1/*", "/chat"]) {
-    app.on("POST", path, limit);
-  }
+  app.use("/v1/*", limit);
+  app.on("POST", "/chat", limit);
+  // (`/conversations/*` matches `/conversations` too.)
+  app.on(["POST", "DELETE"], "/conversations/*", limit);
+}
+
+/** Daily and monthly USD caps per key (`SLUICE_KEY_BUDGETS`) on the endpoints that are costed. */
+function mountBudgets(
+  app: Hono<AppEnv>,
+  deps: AppDeps,
+  spend: SpendStore,
+  clock: Clock,
+  logger: Logger,
+) {
+  const budgets = deps.config.keyBudgets;
+  if (Object.keys(budgets).length === 0) return;
+  if (!deps.kv && !deps.spend) logger.warn("no KV: key budgets are counted per isolate");
+  const guard = budgetGuard({ budgets, spend, clock });
+  for (const path of RECORDED_ENDPOINTS) app.on("POST", path, guard);
 }

@@ -5,6 +5,10 @@
  * reads the environment, so tests build a `Config` with `parseConfig({...})`.
  */
 import { z } from "zod";
+import type { PriceTable } from "./stats/prices.ts";
+import { loadPrices, PriceTableError } from "./stats/prices.ts";
+import type { KeyBudgets } from "./stats/budgets.ts";
+import { BudgetConfigError, parseKeyBudgets } from "./stats/budgets.ts";
 
 const DEFAULT_BASE_URL = "https://api.anthropic.com";
 
@@ -32,13 +36,16 @@ const envSchema = z.object({
   SLUICE_FIRST_BYTE_TIMEOUT_MS: int(1).default(600_000),
   SLUICE_IDLE_TIMEOUT_MS: int(0).default(300_000),
   SLUICE_KEEPALIVE_MS: int(0).default(15_000),
+  SLUICE_MAX_SSE_EVENT_CHARS: int(1024).default(8 * 1024 * 1024),
   SLUICE_MAX_BODY_BYTES: int(1).default(32 * 1024 * 1024),
+  SLUICE_BODY_TIMEOUT_MS: int(0).default(30_000),
   // The API takes files up to 500 MB; uploads stream through, so this costs no memory.
   SLUICE_MAX_FILE_BYTES: int(1).default(500 * 1024 * 1024),
   SLUICE_CORS_ORIGINS: csv.default([]),
   SLUICE_RATE_LIMIT_RPM: int(0).default(0),
   SLUICE_MAX_CONCURRENT_STREAMS: int(0).default(0),
-  SLUICE_SHUTDOWN_GRACE_MS: int(0).default(8_000),
+  // With the three 1 s steps after it (see lib/http/shutdown.ts), under Docker's 10 s SIGKILL.
+  SLUICE_SHUTDOWN_GRACE_MS: int(0).default(6_000),
   SLUICE_STATS_WRITE_MS: int(0).max(60_000).default(1_000),
   // Unset: main.ts's `--workers` flag decides (`deno task start` passes `auto`), else 1.
   SLUICE_WORKERS: z.union([z.literal("auto"), int(1).max(256)]).optional(),
@@ -48,11 +55,18 @@ const envSchema = z.object({
   // A conversation is one Deno KV value, and KV caps a value at 64 KiB.
   SLUICE_CONVERSATION_MAX_BYTES: int(1024).max(60_000).default(60_000),
   SLUICE_CONVERSATION_TTL_HOURS: z.coerce.number().positive().default(24),
+  // What one gateway key may keep: conversations, and bytes of them together (0: no limit).
+  SLUICE_CONVERSATIONS_PER_KEY: int(0).default(100),
+  SLUICE_CONVERSATION_BYTES_PER_KEY: int(0).default(2 * 1024 * 1024),
   SLUICE_ON_DISCONNECT: z.enum(["finish", "abort"]).default("finish"),
   SLUICE_RESUME_TTL_MS: int(1).default(10 * 60 * 1000),
   SLUICE_RESUME_FLUSH_MS: int(1).max(60_000).default(250),
   SLUICE_RESUME_STALE_MS: int(100).default(10_000),
   SLUICE_LOG_LEVEL: z.enum(["debug", "info", "warn", "error", "silent"]).default("info"),
+  SLUICE_LOG_FORMAT: z.enum(["text", "json"]).default("text"),
+  // Read after the schema: a path or inline JSON (lib/stats/prices.ts, lib/stats/budgets.ts).
+  SLUICE_PRICES: z.string().optional(),
+  SLUICE_KEY_BUDGETS: z.string().optional(),
 });
 
 /** Every environment variable sluice reads (the README and .env.example list each one). */
@@ -84,8 +98,12 @@ export interface Config {
   idleTimeoutMs: number;
   /** SSE comment sent to the client after this much silence (ms; 0: never). */
   keepAliveMs: number;
+  /** Most characters of one upstream SSE event sluice holds to parse (larger: passed unparsed). */
+  maxSseEventChars: number;
   /** Largest request body accepted (bytes). */
   maxBodyBytes: number;
+  /** Longest silence while a request body is read (ms; then 408 and the connection closed). */
+  bodyTimeoutMs: number;
   /** Largest upload (`POST /v1/files`), streamed through. */
   maxFileBytes: number;
   /** Origins allowed by CORS ("*" for any); empty: no CORS headers. */
@@ -101,8 +119,17 @@ export interface Config {
   defaultModel: string;
   /** `/chat`'s default `max_tokens`. */
   chatMaxTokens: number;
-  /** Bounds of a stored conversation: turns, bytes of history, hours kept after the last use. */
-  conversation: { maxTurns: number; maxBytes: number; ttlHours: number };
+  /**
+   * Bounds of a stored conversation (turns, bytes of history, hours kept after the last use) and
+   * of what one gateway key keeps (conversations, bytes of all of them; 0: no limit).
+   */
+  conversation: {
+    maxTurns: number;
+    maxBytes: number;
+    ttlHours: number;
+    maxPerKey: number;
+    maxBytesPerKey: number;
+  };
   /** `/chat`, when the client leaves mid-answer: read the answer to its end, or stop the call. */
   onDisconnect: "finish" | "abort";
   /**
@@ -111,6 +138,12 @@ export interface Config {
    */
   resume: { ttlMs: number; flushMs: number; staleMs: number };
   logLevel: "debug" | "info" | "warn" | "error" | "silent";
+  /** Log lines as text or as one JSON object each. */
+  logFormat: "text" | "json";
+  /** USD per million tokens by model: lib/stats/prices.json with `SLUICE_PRICES` applied. */
+  prices: PriceTable;
+  /** Daily and monthly USD caps per gateway key id (`SLUICE_KEY_BUDGETS`; empty: none). */
+  keyBudgets: KeyBudgets;
   /** True when running on Deno Deploy (detected from its environment). */
   onDeploy: boolean;
 }
@@ -130,7 +163,10 @@ export const BUNDLED_FIXTURES_DIR = new URL("../fixtures/", import.meta.url);
  * Parses an environment (a plain record, so tests need not touch `Deno.env`).
  * Empty strings count as unset, as `.env` files often leave them.
  */
-export function parseConfig(env: Record<string, string | undefined>): Config {
+export function parseConfig(
+  env: Record<string, string | undefined>,
+  options: { readTextFile?: (path: string) => string } = {},
+): Config {
   const present = Object.fromEntries(
     Object.entries(env).filter(([key, value]) => key in envSchema.shape && value !== ""),
   );
@@ -155,6 +191,7 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
     );
   }
   return {
+    ...fileSettings(e.SLUICE_PRICES, e.SLUICE_KEY_BUDGETS, options.readTextFile),
     port: e.PORT,
     workers: e.SLUICE_WORKERS,
     hostname: e.HOSTNAME,
@@ -175,7 +212,9 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
     firstByteTimeoutMs: e.SLUICE_FIRST_BYTE_TIMEOUT_MS,
     idleTimeoutMs: e.SLUICE_IDLE_TIMEOUT_MS,
     keepAliveMs: e.SLUICE_KEEPALIVE_MS,
+    maxSseEventChars: e.SLUICE_MAX_SSE_EVENT_CHARS,
     maxBodyBytes: e.SLUICE_MAX_BODY_BYTES,
+    bodyTimeoutMs: e.SLUICE_BODY_TIMEOUT_MS,
     maxFileBytes: e.SLUICE_MAX_FILE_BYTES,
     corsOrigins: e.SLUICE_CORS_ORIGINS,
     rateLimitRpm: e.SLUICE_RATE_LIMIT_RPM,
@@ -188,6 +227,8 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
       maxTurns: e.SLUICE_CONVERSATION_MAX_TURNS,
       maxBytes: e.SLUICE_CONVERSATION_MAX_BYTES,
       ttlHours: e.SLUICE_CONVERSATION_TTL_HOURS,
+      maxPerKey: e.SLUICE_CONVERSATIONS_PER_KEY,
+      maxBytesPerKey: e.SLUICE_CONVERSATION_BYTES_PER_KEY,
     },
     onDisconnect: e.SLUICE_ON_DISCONNECT,
     resume: {
@@ -196,8 +237,29 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
       staleMs: e.SLUICE_RESUME_STALE_MS,
     },
     logLevel: e.SLUICE_LOG_LEVEL,
+    logFormat: e.SLUICE_LOG_FORMAT,
     onDeploy: isOnDeploy(env),
   };
+}
+
+/** The settings given as JSON (inline or a path); an error names the variable. */
+function fileSettings(
+  prices: string | undefined,
+  budgets: string | undefined,
+  readTextFile?: (path: string) => string,
+): Pick<Config, "prices" | "keyBudgets"> {
+  try {
+    return {
+      prices: loadPrices(prices, readTextFile),
+      keyBudgets: parseKeyBudgets(budgets, readTextFile),
+    };
+  } catch (error) {
+    if (error instanceof PriceTableError) throw new ConfigError(`SLUICE_PRICES: ${error.message}`);
+    if (error instanceof BudgetConfigError) {
+      throw new ConfigError(`SLUICE_KEY_BUDGETS: ${error.message}`);
+    }
+    throw error;
+  }
 }
 
 /** Deno Deploy sets `DENO_DEPLOYMENT_ID` (and `DENO_DEPLOY` on newer platforms). */

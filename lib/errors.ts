@@ -116,6 +116,15 @@ export class ServerShutdownError extends Error {
 }
 
 /**
+ * The refusal for a request still waiting for its answer when graceful shutdown's grace period
+ * ends (for upstream headers, a retry, a whole body): a 503, which the official SDKs retry, so a
+ * client behind a load balancer lands on another instance.
+ */
+export function shutdownRefusal(): SluiceError {
+  return new SluiceError(503, "api_error", "sluice is shutting down; retry the request");
+}
+
+/**
  * The JSON body of an error in OpenAI's shape, which OpenAI clients parse (`error.message`,
  * `error.type`, `error.code`, `error.param`). sluice answers `/v1/chat/completions` with it.
  */

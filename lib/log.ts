@@ -1,5 +1,7 @@
 /**
- * A small leveled logger that writes one line per entry and scrubs secrets.
+ * A small leveled logger that writes one line per entry and scrubs secrets. Lines are text
+ * (`TIME LEVEL message {fields}`) or, with `format: "json"` (`SLUICE_LOG_FORMAT=json`), one JSON
+ * object each: `{"time","level","msg",...fields}`, for log collectors that parse JSON.
  *
  * Every line passes through `redact`, so a secret that slips into a message (an upstream error
  * that echoes a header, say) is replaced before it reaches the console.
@@ -23,6 +25,8 @@ export interface LoggerOptions {
   level?: LogLevel;
   /** Strings that must never be printed (API keys). */
   secrets?: (string | undefined)[];
+  /** `text` (default) or `json`: one JSON object per line. */
+  format?: "text" | "json";
   /** Where lines go; defaults to the console. */
   write?: (level: Exclude<LogLevel, "silent">, line: string) => void;
 }
@@ -40,8 +44,13 @@ export function createLogger(options: LoggerOptions = {}): Logger {
   const log =
     (level: Exclude<LogLevel, "silent">) => (message: string, fields?: Record<string, unknown>) => {
       if (ORDER[level] < threshold) return;
+      const time = new Date().toISOString();
+      if (options.format === "json") {
+        write(level, redact(safeJson({ time, level, msg: message, ...fields })));
+        return;
+      }
       const extra = fields && Object.keys(fields).length ? " " + safeJson(fields) : "";
-      write(level, redact(`${new Date().toISOString()} ${level.toUpperCase()} ${message}${extra}`));
+      write(level, redact(`${time} ${level.toUpperCase()} ${message}${extra}`));
     };
   return { debug: log("debug"), info: log("info"), warn: log("warn"), error: log("error") };
 }

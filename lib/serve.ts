@@ -6,7 +6,7 @@ import { createApp } from "./app.ts";
 import type { Config } from "./config.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { createUpstreamFromConfig } from "./proxy/upstream_from_config.ts";
-import { openKv } from "./kv.ts";
+import { openKvOrFault } from "./kv.ts";
 import { checkDefaultModel } from "./proxy/model_check.ts";
 import { createKvStats } from "./stats/kv_stats.ts";
 import { createLifecycle, installShutdown, type ShutdownHandle } from "./http/shutdown.ts";
@@ -37,13 +37,25 @@ export async function serveSluice(
   config: Config,
   options: ServeOptions = {},
 ): Promise<{ shutdown: ShutdownHandle; port: number; announce(): void }> {
-  const logger = createLogger({ level: config.logLevel, secrets: [config.anthropicApiKey] });
+  const logger = createLogger({
+    level: config.logLevel,
+    format: config.logFormat,
+    secrets: [config.anthropicApiKey, ...config.apiKeys, config.adminKey],
+  });
   const announce = options.announce ?? true;
   const upstream = await createUpstreamFromConfig(config);
-  const kv = await openKv(config);
-  const stats = createKvStats({ kv, logger, writeIntervalMs: config.statsWriteMs });
+  // A damaged KV file leaves sluice running without KV (the fault shows in /health).
+  const { kv, fault: kvFault } = await openKvOrFault(config, logger);
+  const stats = kv
+    ? createKvStats({
+      kv,
+      logger,
+      writeIntervalMs: config.statsWriteMs,
+      knownModels: [config.defaultModel],
+    })
+    : undefined;
   const lifecycle = createLifecycle();
-  const app = createApp({ config, upstream, logger, kv, stats, lifecycle });
+  const app = createApp({ config, upstream, logger, kv, kvFault, stats, lifecycle });
 
   let listening!: (port: number) => void;
   const bound = new Promise<number>((resolve) => (listening = resolve));
@@ -75,8 +87,8 @@ export async function serveSluice(
     signals: options.signals,
     exit: options.exit,
     close: async () => {
-      await stats.flush();
-      kv.close();
+      await stats?.flush();
+      kv?.close();
     },
   });
   const port = await bound;

@@ -10,6 +10,7 @@ import { isStreamId, openResumedStream, parseEventId } from "../lib/chat/resume.
 import { recordCut } from "../lib/chat/record_cut.ts";
 import { SluiceError } from "../lib/errors.ts";
 import { disconnectPolicy, ON_DISCONNECT_HEADER } from "../lib/proxy/call_http.ts";
+import { kvUnavailable } from "../lib/kv.ts";
 
 /**
  * Mounts `POST /chat` and, with Deno KV, `GET /chat/streams/{id}`, which resumes `/chat`'s SSE
@@ -42,13 +43,7 @@ export function chatRoute(deps: RouteDeps): Hono<AppEnv> {
       "not_found_error",
       `stream ${JSON.stringify(id)} not found (it may have expired)`,
     );
-    if (!streams) {
-      throw new SluiceError(
-        503,
-        "api_error",
-        "resumable streams need Deno KV, which is not set up",
-      );
-    }
+    if (!streams) throw kvUnavailable("resumable streams", deps.kvFault);
     // `Last-Event-ID` is what EventSource sends on its own; `?after=` is for fetch and curl.
     const raw = c.req.header("last-event-id") ?? c.req.query("after");
     const after = raw === undefined ? 0 : parseEventId(raw);

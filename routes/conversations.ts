@@ -8,12 +8,14 @@ import type { AppEnv, RouteDeps } from "../lib/app_env.ts";
 import { parseJsonObject } from "../lib/chat/request.ts";
 import {
   conversationJson,
+  ConversationQuotaError,
   conversationStoreFor,
   conversationSummaryJson,
   ConversationTooLargeError,
   InvalidCursorError,
 } from "../lib/chat/conversations.ts";
 import { SluiceError } from "../lib/errors.ts";
+import { kvUnavailable } from "../lib/kv.ts";
 import { describeIssues } from "../lib/http/validate.ts";
 
 /** `POST /conversations` body: optional defaults for every `/chat` on the conversation. */
@@ -35,9 +37,7 @@ const listQuery = z.strictObject({
 export function conversationsRoute(deps: RouteDeps): Hono<AppEnv> {
   const store = conversationStoreFor(deps);
   const need = () => {
-    if (!store) {
-      throw new SluiceError(503, "api_error", "conversations need Deno KV, which is not set up");
-    }
+    if (!store) throw kvUnavailable("conversations", deps.kvFault);
     return store;
   };
   const notFound = (id: string) =>
@@ -60,6 +60,13 @@ export function conversationsRoute(deps: RouteDeps): Hono<AppEnv> {
     } catch (error) {
       if (error instanceof ConversationTooLargeError) {
         throw new SluiceError(413, "request_too_large", error.message);
+      }
+      // The key's budget: a count is a permission matter (deleting one helps, waiting does not
+      // until one expires); bytes are a size matter, like the bound of one conversation.
+      if (error instanceof ConversationQuotaError) {
+        throw error.kind === "bytes"
+          ? new SluiceError(413, "request_too_large", error.message)
+          : new SluiceError(403, "permission_error", error.message);
       }
       throw error;
     }

@@ -21,6 +21,7 @@ export function forwardRoute(deps: RouteDeps): Hono<AppEnv> {
       keyId: c.get("keyId"),
       authStyle: c.get("authStyle"),
       upstreamBaseUrl: deps.upstream.mode === "live" ? deps.config.anthropicBaseUrl : undefined,
+      cut: deps.lifecycle?.cut,
     });
     deps.record(finished);
     return response;

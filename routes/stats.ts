@@ -1,5 +1,6 @@
 /**
- * `GET /stats`, `GET /stats/recent` and `GET /metrics`: what sluice has measured, from Deno KV.
+ * `GET /stats`, `GET /stats/recent`, `GET /stats/keys/{id}` (one key's spend against its caps)
+ * and `GET /metrics`: what sluice has measured, from Deno KV.
  * They need the admin key once sluice has keys (see lib/admin_auth.ts), and show figures only:
  * never a prompt, an answer or a key.
  */
@@ -9,9 +10,11 @@ import { z } from "zod";
 import { adminAuth } from "../lib/http/admin_auth.ts";
 import type { AppEnv, RouteDeps } from "../lib/app_env.ts";
 import { SluiceError } from "../lib/errors.ts";
+import { kvUnavailable } from "../lib/kv.ts";
 import { PROMETHEUS_CONTENT_TYPE, renderPrometheus } from "../lib/stats/prometheus.ts";
 import type { StatsSource } from "../lib/stats/kv_stats.ts";
 import { describeIssues } from "../lib/http/validate.ts";
+import { budgetOf, capReached } from "../lib/stats/budgets.ts";
 
 const recentQuery = z.object({
   limit: z.coerce.number().int().min(1).max(1000).default(50),
@@ -24,9 +27,9 @@ export function statsRoute(deps: RouteDeps, stats: StatsSource | undefined): Hon
   app.use("/stats", adminAuth(deps.config));
   app.use("/stats/*", adminAuth(deps.config));
   app.use("/metrics", adminAuth(deps.config));
-  app.use("/stats", requireStats(stats));
-  app.use("/stats/*", requireStats(stats));
-  app.use("/metrics", requireStats(stats));
+  app.use("/stats", requireStats(stats, deps.kvFault));
+  app.use("/stats/*", requireStats(stats, deps.kvFault));
+  app.use("/metrics", requireStats(stats, deps.kvFault));
   app.get("/stats", async (c) => c.json(await stats!.report(), 200, noStore));
   app.get(
     "/stats/recent",
@@ -40,6 +43,31 @@ export function statsRoute(deps: RouteDeps, stats: StatsSource | undefined): Hon
       return c.json({ requests: await stats!.recent(limit) }, 200, noStore);
     },
   );
+  app.get("/stats/keys/:id", async (c) => {
+    const id = c.req.param("id");
+    if (!/^([0-9a-f]{16}|anonymous)$/.test(id)) {
+      throw new SluiceError(
+        400,
+        "invalid_request_error",
+        "a key id is 16 hex digits (as /stats' cost_usd.by_key shows them) or anonymous",
+      );
+    }
+    const budget = budgetOf(deps.config.keyBudgets, id);
+    const [spend, totals] = await Promise.all([
+      deps.spend.spend(id, deps.clock.now(), budget),
+      stats!.keyTotals(id),
+    ]);
+    const reached = capReached(spend);
+    return c.json(
+      {
+        ...spend,
+        over_cap: reached ? reached.cap : null,
+        all_time: totals,
+      },
+      200,
+      noStore,
+    );
+  });
   app.get("/metrics", async (c) => {
     const text = renderPrometheus(await stats!.rows(), { writeFailures: stats!.writeFailures });
     return c.body(text, 200, { ...noStore, "content-type": PROMETHEUS_CONTENT_TYPE });
@@ -47,8 +75,10 @@ export function statsRoute(deps: RouteDeps, stats: StatsSource | undefined): Hon
   return app;
 }
 
-function requireStats(stats: StatsSource | undefined) {
+function requireStats(stats: StatsSource | undefined, kvFault: string | undefined) {
   return async (_c: unknown, next: () => Promise<void>) => {
+    // A KV that failed to open is a fault to report, not stats switched off.
+    if (!stats && kvFault) throw kvUnavailable("stats", kvFault);
     if (!stats) {
       throw new SluiceError(
         404,

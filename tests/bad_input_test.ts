@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { createApp } from "../lib/app.ts";
 import { silentLogger } from "../lib/log.ts";
 import { createUpstream } from "../lib/proxy/upstream.ts";
-import { readFixture, testConfig } from "./helpers.ts";
+import { readFixture, serveOnLoopback, testConfig } from "./helpers.ts";
 
 const valid = {
   model: "claude-test",
@@ -76,6 +76,16 @@ Deno.test("malformed bodies get a 400 invalid_request_error that names the probl
     ["a list of content types", JSON.stringify(valid), /content-type/, {
       "content-type": "application/json, text/plain",
     }],
+    // A JSON type in another spelling is still read and validated, never taken as `{}`.
+    [
+      "a bad stream flag under a JSON type in capitals with spaces",
+      JSON.stringify({
+        ...valid,
+        stream: "yes",
+      }),
+      /stream/,
+      { "content-type": "Application/JSON ; charset=UTF-8" },
+    ],
     [
       "a form content type",
       "model=x",
@@ -203,4 +213,70 @@ Deno.test("a deeply nested or very wide body is answered, not crashed on", async
     assert.ok(response.status < 500, `status ${response.status}`);
     await response.body?.cancel();
   });
+});
+
+/** Reads what a raw connection receives until its answer's JSON body is whole (or it closes). */
+async function readAnswer(conn: Deno.Conn): Promise<string> {
+  const decoder = new TextDecoder();
+  const buffer = new Uint8Array(4096);
+  let text = "";
+  while (!/\r\n\r\n[\s\S]*\}\r\n/.test(text)) {
+    const n = await conn.read(buffer);
+    if (n === null) break;
+    text += decoder.decode(buffer.subarray(0, n));
+  }
+  return text;
+}
+
+Deno.test("a client whose body stops short of its content-length is answered 408 timeout_error after the body deadline, while others are served", async (t) => {
+  const { app, calls } = await countingApp({ SLUICE_BODY_TIMEOUT_MS: "200" });
+  const server = serveOnLoopback(app);
+  const port = Number(new URL(server.url).port);
+  const json = JSON.stringify(valid);
+  try {
+    for (
+      const [name, path] of [["/v1/messages", "/v1/messages"], ["/chat", "/chat"], [
+        "a forwarded call",
+        "/v1/messages/count_tokens",
+      ]]
+    ) {
+      await t.step(name, async () => {
+        const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+        try {
+          // Headers and half the declared body, then nothing.
+          await conn.write(new TextEncoder().encode(
+            `POST ${path} HTTP/1.1\r\nhost: sluice.test\r\ncontent-type: application/json\r\n` +
+              `content-length: ${json.length}\r\n\r\n${json.slice(0, 10)}`,
+          ));
+          const answered = readAnswer(conn);
+          // Meanwhile a whole request is answered as usual.
+          const served = await fetch(`${server.url}/v1/messages`, {
+            method: "POST",
+            headers: { "content-type": "application/json" },
+            body: json,
+          });
+          assert.equal(served.status, 200);
+          await served.arrayBuffer();
+          // Far past the 200 ms deadline: before it existed, no answer ever came.
+          let timer: ReturnType<typeof setTimeout> | undefined;
+          const never = new Promise<string>((
+            r,
+          ) => (timer = setTimeout(() => r("no answer"), 10_000)));
+          const answer = await Promise.race([answered, never]);
+          clearTimeout(timer);
+          assert.match(answer, /^HTTP\/1\.1 408/);
+          assert.match(answer, /\r\nconnection: close\r\n/i);
+          const body = JSON.parse(answer.slice(answer.indexOf("{"), answer.lastIndexOf("}") + 1));
+          assert.equal(body.type, "error");
+          assert.equal(body.error.type, "timeout_error");
+          assert.match(body.error.message, /SLUICE_BODY_TIMEOUT_MS/);
+        } finally {
+          conn.close();
+        }
+      });
+    }
+    assert.ok(calls() >= 3, "the whole requests reached the upstream");
+  } finally {
+    await server.close();
+  }
 });

@@ -73,6 +73,7 @@ function done(overrides: Partial<ChatDone> = {}): ChatDone {
     ttft_ms: 612.4,
     total_ms: 1840,
     output_tokens_per_second: 31.2,
+    cost_usd: null,
     ...overrides,
   };
 }
@@ -127,6 +128,11 @@ Deno.test("the terminal client's pure parts", async (t) => {
     assert.equal(
       statsText(done({ stop_reason: "max_tokens", output_tokens_per_second: null })),
       "612 ms to first token · 18 in / 54 out tokens · 1840 ms · max_tokens",
+    );
+    // 18 × $2 + 54 × $10 per Mtok (claude-sonnet-5-5) = $0.000576.
+    assert.equal(
+      statsText(done({ cost_usd: 0.000576 })),
+      "612 ms to first token · 18 in / 54 out tokens · 1840 ms · 31 tok/s · $0.000576",
     );
   });
 

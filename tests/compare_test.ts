@@ -76,6 +76,9 @@ Deno.test("compare measures the tutorial's prompt streaming and not, interleaved
     assert.match(report, new RegExp(`time to first token .* streaming ${ratio}x sooner`));
     assert.match(report, /total time .* about the same/);
     assert.match(report, new RegExp(`output tokens +${streamed.usage.output_tokens} +`));
+    // claude-test-model has no price: no cost is made up.
+    for (const r of results) assert.equal(r.costUsd, null);
+    assert.match(report, /cost +- +- +no price for claude-test-model/);
 
     // sluice measured the same requests the same way.
     await stats.flush();
@@ -134,4 +137,21 @@ Deno.test("compare's command line has the tutorial's defaults and rejects bad nu
   assert.throws(() => parseCompareArgs(["--runs", "0"], "m"), /--runs/);
   assert.throws(() => parseCompareArgs(["--max-tokens", "x"], "m"), /--max-tokens/);
   assert.throws(() => parseCompareArgs(["--url", "not a url"], "m"), /--url/);
+});
+
+Deno.test("compare prices each answer from its own usage", async () => {
+  const kv = await Deno.openKv(":memory:");
+  try {
+    const { app, clock } = await timedStatsApp({ kv });
+    const options = optionsFor(app, clock, { runs: 1, model: "claude-sonnet-5-5" });
+    const results = await runCompare(options);
+    for (const r of results) {
+      // claude-sonnet-5-5: $2 per Mtok in, $10 out.
+      assert.equal(r.costUsd, (r.inputTokens! * 2 + r.outputTokens! * 10) / 1e6);
+    }
+    const usd = `$${results[0].costUsd!.toFixed(6)}`;
+    assert.match(formatReport(results, options), new RegExp(`cost +\\${usd} +\\${usd}`));
+  } finally {
+    kv.close();
+  }
 });

@@ -185,7 +185,8 @@ Deno.test("the conversation store keeps, bounds and forgets histories", async (t
       const store = createConversationStore({ kv: spy, limits: LIMITS });
       const { id } = await store.create("o");
       await store.append("o", id, exchange(1));
-      assert.deepEqual(options, [{ expireIn: HOUR }, { expireIn: HOUR }]);
+      // Each write sets the conversation and its entry in the owner's usage.
+      assert.deepEqual(options, Array(4).fill({ expireIn: HOUR }));
     } finally {
       kv.close();
     }
@@ -413,4 +414,89 @@ Deno.test("a key lists its own conversations, page by page, and nobody else's", 
   } finally {
     kv.close();
   }
+});
+
+Deno.test("what one key keeps is capped: conversations, bytes of them, and the rate it creates them", async (t) => {
+  const kv = await Deno.openKv(":memory:");
+  try {
+    const app = await replayApp({
+      kv,
+      config: testConfig({
+        SLUICE_CONVERSATIONS_PER_KEY: "3",
+        SLUICE_CONVERSATION_BYTES_PER_KEY: "5000",
+      }),
+    });
+    const create = (key: string, system = "short") =>
+      app.request("/conversations", {
+        method: "POST",
+        headers: { "x-api-key": key, "content-type": "application/json" },
+        body: JSON.stringify({ system }),
+      });
+    const ids: string[] = [];
+    await t.step(
+      "up to the count limit, then a 403 permission_error naming the setting",
+      async () => {
+        for (let i = 0; i < 3; i++) {
+          const response = await create("key-a");
+          assert.equal(response.status, 201, `conversation ${i + 1}`);
+          ids.push((await response.json()).id);
+        }
+        // Created at once, they still cannot pass the limit together.
+        const burst = await Promise.all(Array.from({ length: 20 }, () => create("key-a")));
+        for (const refused of burst) {
+          assert.equal(refused.status, 403);
+          const body = await refused.json();
+          assert.equal(body.type, "error");
+          assert.equal(body.error.type, "permission_error");
+          assert.match(body.error.message, /SLUICE_CONVERSATIONS_PER_KEY/);
+        }
+        assert.equal((await create("key-b")).status, 201, "another key has its own budget");
+      },
+    );
+    await t.step("a deleted one frees its place", async () => {
+      const gone = await app.request(`/conversations/${ids[0]}`, {
+        method: "DELETE",
+        headers: { "x-api-key": "key-a" },
+      });
+      assert.equal(gone.status, 204);
+      assert.equal((await create("key-a")).status, 201);
+    });
+    await t.step("over the bytes limit, a 413 request_too_large naming the setting", async () => {
+      assert.equal((await create("key-c", "s".repeat(2000))).status, 201);
+      assert.equal((await create("key-c", "s".repeat(2000))).status, 201);
+      const refused = await create("key-c", "s".repeat(2000));
+      assert.equal(refused.status, 413);
+      const body = await refused.json();
+      assert.equal(body.error.type, "request_too_large");
+      assert.match(body.error.message, /SLUICE_CONVERSATION_BYTES_PER_KEY/);
+      assert.equal((await create("key-c", "small")).status, 201, "a small one still fits");
+    });
+  } finally {
+    kv.close();
+  }
+  await t.step("creating and deleting count against the per-minute rate limit", async () => {
+    const limitedKv = await Deno.openKv(":memory:");
+    try {
+      const app = await replayApp({
+        kv: limitedKv,
+        config: testConfig({ SLUICE_RATE_LIMIT_RPM: "2" }),
+      });
+      const headers = { "x-api-key": "key-r" };
+      const first = await app.request("/conversations", { method: "POST", headers });
+      assert.equal(first.status, 201);
+      const { id } = await first.json();
+      assert.equal(
+        (await app.request(`/conversations/${id}`, { method: "DELETE", headers })).status,
+        204,
+      );
+      const refused = await app.request("/conversations", { method: "POST", headers });
+      assert.equal(refused.status, 429);
+      assert.equal((await refused.json()).error.type, "rate_limit_error");
+      assert.ok(Number(refused.headers.get("retry-after")) > 0);
+      // Reading is not writing: a list is not limited.
+      assert.equal((await app.request("/conversations", { headers })).status, 200);
+    } finally {
+      limitedKv.close();
+    }
+  });
 });

@@ -238,3 +238,53 @@ Deno.test("in replay, bad model ids and limits get 4xx in Anthropic's shape, nev
     assert.equal(body.error.type, type, path);
   }
 });
+
+Deno.test("dot segments, backslashes and encoded slashes never reach the upstream, however the caller writes them", async (t) => {
+  const upstream = startFakeUpstream(() => Response.json({ data: [] }));
+  const server = serveOnLoopback(liveApp(upstream.url));
+  const { port } = new URL(server.url);
+  // Written on the socket as they are: fetch and the URL parser would resolve them first.
+  const targets = [
+    "/v1/models/..",
+    "/v1/models/../files",
+    "/v1/models/%2e%2e",
+    "/v1/models/%2E%2e/files",
+    "/v1/models/.%2e/files",
+    "/v1/models/./claude-sonnet-5-5",
+    "/v1/files/%2f..%2fmodels",
+    "/v1/files/%5c..%5cmodels",
+    "/v1/models\\..\\files",
+    "/v1/messages/../models",
+  ];
+  try {
+    for (const target of targets) {
+      for (const method of ["GET", "POST", "DELETE"]) {
+        await t.step(`${method} ${target}`, async () => {
+          const conn = await Deno.connect({ hostname: "127.0.0.1", port: Number(port) });
+          try {
+            const body = method === "POST" ? "{}" : "";
+            await conn.write(new TextEncoder().encode(
+              `${method} ${target} HTTP/1.1\r\nhost: sluice.test\r\nconnection: close\r\n` +
+                `content-type: application/json\r\ncontent-length: ${body.length}\r\n\r\n${body}`,
+            ));
+            let answer = "";
+            const buffer = new Uint8Array(4096);
+            for (let n = await conn.read(buffer); n !== null; n = await conn.read(buffer)) {
+              answer += new TextDecoder().decode(buffer.subarray(0, n));
+            }
+            assert.match(answer, /^HTTP\/1\.1 4\d\d/);
+            const json = JSON.parse(answer.slice(answer.indexOf("{"), answer.lastIndexOf("}") + 1));
+            assert.equal(json.type, "error");
+            assert.match(json.error.type, /invalid_request_error|not_found_error/);
+          } finally {
+            conn.close();
+          }
+        });
+      }
+    }
+    assert.deepEqual(upstream.requests.map((r) => `${r.method} ${r.path}`), [], "nothing sent");
+  } finally {
+    await server.close();
+    await upstream.close();
+  }
+});

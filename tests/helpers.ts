@@ -303,6 +303,12 @@ export async function startMain(env: Record<string, string>) {
     stderr: "piped",
   }).spawn();
   const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  // What it writes to stderr, read as it comes (a full pipe would block the process).
+  let errors = "";
+  const errorLines = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
+  const errorsRead = (async () => {
+    for (let r = await errorLines.read(); !r.done; r = await errorLines.read()) errors += r.value;
+  })().catch(() => {});
   let seen = "";
   for (;;) {
     const { value, done } = await lines.read();
@@ -310,36 +316,34 @@ export async function startMain(env: Record<string, string>) {
     seen += value;
     const match = /listening on (http:\/\/[^\s]+)/.exec(seen);
     if (match) {
+      // Keep reading stdout too, so `seen` has the whole log.
+      const linesRead = (async () => {
+        for (let r = await lines.read(); !r.done; r = await lines.read()) seen += r.value;
+      })().catch(() => {});
       return {
         url: match[1],
         pid: child.pid,
         seen: () => seen,
-        /** SIGTERM, then the process's exit status; its last log lines join `seen()`. */
+        /** Its stderr so far. */
+        errors: () => errors,
+        /** Resolves when the process has exited. */
+        status: child.status,
+        /** Sends SIGTERM (if it still runs) and waits for the exit and the last output. */
         async stop(): Promise<Deno.CommandStatus> {
           try {
             child.kill("SIGTERM");
           } catch {
             // Already gone (a test killed it with SIGKILL): its pipes still need closing.
           }
-          // Read both pipes to their end: closed early, they made the shutdown's own log lines
-          // fail to write (under Deno 2.5 that failed the shutdown, exit code 1).
-          await Promise.all([
-            (async () => {
-              for (;;) {
-                const { value, done } = await lines.read();
-                if (done) return;
-                seen += value;
-              }
-            })(),
-            (async () => {
-              for await (const _ of child.stderr) { /* drained */ }
-            })(),
-          ]);
-          return await child.status;
+          const status = await child.status;
+          await Promise.all([linesRead, errorsRead]);
+          return status;
         },
       };
     }
   }
+  await errorLines.cancel();
+  await errorsRead;
   const status = await child.status;
   throw new Error(`main.ts exited (${status.code}) before listening: ${seen}`);
 }

@@ -11,7 +11,7 @@ import { createLimiter, kvLimitStore } from "../lib/http/limits.ts";
 import { isLoopback } from "../lib/http/local_only.ts";
 import { silentLogger } from "../lib/log.ts";
 import { createUpstream } from "../lib/proxy/upstream.ts";
-import { readFixture, testConfig } from "./helpers.ts";
+import { readFixture, replayApp, testConfig } from "./helpers.ts";
 
 const body = JSON.stringify({
   model: "claude-test",
@@ -458,4 +458,20 @@ Deno.test("secure headers are on every response, and the page keeps its own CSP"
   assert.match(api.headers.get("content-type")!, /text\/event-stream/);
   releaseAll();
   await api.arrayBuffer();
+});
+
+Deno.test("GET calls forwarded upstream (models, one model) count against the per-minute limit too", async () => {
+  await withKv(async (kv) => {
+    const app = await replayApp({ kv, config: testConfig({ SLUICE_RATE_LIMIT_RPM: "2" }) });
+    const get = (path: string) => app.request(path, { headers: { "x-api-key": "key-m" } });
+    assert.equal((await get("/v1/models")).status, 200);
+    assert.equal((await get("/v1/models")).status, 200);
+    await assertRateLimited(await get("/v1/models"), /2 requests per minute/);
+    await assertRateLimited(await get("/v1/models/claude-sonnet-5-5"), /2 requests per minute/);
+    assert.equal(
+      (await app.request("/v1/models", { headers: { "x-api-key": "key-n" } })).status,
+      200,
+      "another key has its own budget",
+    );
+  });
 });

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { tokenUsage } from "../lib/stats/request_summary.ts";
 import { escapeLabel, PROMETHEUS_CONTENT_TYPE } from "../lib/stats/prometheus.ts";
 import { createKvStats } from "../lib/stats/kv_stats.ts";
-import { projectFixtures } from "./helpers.ts";
+import { projectFixtures, seededRandom } from "./helpers.ts";
 import { type Expected, sendFixture, T0, timedStatsApp } from "./stats_support.ts";
 
 interface Sample {
@@ -97,8 +97,14 @@ Deno.test("/metrics is Prometheus text whose figures are those of the replayed f
     });
 
     await t.step("every series has endpoint, model, streaming and outcome labels", () => {
+      // Cost is by model only (docs/stats.md); the write-failure counter has no labels.
+      const byModel = ["sluice_cost_usd_total", "sluice_unpriced_requests_total"];
       for (const s of samples) {
         if (s.name === "sluice_stats_write_failures_total") continue;
+        if (byModel.includes(s.name)) {
+          assert.deepEqual(Object.keys(s.labels), ["model"], s.name);
+          continue;
+        }
         for (const label of ["endpoint", "model", "streaming", "outcome"]) {
           assert.ok(label in s.labels, `${s.name} has ${label}`);
         }
@@ -254,6 +260,50 @@ Deno.test("label values are escaped, and free-text models are grouped as other",
     assert.deepEqual(requests.map((s) => s.labels.model), ["other"]);
     assert.equal(sumOf(samples.filter((s) => s.name === "sluice_retries_total")), 1);
     assert.ok(!text.includes("ignore"));
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("10,000 requests with random model names leave /metrics and /stats under a fixed size", async () => {
+  const kv = await Deno.openKv(":memory:");
+  try {
+    const { app, stats } = await timedStatsApp({ kv });
+    const random = seededRandom(15);
+    const names = Array.from(
+      { length: 10_000 },
+      (_, i) => `m-${i}-${Math.floor(random() * 1e9).toString(36)}`,
+    );
+    // Served ones (replay answers with the model asked for) and refused ones (a bad `stream`).
+    for (let i = 0; i < names.length; i += 100) {
+      await Promise.all(
+        names.slice(i, i + 100).map(async (model, j) => {
+          const response = await app.request("http://sluice.test/v1/messages", {
+            method: "POST",
+            headers: { "content-type": "application/json" },
+            body: JSON.stringify({
+              model,
+              max_tokens: 8,
+              stream: j % 2 === 0 ? false : "yes",
+              messages: [{ role: "user", content: "hi" }],
+            }),
+          });
+          await response.body?.cancel();
+        }),
+      );
+    }
+    await stats.flush();
+    const text = await (await app.request("http://sluice.test/metrics")).text();
+    const { samples } = parseExposition(text);
+    const requests = samples.filter((s) => s.name === "sluice_requests_total");
+    assert.equal(sumOf(requests), names.length, "every request was counted");
+    const models = new Set(requests.map((s) => s.labels.model));
+    assert.ok(models.size <= 2, `models: ${[...models].slice(0, 5)}`); // "other" and "unknown"
+    assert.ok(!text.includes("m-1-"), "no caller's model name is a label");
+    // A fixed bound, whatever the number of names (it was 10,000+ series before).
+    assert.ok(text.length < 64 * 1024, `/metrics is ${text.length} bytes`);
+    const report = await (await app.request("http://sluice.test/stats")).text();
+    assert.ok(report.length < 64 * 1024, `/stats is ${report.length} bytes`);
   } finally {
     kv.close();
   }

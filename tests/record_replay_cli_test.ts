@@ -76,6 +76,8 @@ Deno.test("replay without --json prints the text, then TTFT, total time and toke
   assert.match(stdout, /Time to first token: \d+\.\d{3} seconds/);
   assert.match(stdout, /Total time: \d+\.\d{3} seconds/);
   assert.match(stdout, new RegExp(`Output tokens: ${message.usage.output_tokens}\\b`));
+  // claude-haiku-4-5-20251001 is priced as claude-haiku-4-5: 24 × $1 + 6 × $5 per Mtok.
+  assert.match(stdout, /Cost: \$0\.000054 \(claude-haiku-4-5 prices\)/);
 });
 
 Deno.test("replay --list names every fixture, says which are on request only and how to ask for each", async (t) => {

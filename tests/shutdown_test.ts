@@ -10,7 +10,7 @@ import type { RequestSummary } from "../lib/stats/request_summary.ts";
 import { decodeAll } from "../lib/stream/sse.ts";
 import { createLifecycle, installShutdown, type Lifecycle } from "../lib/http/shutdown.ts";
 import { createUpstream } from "../lib/proxy/upstream.ts";
-import { readFixture, testConfig } from "./helpers.ts";
+import { readFixture, startFakeUpstream, startMain, testConfig } from "./helpers.ts";
 
 const request = (url: string) =>
   new Request(`${url}/v1/messages`, {
@@ -94,7 +94,7 @@ Deno.test("cut streams end with an api_error event after the current event, are 
   assert.equal(lifecycle.active(), 0);
 });
 
-Deno.test("cut /chat streams end the same way: an error event for SSE, a failed stream for plain text", async (t) => {
+Deno.test("cut /chat streams end the same way: an error event for SSE, a marked error line for plain text", async (t) => {
   for (const accept of ["text/event-stream", "text/plain"]) {
     await t.step(accept, async () => {
       const lifecycle = createLifecycle();
@@ -125,7 +125,10 @@ Deno.test("cut /chat streams end the same way: an error event for SSE, a failed 
         assert.equal(last.event, "error");
         assert.equal(JSON.parse(last.data).error.message, "sluice is shutting down");
       } else {
-        assert.ok(failure instanceof Error, "the plain text stream fails");
+        // A marked line, as for /chat's other failures: no failed body (Deno printed a stack
+        // trace for each one).
+        assert.equal(failure, undefined, "the plain text stream ends cleanly");
+        assert.match(text, /\n\[sluice error\] api_error: sluice is shutting down\n$/);
       }
       assert.equal(signals[0].aborted, true, "the upstream request was aborted");
       await lifecycle.settle(1000);
@@ -246,4 +249,198 @@ Deno.test("a signal starts the shutdown and a second one exits at once", async (
     await handle.run();
   }
   assert.deepEqual(codes, [1, 0]);
+});
+
+/**
+ * A fake upstream on 127.0.0.1 whose answers never come: no headers at all, or (for
+ * `/v1/messages` without `stream`) headers and a body that stops after its first bytes. Every
+ * request it holds is let go by `close`.
+ */
+function stalledUpstream() {
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => (release = resolve));
+  const fake = startFakeUpstream(async (_request, seen) => {
+    if (seen.path === "/v1/messages" && !JSON.parse(seen.body).stream) {
+      const body = new ReadableStream<Uint8Array>({
+        async start(controller) {
+          controller.enqueue(new TextEncoder().encode('{"id":"msg_'));
+          await released;
+          controller.close();
+        },
+      });
+      return new Response(body, { headers: { "content-type": "application/json" } });
+    }
+    await released;
+    return new Response("late", { status: 500 });
+  });
+  return {
+    url: fake.url,
+    requests: fake.requests,
+    async close() {
+      release();
+      await fake.close();
+    },
+  };
+}
+
+Deno.test("after the grace period, requests still waiting for the upstream end with a 503 in their API's shape, stats are written and the process exits", async (t) => {
+  const upstreamServer = stalledUpstream();
+  const lifecycle = createLifecycle();
+  const events: string[] = [];
+  const stats = {
+    record(_summary: RequestSummary) {
+      events.push("recorded");
+      return Promise.resolve();
+    },
+  };
+  // Without the cut these would wait for the upstream's limits (2 s here, 600 s by default) and
+  // end as 504s instead.
+  const upstream = createUpstream({
+    mode: "live",
+    apiKey: "sk-ant-test",
+    baseURL: upstreamServer.url,
+    maxRetries: 0,
+    timeoutMs: 2000,
+    streamPolicy: { idleTimeoutMs: 2000 },
+  });
+  const app = createApp({
+    config: testConfig({
+      ANTHROPIC_API_KEY: "sk-ant-test",
+      ANTHROPIC_BASE_URL: upstreamServer.url,
+    }),
+    upstream,
+    logger: silentLogger,
+    stats,
+    lifecycle,
+  });
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, app.fetch);
+  const url = `http://127.0.0.1:${server.addr.port}`;
+  let exitCode: number | undefined;
+  const handle = installShutdown({
+    server,
+    lifecycle,
+    logger: silentLogger,
+    graceMs: 30,
+    signals: [],
+    exit: (code) => {
+      exitCode = code;
+      events.push("exit");
+    },
+    close: () => void events.push("closed"),
+  });
+  const message = (stream: boolean) =>
+    JSON.stringify({ model: "claude-sonnet-5-5", max_tokens: 8, stream, messages: [] });
+  const json = { "content-type": "application/json" };
+  const waiting: [string, Promise<Response>, "anthropic" | "openai"][] = [
+    [
+      "a streamed message before its headers",
+      fetch(`${url}/v1/messages`, { method: "POST", headers: json, body: message(true) }),
+      "anthropic",
+    ],
+    [
+      "a non-streamed message whose body stalls",
+      fetch(`${url}/v1/messages`, { method: "POST", headers: json, body: message(false) }),
+      "anthropic",
+    ],
+    ["a forwarded GET /v1/models", fetch(`${url}/v1/models`), "anthropic"],
+    [
+      "an OpenAI-style chat completion",
+      fetch(`${url}/v1/chat/completions`, { method: "POST", headers: json, body: message(false) }),
+      "openai",
+    ],
+    [
+      "a /chat before its headers",
+      fetch(`${url}/chat`, {
+        method: "POST",
+        headers: { ...json, accept: "text/plain" },
+        body: JSON.stringify({ message: "hi" }),
+      }),
+      "anthropic",
+    ],
+  ];
+  try {
+    // Every request has reached the upstream before the signal.
+    for (let i = 0; i < 500 && upstreamServer.requests.length < waiting.length; i++) {
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    assert.equal(upstreamServer.requests.length, waiting.length);
+    const stopping = handle.run("SIGTERM");
+    for (const [name, pending, shape] of waiting) {
+      await t.step(name, async () => {
+        const response = await pending;
+        assert.equal(response.status, 503);
+        const body = await response.json();
+        const error = shape === "openai"
+          ? body.error
+          : (assert.equal(body.type, "error"), body.error);
+        assert.equal(error.type, "api_error");
+        assert.match(error.message, /shutting down/);
+      });
+    }
+    await stopping;
+    assert.equal(exitCode, 0);
+    assert.deepEqual(events.slice(-2), ["closed", "exit"], "the stores closed, then the exit");
+  } finally {
+    handle.dispose();
+    await server.finished;
+    await upstreamServer.close();
+  }
+});
+
+Deno.test("main.ts on SIGTERM ends requests stalled before the upstream's headers with a 503, exits 0 within grace + 3 s, and prints no stack trace", async () => {
+  const upstreamServer = stalledUpstream();
+  const kvDir = await Deno.makeTempDir();
+  const graceMs = 200;
+  const sluice = await startMain({
+    ANTHROPIC_API_KEY: "sk-ant-test-main",
+    ANTHROPIC_BASE_URL: upstreamServer.url,
+    SLUICE_KV_PATH: `${kvDir}/kv.sqlite3`,
+    SLUICE_SHUTDOWN_GRACE_MS: String(graceMs),
+    SLUICE_LOG_LEVEL: "info",
+  });
+  try {
+    const json = { "content-type": "application/json" };
+    const stalled = [
+      fetch(`${sluice.url}/v1/messages`, {
+        method: "POST",
+        headers: json,
+        body: JSON.stringify({ model: "claude-sonnet-5-5", max_tokens: 8, messages: [] }),
+      }),
+      fetch(`${sluice.url}/chat`, {
+        method: "POST",
+        headers: { ...json, accept: "text/plain" },
+        body: JSON.stringify({ message: "hi" }),
+      }),
+    ];
+    // (main.ts also checks its default model upstream, with a GET.)
+    const posts = () => upstreamServer.requests.filter((r) => r.method === "POST").length;
+    for (let i = 0; i < 1000 && posts() < stalled.length; i++) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    assert.equal(posts(), stalled.length, "both reached the upstream");
+    Deno.kill(sluice.pid, "SIGTERM");
+    // The documented bound (grace + 3 s), with room for a loaded machine; without the cut the
+    // requests and the process waited for the first-byte limit (600 s, three times).
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<"late">((
+      r,
+    ) => (timer = setTimeout(() => r("late"), graceMs + 13_000)));
+    const ended = await Promise.race([Promise.all([Promise.all(stalled), sluice.status]), late]);
+    clearTimeout(timer);
+    assert.notEqual(ended, "late", "the requests ended and main.ts exited within the bound");
+    const [responses, exited] = ended as [Response[], Deno.CommandStatus];
+    for (const response of responses) {
+      assert.equal(response.status, 503);
+      assert.equal((await response.json()).error.type, "api_error");
+    }
+    assert.equal(exited.code, 0);
+    const status = await sluice.stop();
+    assert.equal(status.code, 0);
+    assert.match(sluice.seen(), /sluice stopped/);
+    assert.doesNotMatch(sluice.errors(), /^\s+at /m, "no stack trace");
+  } finally {
+    await sluice.stop();
+    await upstreamServer.close();
+    await Deno.remove(kvDir, { recursive: true });
+  }
 });

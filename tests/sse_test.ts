@@ -8,7 +8,10 @@ import {
 } from "../lib/stream/sse.ts";
 import { tapStream } from "../lib/stream/tap.ts";
 import { splitEvents } from "../lib/replay/pace.ts";
-import { splitEvery, streamOf } from "./helpers.ts";
+import { readFixture, splitEvery, streamOf, testConfig } from "./helpers.ts";
+import { createApp } from "../lib/app.ts";
+import { createLogger } from "../lib/log.ts";
+import { createUpstream } from "../lib/proxy/upstream.ts";
 
 const enc = (s: string) => new TextEncoder().encode(s);
 
@@ -192,4 +195,62 @@ Deno.test("when the upstream read fails the tap ends the stream with the bytes o
   for await (const chunk of tapped) text += new TextDecoder().decode(chunk);
   assert.equal(boundary, false);
   assert.ok(text.endsWith("\nevent: error\ndata: {}\n\n"));
+});
+
+Deno.test("an SSE event past the size bound is dropped with a notice, and the events after it are decoded", () => {
+  const events: string[] = [];
+  let overflows = 0;
+  const decoder = createSseDecoder((event) => events.push(`${event.event}:${event.data}`), {
+    maxEventChars: 1024,
+    onOverflow: () => overflows++,
+  });
+  const enc = (s: string) => new TextEncoder().encode(s);
+  decoder.feed(enc("event: a\ndata: one\n\n"));
+  // A 5 MB line in 4 KiB pieces: without the bound the parser held all of it.
+  decoder.feed(enc("event: big\ndata: "));
+  const piece = enc("x".repeat(4096));
+  for (let i = 0; i < 1280; i++) decoder.feed(piece);
+  decoder.feed(enc("\n\nevent: b\ndata: two\n\n"));
+  decoder.end();
+  assert.deepEqual(events, ["a:one", "b:two"]);
+  assert.ok(overflows >= 1, "the overflow was reported");
+});
+
+Deno.test("a stream with an oversized event still reaches the client byte for byte", async () => {
+  const fixture = await readFixture("three-words.sse");
+  const huge = new TextEncoder().encode(
+    `event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"${
+      "y".repeat(300_000)
+    }"}}\n\n`,
+  );
+  const text = new TextDecoder().decode(fixture);
+  const at = text.indexOf("event: content_block_stop");
+  const bytes = new Uint8Array([
+    ...new TextEncoder().encode(text.slice(0, at)),
+    ...huge,
+    ...new TextEncoder().encode(text.slice(at)),
+  ]);
+  const upstream = createUpstream({
+    mode: "live",
+    apiKey: "sk-ant-test-key",
+    baseURL: "http://upstream.test",
+    maxRetries: 0,
+    streamPolicy: { maxEventChars: 64 * 1024 },
+    fetch: () =>
+      Promise.resolve(
+        new Response(streamOf(splitEvery(bytes, 4096)), {
+          headers: { "content-type": "text/event-stream" },
+        }),
+      ),
+  });
+  const lines: string[] = [];
+  const logger = createLogger({ level: "warn", write: (_level, line) => lines.push(line) });
+  const app = createApp({ config: testConfig(), upstream, logger });
+  const response = await app.request("http://sluice.test/v1/messages", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ model: "claude-sonnet-5-5", max_tokens: 8, stream: true, messages: [] }),
+  });
+  assert.deepEqual(new Uint8Array(await response.arrayBuffer()), bytes);
+  assert.ok(lines.some((line) => line.includes("over the size limit")), lines.join("\n"));
 });

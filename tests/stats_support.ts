@@ -52,7 +52,14 @@ export async function timedStatsApp(options: {
     maxRetries: 0,
     fetch,
   });
-  const stats = createKvStats({ kv: options.kv, clock, logger: silentLogger, ...options.stats });
+  // The tests' model is labelled by name, as main.ts does for SLUICE_DEFAULT_MODEL.
+  const stats = createKvStats({
+    kv: options.kv,
+    clock,
+    logger: silentLogger,
+    knownModels: [MODEL],
+    ...options.stats,
+  });
   const app = createApp({
     config: testConfig(options.env),
     upstream,

@@ -467,10 +467,11 @@ Deno.test("requests refused before the upstream are recorded as invalid_request"
     const { requests } = await getJson<{ requests: RecentEntry[] }>(app, "/stats/recent");
     assert.deepEqual(
       requests.map((r) => [r.outcome, r.status, r.model, r.streaming, r.ttft_ms, r.tokens.input]),
+      // Never labelled with the caller's model: a refused request reached none.
       [["invalid_request", 400, null, false, null, 0], [
         "invalid_request",
         400,
-        MODEL,
+        null,
         false,
         null,
         0,

@@ -8,6 +8,7 @@ import FakeTimers from "@sinonjs/fake-timers";
 import { createApp } from "../lib/app.ts";
 import { createLogger, silentLogger } from "../lib/log.ts";
 import { memorySink, type RequestSummary } from "../lib/stats/request_summary.ts";
+import { createKvStats } from "../lib/stats/kv_stats.ts";
 import { decodeAll } from "../lib/stream/sse.ts";
 import { KEEP_ALIVE_COMMENT, tapStream } from "../lib/stream/tap.ts";
 import {
@@ -259,11 +260,13 @@ Deno.test("a retry-after beyond the cap makes the SDK wait only the cap, and the
   // Observe the waits the SDK asks the timer for (its sleep uses the global setTimeout).
   const realSetTimeout = globalThis.setTimeout;
   const waits: number[] = [];
-  // The per-attempt limit (the SDK's timer, and sluice's for reading error bodies) is told
-  // apart by its size and left alone.
+  // The per-attempt limit (the SDK's timer, and sluice's for reading error bodies) and the
+  // request body's read deadline are told apart by their sizes and left alone.
   const requestTimeoutMs = 987_654;
+  const bodyDeadlineMs = testConfig().bodyTimeoutMs;
   globalThis.setTimeout = ((fn: () => void, ms?: number) => {
     if (ms !== undefined && ms > requestTimeoutMs - 1000) return realSetTimeout(fn, ms);
+    if (ms === bodyDeadlineMs) return realSetTimeout(fn, ms);
     if (typeof ms === "number" && ms >= 1) waits.push(ms);
     return realSetTimeout(fn, ms !== undefined && ms >= 1 ? 0 : ms);
   }) as typeof setTimeout;
@@ -591,3 +594,207 @@ async function collect(stream: ReadableStream<Uint8Array>): Promise<Uint8Array[]
   for await (const chunk of stream) chunks.push(chunk);
   return chunks;
 }
+
+Deno.test("a canary key echoed by the upstream in an error body, a 200 body, a mid-stream error event or a header never reaches a client, a log line or KV", async (t) => {
+  const key = "sk-ant-api03-CANARY-0123456789abcdefghij";
+  const leaked = (text: string) => text.includes("CANARY");
+  const lines: string[] = [];
+  // No `secrets` given: the logger does not scrub, so nothing may hand it the key.
+  const logger = createLogger({ level: "debug", write: (_level, line) => lines.push(line) });
+  const fixture = await readFixture("three-words.sse");
+  const json = (body: unknown, status = 200, headers: Record<string, string> = {}) =>
+    new Response(JSON.stringify(body), {
+      status,
+      headers: { "content-type": "application/json", ...headers },
+    });
+  // The key starts 263 characters into a proxy's JSON, so sluice's 300-character cut falls
+  // inside it, after "CANARY".
+  const straddling = { message: "x".repeat(263) + key };
+  const scenarios: [string, () => Response][] = [
+    ["an error body cut at 300 characters", () => json(straddling, 401)],
+    [
+      "an error in Anthropic's shape",
+      () => json({ type: "error", error: { type: "authentication_error", message: key } }, 401),
+    ],
+    [
+      "a 200 JSON body",
+      () =>
+        json({
+          id: `msg_${key}`,
+          type: "message",
+          role: "assistant",
+          model: "claude-sonnet-5-5",
+          content: [{ type: "text", text: `your key is ${key}` }],
+          stop_reason: "end_turn",
+          usage: { input_tokens: 1, output_tokens: 1 },
+        }),
+    ],
+    [
+      "a mid-stream error event",
+      () =>
+        sse(concat(
+          firstEvents(fixture, 2),
+          enc(
+            `event: error\ndata: ${
+              JSON.stringify({ type: "error", error: { type: key, message: `bad ${key}` } })
+            }\n\n`,
+          ),
+        )),
+    ],
+    [
+      "the request-id and other headers",
+      () =>
+        sse(fixture, {
+          "request-id": `req_${key}`,
+          "anthropic-organization-id": key,
+          "retry-after": key,
+        }),
+    ],
+    [
+      "a content type on a body that is not JSON",
+      () =>
+        new Response("<html>hi</html>", {
+          headers: { "content-type": `text/html; key=${key}`, "request-id": `req_${key}` },
+        }),
+    ],
+  ];
+  const kv = await Deno.openKv(":memory:");
+  const stats = createKvStats({ kv, logger, writeIntervalMs: 0 });
+  const requests = [
+    ["POST /v1/messages (not streamed)", () => post(false)],
+    ["POST /v1/messages (streamed)", () => post(true)],
+    [
+      "POST /chat (plain text)",
+      () =>
+        new Request("http://sluice.test/chat", {
+          method: "POST",
+          headers: { "content-type": "application/json", accept: "text/plain" },
+          body: JSON.stringify({ message: "hi" }),
+        }),
+    ],
+    [
+      "POST /chat (SSE)",
+      () =>
+        new Request("http://sluice.test/chat", {
+          method: "POST",
+          headers: { "content-type": "application/json", accept: "text/event-stream" },
+          body: JSON.stringify({ message: "hi" }),
+        }),
+    ],
+    ["GET /v1/models/:id", () => new Request("http://sluice.test/v1/models/claude-sonnet-5-5")],
+  ] as const;
+  try {
+    for (const [name, scenario] of scenarios) {
+      await t.step(name, async () => {
+        const upstream = createUpstream({
+          mode: "live",
+          apiKey: key,
+          baseURL: "http://upstream.test",
+          maxRetries: 0,
+          fetch: () => Promise.resolve(scenario()),
+        });
+        const app = createApp({
+          config: testConfig({ ANTHROPIC_API_KEY: key, SLUICE_LOG_LEVEL: "debug" }),
+          upstream,
+          logger,
+          stats,
+        });
+        for (const [label, request] of requests) {
+          const response = await app.request(request());
+          const text = await response.text();
+          response.headers.forEach((value, header) => {
+            assert.ok(!leaked(value), `${label}: key in header ${header}: ${value}`);
+          });
+          // A streamed answer's events pass byte for byte: the one place upstream bytes may hold
+          // the key is the payload of a stream passed through (/chat re-encodes its own).
+          const passedThrough = !label.startsWith("POST /chat") &&
+            response.headers.get("content-type")!.includes("text/event-stream");
+          if (!passedThrough) {
+            assert.ok(!leaked(text), `${label}: key in body ${text}`);
+          }
+        }
+      });
+    }
+    await new Promise((r) => setTimeout(r, 20)); // the stats records, off the response path
+    await stats.flush();
+    const app = createApp({
+      config: testConfig(),
+      upstream: createUpstream({ mode: "replay", apiKey: "replay", baseURL: "http://replay.test" }),
+      logger: silentLogger,
+      stats,
+    });
+    const recent = await (await app.request("/stats/recent?limit=1000")).text();
+    assert.ok(recent.includes("/v1/messages"), "the requests were recorded");
+    assert.ok(!leaked(recent), `key in /stats/recent: ${recent}`);
+    for await (const entry of kv.list({ prefix: [] })) {
+      const stored = JSON.stringify(
+        [entry.key, entry.value],
+        (_k, v) => (typeof v === "bigint" ? String(v) : v instanceof Uint8Array ? dec(v) : v),
+      );
+      assert.ok(!leaked(stored), `key in KV: ${stored}`);
+    }
+    assert.ok(lines.length > 0, "the faults were logged");
+    for (const line of lines) assert.ok(!leaked(line), `key in log line: ${line}`);
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("retries are counted for attempts that got no answer: stalled, refused, or garbage instead of HTTP", async (t) => {
+  await t.step("no headers within the first-byte limit", async () => {
+    const fake = faultyApp((_req, _attempt, signal) =>
+      new Promise((_resolve, reject) => {
+        signal.addEventListener("abort", () => reject(signal.reason), { once: true });
+      }), { timeoutMs: 20, maxRetries: 2, retryMaxWaitMs: 1 });
+    const response = await fake.app.request(post(false));
+    assert.equal(response.status, 504);
+    await response.body?.cancel();
+    assert.equal(fake.attempts(), 3);
+    assert.equal((await fake.summary()).retries, 2);
+  });
+  await t.step("a connection refused every time", async () => {
+    const fake = faultyApp(() => Promise.reject(new TypeError("connection refused")), {
+      maxRetries: 2,
+      retryMaxWaitMs: 1,
+    });
+    const response = await fake.app.request(post(true));
+    assert.equal(response.status, 502);
+    await response.body?.cancel();
+    assert.equal(fake.attempts(), 3);
+    assert.equal((await fake.summary()).retries, 2);
+  });
+  await t.step("a server on a real socket that answers garbage", async () => {
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    let connections = 0;
+    const serving = (async () => {
+      for await (const conn of listener) {
+        connections++;
+        await conn.write(enc("NOT HTTP AT ALL\r\n\r\n")).catch(() => {});
+        conn.close();
+      }
+    })();
+    try {
+      const stats = memorySink();
+      const { port } = listener.addr as Deno.NetAddr;
+      const upstream = createUpstream({
+        mode: "live",
+        apiKey: "sk-ant-test-key",
+        baseURL: `http://127.0.0.1:${port}`,
+        maxRetries: 2,
+        retryMaxWaitMs: 1,
+      });
+      const app = createApp({ config: testConfig(), upstream, logger: silentLogger, stats });
+      const response = await app.request(post(false));
+      assert.equal(response.status, 502);
+      await response.body?.cancel();
+      for (let i = 0; i < 200 && stats.records.length === 0; i++) {
+        await new Promise((r) => setTimeout(r, 1));
+      }
+      assert.equal(connections, 3, "three attempts reached the socket");
+      assert.equal(stats.records[0].retries, 2);
+    } finally {
+      listener.close();
+      await serving.catch(() => {});
+    }
+  });
+});

@@ -14,6 +14,7 @@ import { buildMessagesBody, encodeJson, parseChatBody } from "./request.ts";
 import { chatDone, createChatView, messageText } from "./view.ts";
 import type { Conversation, ConversationStore, Turn } from "./conversations.ts";
 import { SluiceError } from "../errors.ts";
+import { kvUnavailable } from "../kv.ts";
 import type { Message } from "../stream/accumulator.ts";
 import { startCall } from "../proxy/messages_call.ts";
 import type { ResumableStreams, StreamWriter } from "./resume.ts";
@@ -70,9 +71,7 @@ export async function handleChat(
   const chat = parseChatBody(input.bodyText);
   let conversation: Conversation | null = null;
   if (chat.conversation_id !== undefined) {
-    if (!store) {
-      throw new SluiceError(503, "api_error", "conversations need Deno KV, which is not set up");
-    }
+    if (!store) throw kvUnavailable("conversations", deps.kvFault);
     conversation = await store.get(input.keyId, chat.conversation_id);
     if (!conversation) {
       throw new SluiceError(
@@ -140,8 +139,10 @@ export async function handleChat(
     onDisconnect: input.onDisconnect ?? deps.config.onDisconnect,
     writer,
     withStats: input.withStats,
+    prices: deps.config.prices,
     requestId: input.requestId,
     conversationId,
+    redact: deps.upstream.redact.text,
     onComplete: storeExchange,
     onCompleteError: (error) =>
       deps.logger.warn("storing a conversation turn failed", {
@@ -190,7 +191,7 @@ export async function handleChat(
   headers.set("content-type", CONTENT_TYPES.json);
   const message = call.status < 300 ? parseMessage(call.body) : null;
   if (!message) return new Response(call.body, { status: call.status, headers });
-  const done = await chatDone(call, input.requestId, conversationId, null);
+  const done = await chatDone(call, input.requestId, conversationId, null, deps.config.prices);
   if (storeExchange) {
     try {
       done.stored = await storeExchange(message);

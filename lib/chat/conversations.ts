@@ -49,6 +49,10 @@ export interface ConversationLimits {
   maxBytes: number;
   /** How long a conversation lives after its last change, in ms. */
   ttlMs: number;
+  /** Most live conversations one owner (gateway key) may keep; 0: no limit. */
+  maxPerOwner?: number;
+  /** Most bytes all of one owner's live conversations may take together; 0: no limit. */
+  maxBytesPerOwner?: number;
 }
 
 /** What {@link ConversationStore.append} did. */
@@ -86,6 +90,12 @@ export class InvalidCursorError extends Error {
   }
 }
 
+/** A conversation's entry in the owner's usage: its stored size and expiry. */
+interface Size {
+  bytes: number;
+  expiresAt: number;
+}
+
 /** Options for {@link createConversationStore}. */
 export interface ConversationStoreOptions {
   kv: Deno.Kv;
@@ -93,6 +103,19 @@ export interface ConversationStoreOptions {
   clock?: Clock;
   /** Makes new ids; defaults to 128 random bits. */
   newId?: () => string;
+}
+
+/**
+ * Raised by `create` when the owner already keeps as many conversations (`count`) or bytes of
+ * them (`bytes`) as its limits allow.
+ */
+export class ConversationQuotaError extends Error {
+  readonly kind: "count" | "bytes";
+  constructor(kind: "count" | "bytes", message: string) {
+    super(message);
+    this.name = "ConversationQuotaError";
+    this.kind = kind;
+  }
 }
 
 /** Raised by `create` when the conversation would not fit its byte bound even when empty. */
@@ -106,6 +129,9 @@ export class ConversationTooLargeError extends Error {
 const ID_PATTERN = /^conv_[0-9a-f]{32}$/;
 // Under sluice's one prefix, beside stats and limits, so one KV database can be shared.
 const PREFIX = ["sluice", "conversations"] as const;
+// Each conversation's stored size and expiry, beside it: an owner's usage is a list of these
+// small entries, never of the conversations themselves.
+const SIZES = ["sluice", "conversation_sizes"] as const;
 // Conflicting writers (two answers finishing at once) retry this many times.
 const MAX_ATTEMPTS = 8;
 
@@ -151,6 +177,57 @@ export function createConversationStore(options: ConversationStoreOptions): Conv
   const clock = options.clock ?? systemClock;
   const newId = options.newId ?? newConversationId;
   const keyOf = (owner: string, id: string): Deno.KvKey => [...PREFIX, owner, id];
+  const sizeKeyOf = (owner: string, id: string): Deno.KvKey => [...SIZES, owner, id];
+  const maxPerOwner = limits.maxPerOwner ?? 0;
+  const maxBytesPerOwner = limits.maxBytesPerOwner ?? 0;
+  // Creations of one owner run one at a time in this isolate, so a burst of them cannot all
+  // pass the check before any is written (isolates sharing a KV can still overshoot a little).
+  const creating = new Map<string, Promise<unknown>>();
+
+  /** The owner's live conversations other than `except`: how many, and their bytes. */
+  async function usage(owner: string, except?: string) {
+    let count = 0;
+    let bytes = 0;
+    const now = clock.now();
+    for await (const entry of kv.list<Size>({ prefix: [...SIZES, owner] })) {
+      if (entry.value.expiresAt <= now || entry.key.at(-1) === except) continue;
+      count++;
+      bytes += entry.value.bytes;
+    }
+    return { count, bytes };
+  }
+
+  /** Refuses a new conversation of `size` bytes when the owner's limits are reached. */
+  async function checkQuota(owner: string, size: number) {
+    if (maxPerOwner <= 0 && maxBytesPerOwner <= 0) return;
+    const used = await usage(owner);
+    if (maxPerOwner > 0 && used.count >= maxPerOwner) {
+      throw new ConversationQuotaError(
+        "count",
+        `this key already keeps ${used.count} conversations, the limit ` +
+          `(SLUICE_CONVERSATIONS_PER_KEY); delete one or wait for one to expire`,
+      );
+    }
+    if (maxBytesPerOwner > 0 && used.bytes + size > maxBytesPerOwner) {
+      throw new ConversationQuotaError(
+        "bytes",
+        `this key's conversations take ${used.bytes} bytes; ${size} more would pass the limit ` +
+          `of ${maxBytesPerOwner} (SLUICE_CONVERSATION_BYTES_PER_KEY)`,
+      );
+    }
+  }
+
+  /** Runs `work` after the owner's earlier creations. */
+  function oneAtATime<T>(owner: string, work: () => Promise<T>): Promise<T> {
+    const before = creating.get(owner) ?? Promise.resolve();
+    const run = before.then(work, work);
+    const settled = run.then(() => {}, () => {});
+    creating.set(owner, settled);
+    settled.then(() => {
+      if (creating.get(owner) === settled) creating.delete(owner);
+    });
+    return run;
+  }
 
   async function read(owner: string, id: string) {
     if (!isConversationId(id)) return null;
@@ -167,32 +244,39 @@ export function createConversationStore(options: ConversationStoreOptions): Conv
     return { ...conversation, updatedAt: now, expiresAt: now + limits.ttlMs };
   }
 
+  async function createNow(owner: string, init: { system?: string; model?: string }) {
+    const now = clock.now();
+    const conversation: Conversation = {
+      id: newId(),
+      createdAt: now,
+      updatedAt: now,
+      expiresAt: now + limits.ttlMs,
+      ...(init.system !== undefined ? { system: init.system } : {}),
+      ...(init.model !== undefined ? { model: init.model } : {}),
+      turns: [],
+      droppedTurns: 0,
+    };
+    const bytes = encodeConversation(conversation);
+    if (bytes.length > limits.maxBytes) {
+      throw new ConversationTooLargeError(
+        `the conversation would take ${bytes.length} bytes before any message; ` +
+          `the limit is ${limits.maxBytes} (SLUICE_CONVERSATION_MAX_BYTES)`,
+      );
+    }
+    await checkQuota(owner, bytes.length);
+    const size: Size = { bytes: bytes.length, expiresAt: conversation.expiresAt };
+    const result = await kv.atomic()
+      .check({ key: keyOf(owner, conversation.id), versionstamp: null })
+      .set(keyOf(owner, conversation.id), bytes, { expireIn: limits.ttlMs })
+      .set(sizeKeyOf(owner, conversation.id), size, { expireIn: limits.ttlMs })
+      .commit();
+    if (!result.ok) throw new Error("conversation id collision");
+    return conversation;
+  }
+
   return {
-    async create(owner, init = {}) {
-      const now = clock.now();
-      const conversation: Conversation = {
-        id: newId(),
-        createdAt: now,
-        updatedAt: now,
-        expiresAt: now + limits.ttlMs,
-        ...(init.system !== undefined ? { system: init.system } : {}),
-        ...(init.model !== undefined ? { model: init.model } : {}),
-        turns: [],
-        droppedTurns: 0,
-      };
-      const bytes = encodeConversation(conversation);
-      if (bytes.length > limits.maxBytes) {
-        throw new ConversationTooLargeError(
-          `the conversation would take ${bytes.length} bytes before any message; ` +
-            `the limit is ${limits.maxBytes} (SLUICE_CONVERSATION_MAX_BYTES)`,
-        );
-      }
-      const result = await kv.atomic()
-        .check({ key: keyOf(owner, conversation.id), versionstamp: null })
-        .set(keyOf(owner, conversation.id), bytes, { expireIn: limits.ttlMs })
-        .commit();
-      if (!result.ok) throw new Error("conversation id collision");
-      return conversation;
+    create(owner, init = {}) {
+      return oneAtATime(owner, () => createNow(owner, init));
     },
 
     async get(owner, id) {
@@ -208,9 +292,17 @@ export function createConversationStore(options: ConversationStoreOptions): Conv
           limits,
         );
         if (!next) return { status: "too_large" };
+        const bytes = encodeConversation(next);
+        if (maxBytesPerOwner > 0) {
+          // The owner's other conversations and this one, grown, must fit the owner's budget.
+          const others = await usage(owner, id);
+          if (others.bytes + bytes.length > maxBytesPerOwner) return { status: "too_large" };
+        }
+        const size: Size = { bytes: bytes.length, expiresAt: next.expiresAt };
         const result = await kv.atomic()
           .check(found.entry)
-          .set(keyOf(owner, id), encodeConversation(next), { expireIn: limits.ttlMs })
+          .set(keyOf(owner, id), bytes, { expireIn: limits.ttlMs })
+          .set(sizeKeyOf(owner, id), size, { expireIn: limits.ttlMs })
           .commit();
         if (result.ok) return { status: "stored", conversation: next };
       }
@@ -220,7 +312,7 @@ export function createConversationStore(options: ConversationStoreOptions): Conv
     async delete(owner, id) {
       const found = await read(owner, id);
       if (!found) return false;
-      await kv.delete(keyOf(owner, id));
+      await kv.atomic().delete(keyOf(owner, id)).delete(sizeKeyOf(owner, id)).commit();
       return true;
     },
 
@@ -292,10 +384,27 @@ export function conversationJson(conversation: Conversation) {
 
 /** The bounds from the configuration. */
 export function conversationLimits(
-  config: { conversation: { maxTurns: number; maxBytes: number; ttlHours: number } },
+  config: { conversation: ConversationSettings },
 ): ConversationLimits {
-  const { maxTurns, maxBytes, ttlHours } = config.conversation;
-  return { maxTurns, maxBytes, ttlMs: Math.round(ttlHours * 3_600_000) };
+  const { maxTurns, maxBytes, ttlHours, maxPerKey, maxBytesPerKey } = config.conversation;
+  return {
+    maxTurns,
+    maxBytes,
+    ttlMs: Math.round(ttlHours * 3_600_000),
+    maxPerOwner: maxPerKey,
+    maxBytesPerOwner: maxBytesPerKey,
+  };
+}
+
+/** The conversation settings of the configuration. */
+export interface ConversationSettings {
+  maxTurns: number;
+  maxBytes: number;
+  ttlHours: number;
+  /** Conversations per gateway key (0: no limit). */
+  maxPerKey?: number;
+  /** Bytes of all of a gateway key's conversations (0: no limit). */
+  maxBytesPerKey?: number;
 }
 
 /** The conversation store for an app's dependencies, or undefined when the app has no KV. */
@@ -303,7 +412,7 @@ export function conversationStoreFor(
   deps: {
     kv?: Deno.Kv;
     clock: Clock;
-    config: { conversation: { maxTurns: number; maxBytes: number; ttlHours: number } };
+    config: { conversation: ConversationSettings };
   },
 ): ConversationStore | undefined {
   if (!deps.kv) return undefined;

@@ -26,6 +26,8 @@ export interface ChatDone {
   ttft_ms: number | null;
   total_ms: number;
   output_tokens_per_second: number | null;
+  /** What the answer cost in USD (lib/stats/cost.ts); null when its model has no price. */
+  cost_usd: number | null;
   /** With a conversation: whether this exchange was stored (false: over the byte bound). */
   stored?: boolean;
 }
@@ -59,12 +61,14 @@ export function formatMs(ms: number | null): string {
 
 /**
  * The plain-text stats line (`?stats=1`), after the answer:
- * `[sluice] ttft 612 ms · 18 in / 54 out tokens · 1840 ms · 31 tok/s · end_turn · req_…`.
+ * `[sluice] ttft 612 ms · 18 in / 54 out tokens · $0.000576 · 1840 ms · 31 tok/s · end_turn · req_…`
+ * (`unpriced` instead of the cost when the model has no price).
  */
 export function statsLine(done: ChatDone): string {
   const parts = [
     `ttft ${formatMs(done.ttft_ms)}`,
     `${done.usage.input_tokens} in / ${done.usage.output_tokens} out tokens`,
+    formatUsd(done.cost_usd),
     formatMs(done.total_ms),
   ];
   if (done.output_tokens_per_second !== null) {
@@ -74,6 +78,12 @@ export function statsLine(done: ChatDone): string {
   parts.push(done.request_id);
   if (done.stored === false) parts.push("not stored: over the conversation's byte limit");
   return `[sluice] ${parts.join(" · ")}\n`;
+}
+
+/** A cost for display: dollars to the micro-dollar (`$0.000576`), or `unpriced`. */
+export function formatUsd(usd: number | null): string {
+  if (usd === null || !Number.isFinite(usd)) return "unpriced";
+  return `$${(Math.round(usd * 1e6) / 1e6).toFixed(6)}`;
 }
 
 /** The plain-text error line, the answer's last line when it failed mid-stream. */

@@ -10,6 +10,8 @@
  */
 import type { AccumulatorObserver, Message } from "../stream/accumulator.ts";
 import type { ChatDone } from "./encoding.ts";
+import type { PriceTable } from "../stats/prices.ts";
+import { withCost } from "../stats/cost.ts";
 import { concatBytes } from "../bytes.ts";
 import { errorLine, errorPayload, sseEvent, statsLine } from "./encoding.ts";
 import type { Call, StreamCall } from "../proxy/messages_call.ts";
@@ -40,11 +42,18 @@ export interface ChatViewOptions {
    * the answer is stored and its usage recorded; `abort` stops the upstream call at once.
    */
   onDisconnect?: "finish" | "abort";
+  /** Prices the answer for `done` (its `cost_usd`); without it `cost_usd` is null. */
+  prices?: PriceTable;
   /**
    * SSE only: a resumable stream's writer. Every event then gets an `id:` line and is buffered
    * for `GET /chat/streams/{id}`.
    */
   writer?: StreamWriter;
+  /**
+   * Cleans the upstream's words that the view re-encodes (an `error` event's type and message)
+   * of the server's key; the answer's text is the payload and passes as it is.
+   */
+  redact?: (text: string) => string;
 }
 
 /** A view: attach `observer` to the call, then serve `body(call)`. */
@@ -81,9 +90,11 @@ export async function chatDone(
   fallbackRequestId: string,
   conversationId: string | null,
   outputTokensPerSecond: number | null,
+  prices?: PriceTable,
 ): Promise<ChatDone> {
   const summary = await call.finished;
   return {
+    cost_usd: prices ? withCost(summary, prices).costUsd ?? null : null,
     request_id: call.headers.get("request-id") ?? fallbackRequestId,
     conversation_id: conversationId,
     model: summary.model,
@@ -128,7 +139,9 @@ export function createChatView(options: ChatViewOptions): ChatView {
     },
   };
 
-  function failure(type: string, message: string): string {
+  function failure(upstreamType: string, upstreamMessage: string): string {
+    const type = options.redact ? options.redact(upstreamType) : upstreamType;
+    const message = options.redact ? options.redact(upstreamMessage) : upstreamMessage;
     if (options.format === "sse") return sseEvent("error", errorPayload(type, message));
     // The marked line starts on a line of its own, after whatever text came before it.
     const gap = lastText === "" || lastText.endsWith("\n") ? "" : "\n";
@@ -160,6 +173,7 @@ export function createChatView(options: ChatViewOptions): ChatView {
         options.requestId,
         conversationId,
         result.metrics.outputTokensPerSecond,
+        options.prices,
       );
       if (options.onComplete) {
         try {

@@ -2,7 +2,8 @@
  * `deno task compare [PROMPT] [--url URL] [--key KEY] [--runs N] [--model M] [--max-tokens N]`:
  * the tutorial's time-to-first-token experiment as a command. It sends the same request through
  * a running sluice, streaming and non-streaming, `--runs` times each (interleaved, alternating
- * which goes first), and prints time to first token, total time and tokens side by side.
+ * which goes first), and prints time to first token, total time, tokens and cost side by side
+ * (each answer priced from its own usage with the price table, `SLUICE_PRICES` applied).
  *
  * Streaming TTFT is measured here, at the client, to the first content delta; non-streaming has
  * nothing before the whole body, so its TTFT is its total time, as the tutorial measures it.
@@ -14,6 +15,10 @@ import type { Clock } from "../clock.ts";
 import { systemClock } from "../clock.ts";
 import { parseConfig } from "../config.ts";
 import { createSseDecoder } from "../stream/sse.ts";
+import type { PriceTable } from "../stats/prices.ts";
+import { shippedPrices } from "../stats/prices.ts";
+import { costOfMessage } from "../stats/cost.ts";
+import { formatUsd } from "../chat/encoding.ts";
 
 /** The tutorial's prompt and cut-off. */
 export const DEFAULT_PROMPT =
@@ -30,6 +35,8 @@ export interface CompareOptions {
   model: string;
   maxTokens: number;
   prompt: string;
+  /** Prices each answer from its usage (default: the shipped table). */
+  prices?: PriceTable;
   /** Injectable for tests. */
   fetch?: typeof fetch;
   clock?: Clock;
@@ -44,6 +51,8 @@ export interface RunResult {
   totalMs: number;
   inputTokens: number | null;
   outputTokens: number | null;
+  /** What the answer cost in USD, from its usage; null when unpriced or not answered. */
+  costUsd: number | null;
   /** The error sluice or the API reported, if any. */
   error: string | null;
 }
@@ -99,6 +108,7 @@ async function measure(options: CompareOptions, run: number, streaming: boolean)
       totalMs,
       inputTokens: numberOrNull(usage?.input_tokens),
       outputTokens: numberOrNull(usage?.output_tokens),
+      costUsd: response.ok ? usdOf(options, json) : null,
       error: response.ok ? null : errorText(json, response.status),
     };
   }
@@ -119,6 +129,7 @@ async function measure(options: CompareOptions, run: number, streaming: boolean)
     totalMs: result.metrics.totalMs ?? clock.now() - startedAt,
     inputTokens: numberOrNull(usage?.input_tokens),
     outputTokens: numberOrNull(usage?.output_tokens),
+    costUsd: usdOf(options, result.message),
     error: result.error
       ? `${result.error.type}: ${result.error.message}`
       : result.complete
@@ -136,13 +147,14 @@ export function formatReport(results: RunResult[], options: CompareOptions): str
     `  prompt  ${JSON.stringify(options.prompt)}`,
     "",
     `${pad("run", 4)}${pad("mode", 15)}${lpad("first token", 12)}${lpad("total", 11)}` +
-    `${lpad("output tokens", 15)}`,
+    `${lpad("output tokens", 15)}${lpad("cost", 12)}`,
   ];
   for (const r of results) {
     lines.push(
       `${lpad(String(r.run), 3)} ${pad(r.streaming ? "streaming" : "non-streaming", 15)}` +
         `${lpad(seconds(r.ttftMs), 12)}${lpad(seconds(r.totalMs), 11)}` +
         `${lpad(r.outputTokens === null ? "-" : String(r.outputTokens), 15)}` +
+        `${lpad(r.costUsd === null ? "-" : formatUsd(r.costUsd), 12)}` +
         (r.error ? `   error: ${r.error}` : ""),
     );
   }
@@ -153,6 +165,8 @@ export function formatReport(results: RunResult[], options: CompareOptions): str
   const sTtft = med(s, (r) => r.ttftMs), nTtft = med(n, (r) => r.ttftMs);
   const sTotal = med(s, (r) => r.totalMs), nTotal = med(n, (r) => r.totalMs);
   const sTok = med(s, (r) => r.outputTokens), nTok = med(n, (r) => r.outputTokens);
+  const sCost = med(s, (r) => r.costUsd), nCost = med(n, (r) => r.costUsd);
+  const usd = (v: number | null) => (v === null ? "-" : formatUsd(v));
   let verdict = "";
   if (sTtft !== null && nTtft !== null && sTtft > 0) {
     const ratio = nTtft / sTtft;
@@ -175,6 +189,8 @@ export function formatReport(results: RunResult[], options: CompareOptions): str
     `${pad("total time", 22)}${lpad(seconds(sTotal), 12)}${lpad(seconds(nTotal), 15)}` +
       (totals ? `   ${totals}` : ""),
     `${pad("output tokens", 22)}${lpad(count(sTok), 12)}${lpad(count(nTok), 15)}`,
+    `${pad("cost", 22)}${lpad(usd(sCost), 12)}${lpad(usd(nCost), 15)}` +
+      (sCost === null && nCost === null ? `   no price for ${options.model}` : ""),
   );
   if (s.length === 0 || n.length === 0) {
     lines.push("", "some runs failed, so there is nothing to compare for that mode (see above)");
@@ -250,6 +266,13 @@ function median(values: number[]): number | null {
   const mid = Math.floor(sorted.length / 2);
   return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
 }
+function usdOf(options: CompareOptions, message: unknown): number | null {
+  const cost = costOfMessage(
+    options.prices ?? shippedPrices(),
+    message as Parameters<typeof costOfMessage>[1],
+  );
+  return cost.priced ? cost.usd : null;
+}
 function numberOrNull(v: unknown): number | null {
   return typeof v === "number" && Number.isFinite(v) ? v : null;
 }
@@ -267,12 +290,13 @@ function errorText(json: Record<string, unknown> | null, status: number): string
 }
 
 if (import.meta.main) {
-  let defaultModel: string;
+  let config: ReturnType<typeof parseConfig>;
   try {
-    defaultModel = parseConfig(Deno.env.toObject()).defaultModel;
+    config = parseConfig(Deno.env.toObject());
   } catch {
-    defaultModel = parseConfig({}).defaultModel;
+    config = parseConfig({});
   }
+  const defaultModel = config.defaultModel;
   let options: CompareOptions | { help: true };
   try {
     options = parseCompareArgs(Deno.args, defaultModel);
@@ -284,7 +308,7 @@ if (import.meta.main) {
     console.log(USAGE);
     Deno.exit(0);
   }
-  const opts = options;
+  const opts = { ...options, prices: config.prices };
   console.log(`sending ${opts.runs * 2} requests to ${opts.url} …`);
   try {
     const results = await runCompare(opts, (r) =>

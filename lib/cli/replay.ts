@@ -12,6 +12,10 @@
  * With `--json` it prints one JSON object: message, error, incomplete, events, metrics (and
  * does not wait unless `--speed` is given).
  */
+import type { PriceTable } from "../stats/prices.ts";
+import { shippedPrices } from "../stats/prices.ts";
+import { costOfMessage } from "../stats/cost.ts";
+import { formatUsd } from "../chat/encoding.ts";
 import { parseArgs } from "node:util";
 import { EventAccumulator, type StreamResult } from "../stream/accumulator.ts";
 import { systemClock } from "../clock.ts";
@@ -65,9 +69,14 @@ export async function replayFile(path: string, options: ReplayFileOptions): Prom
 }
 
 /** The one JSON object `--json` prints. */
-export function resultJson(result: StreamResult): Record<string, unknown> {
+export function resultJson(
+  result: StreamResult,
+  prices: PriceTable = shippedPrices(),
+): Record<string, unknown> {
+  const cost = costOfMessage(prices, result.message);
   return {
     message: result.message,
+    cost_usd: cost.priced ? cost.usd : null,
     error: result.error,
     incomplete: result.incomplete,
     complete: result.complete,
@@ -79,7 +88,10 @@ export function resultJson(result: StreamResult): Record<string, unknown> {
 }
 
 /** The tutorial-style summary printed after the text. */
-export function summaryLines(result: StreamResult): string[] {
+export function summaryLines(
+  result: StreamResult,
+  prices: PriceTable = shippedPrices(),
+): string[] {
   const seconds = (
     ms: number | null,
   ) => (ms === null ? "n/a" : `${(ms / 1000).toFixed(3)} seconds`);
@@ -89,10 +101,17 @@ export function summaryLines(result: StreamResult): string[] {
     `Total time: ${seconds(result.metrics.totalMs)}`,
     `Input tokens: ${usage.input_tokens ?? "n/a"}`,
     `Output tokens: ${usage.output_tokens ?? "n/a"}`,
+    `Cost: ${costLine(prices, result.message)}`,
   ];
   if (result.error) lines.push(`Error: ${result.error.type}: ${result.error.message}`);
   else if (result.incomplete) lines.push("Incomplete: the stream ended without message_stop");
   return lines;
+}
+
+function costLine(prices: PriceTable, message: StreamResult["message"]): string {
+  const cost = costOfMessage(prices, message);
+  if (cost.priced) return `${formatUsd(cost.usd)} (${cost.priceId} prices)`;
+  return `unpriced (no price for ${message?.model ?? "an unknown model"})`;
 }
 
 /** The `--list` table: one fixture per paragraph, how to ask for it, when it is served anyway. */
@@ -163,8 +182,8 @@ async function main(args: string[]): Promise<number> {
     console.error(`replay: cannot read ${positionals[0]}: ${(error as Error).message}`);
     return 1;
   }
-  if (values.json) console.log(JSON.stringify(resultJson(result), null, 2));
-  else console.log("\n\n" + summaryLines(result).join("\n"));
+  if (values.json) console.log(JSON.stringify(resultJson(result, config.prices), null, 2));
+  else console.log("\n\n" + summaryLines(result, config.prices).join("\n"));
   return 0;
 }
 

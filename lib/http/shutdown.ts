@@ -1,15 +1,17 @@
 /**
  * Graceful shutdown. On SIGINT or SIGTERM sluice stops accepting connections, lets running
- * streams finish for a grace period, then ends the ones still running with a well-formed SSE
- * `error` event (never a cut connection), waits for the last stats records, writes them (`close`),
- * closes KV and exits.
+ * requests finish for a grace period, then ends the streams still running with a well-formed SSE
+ * `error` event (never a cut connection) and refuses every request still waiting for its answer
+ * with a 503 in the API's error shape, waits for the last stats records, writes them (`close`),
+ * closes KV and exits; each step after the grace period is bounded.
  *
  * The pieces: a {@link Lifecycle} the app is built with (it tracks stats records and can cut the
  * streams it guards), {@link lifecycleMiddleware} that guards streamed response bodies, and
  * {@link installShutdown} that main.ts calls with the `Deno.serve` server.
  */
 import type { MiddlewareHandler } from "hono";
-import { ServerShutdownError, sseErrorEvent } from "../errors.ts";
+import { ServerShutdownError, shutdownRefusal, sseErrorEvent } from "../errors.ts";
+import { errorLine } from "../chat/encoding.ts";
 import type { Logger } from "../log.ts";
 import { createBoundaryTracker } from "../stream/sse.ts";
 
@@ -109,15 +111,13 @@ function guardStream(
     if (!end()) return;
     const reason = cut.reason instanceof Error ? cut.reason : new ServerShutdownError();
     reader.cancel(reason).catch(() => {});
-    if (sse) {
-      const prefix = boundary.atBoundary() ? "" : "\n\n";
-      controller.enqueue(
-        new TextEncoder().encode(prefix + sseErrorEvent("api_error", reason.message)),
-      );
-      controller.close();
-    } else {
-      controller.error(reason);
-    }
+    // Plain text (`/chat` for curl) ends the way its other failures do, with a marked error
+    // line: an errored body made Deno print a stack trace per cut stream.
+    const last = sse
+      ? (boundary.atBoundary() ? "" : "\n\n") + sseErrorEvent("api_error", reason.message)
+      : "\n" + errorLine("api_error", reason.message);
+    controller.enqueue(new TextEncoder().encode(last));
+    controller.close();
   }
   return new ReadableStream<Uint8Array>({
     start(c) {
@@ -149,10 +149,26 @@ function guardStream(
   }, { highWaterMark: 0 });
 }
 
-/** Guards streamed responses (SSE and plain text streams) with `lifecycle`. */
+/**
+ * Guards streamed responses (SSE and plain text streams) with `lifecycle`, and ends every request
+ * still without an answer when the cut comes (one waiting for KV, say; the calls that wait for
+ * the upstream refuse themselves too, and abort it): a 503 in the error shape of its path.
+ */
 export function lifecycleMiddleware(lifecycle: Lifecycle): MiddlewareHandler {
   return async (c, next) => {
-    await next();
+    if (lifecycle.cut.aborted) throw shutdownRefusal();
+    let onCut!: () => void;
+    const cut = new Promise<"cut">((resolve) => (onCut = () => resolve("cut")));
+    lifecycle.cut.addEventListener("abort", onCut, { once: true });
+    const work = next();
+    try {
+      if ((await Promise.race([work, cut])) === "cut") {
+        work.catch(() => {}); // what it does now reaches nobody
+        throw shutdownRefusal();
+      }
+    } finally {
+      lifecycle.cut.removeEventListener("abort", onCut);
+    }
     const type = c.res.headers.get("content-type") ?? "";
     const sse = type.includes("text/event-stream");
     // JSON answers are whole before they are sent; only open-ended streams need guarding, and
@@ -178,7 +194,11 @@ export interface ShutdownOptions {
   logger: Logger;
   /** How long running streams may go on after the signal (ms). */
   graceMs: number;
-  /** How long to wait for the last stats records, then for their write (ms, each). Default 2000. */
+  /**
+   * After the grace period, how long each of the three last steps may take (ms): the cut requests
+   * ending, the last stats records arriving, their write and closing KV. Default 1000, so the
+   * process exits at most `graceMs + 3 * flushMs` after the signal.
+   */
   flushMs?: number;
   /** Runs last, before exit: close KV and the like. */
   close?: () => void | Promise<void>;
@@ -188,6 +208,9 @@ export interface ShutdownOptions {
   exit?: (code: number) => void;
 }
 
+/** Default of {@link ShutdownOptions.flushMs}. */
+export const DEFAULT_FLUSH_MS = 1000;
+
 /** A running shutdown handler: `run` starts the sequence (signals call it), `dispose` unhooks. */
 export interface ShutdownHandle {
   run(signal?: string): Promise<void>;
@@ -196,8 +219,8 @@ export interface ShutdownHandle {
 
 /**
  * Hooks the signals to a graceful shutdown: stop accepting (`server.shutdown()`), wait for
- * running requests up to `graceMs`, cut what still runs, flush, close, exit 0. A second signal
- * exits at once with code 1.
+ * running requests up to `graceMs`, cut what still runs, flush, close, exit 0, at most
+ * `graceMs + 3 * flushMs` after the signal. A second signal exits at once with code 1.
  */
 export function installShutdown(options: ShutdownOptions): ShutdownHandle {
   const { server, lifecycle, logger } = options;
@@ -219,16 +242,23 @@ export function installShutdown(options: ShutdownOptions): ShutdownHandle {
     });
     const first = await Promise.race([drained.then(() => "drained" as const), grace]);
     clearTimeout(timer);
+    const flushMs = options.flushMs ?? DEFAULT_FLUSH_MS;
     if (first === "grace") {
-      logger.warn(`grace period over: ending ${lifecycle.active()} stream(s) with an error event`);
+      logger.warn(
+        `grace period over: ending ${lifecycle.active()} stream(s) with an error event ` +
+          "and refusing the requests still waiting (503)",
+      );
       lifecycle.cutStreams();
-      await drained;
+      // Every request ends at the cut; should one not, the process does not wait for it.
+      if (!(await withTimeout(drained, flushMs))) {
+        logger.warn("some connections were still open after the cut; exiting anyway");
+      }
     }
-    const left = await lifecycle.settle(options.flushMs ?? 2000);
+    const left = await lifecycle.settle(flushMs);
     if (left > 0) logger.warn(`${left} stats record(s) did not arrive before exit`);
     if (options.close) {
       // Bounded too: a store that hangs must not keep a stopped server alive.
-      const closed = await withTimeout(Promise.resolve(options.close()), options.flushMs ?? 2000);
+      const closed = await withTimeout(Promise.resolve(options.close()), flushMs);
       if (!closed) logger.warn("closing the stores took too long; exiting anyway");
     }
     logger.info("sluice stopped");

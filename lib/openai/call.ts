@@ -12,7 +12,7 @@
  * shape, which OpenAI clients parse. Kept apart from `startCall` so the Messages hot path stays
  * as it is measured.
  */
-import { ServerShutdownError } from "../errors.ts";
+import { ServerShutdownError, shutdownRefusal } from "../errors.ts";
 import { openaiErrorBody, openaiSseError } from "../errors.ts";
 import type { Clock } from "../clock.ts";
 import type { Logger } from "../log.ts";
@@ -25,6 +25,7 @@ import { chatCompletionUsage, createChatCompletionsTap } from "./tap.ts";
 import { createSseDecoder } from "../stream/sse.ts";
 import { readBody, tapStream, UpstreamIdleError } from "../stream/tap.ts";
 import type { Upstream, UpstreamRequest } from "../proxy/upstream.ts";
+import { watchWaiting } from "../proxy/waiting.ts";
 
 /** The path, on sluice and upstream alike. */
 export const CHAT_COMPLETIONS_PATH = "/v1/chat/completions";
@@ -56,14 +57,8 @@ export async function startChatCompletionsCall(options: ChatCompletionsCallOptio
   const { clock, startedAt } = options;
   const controller = new AbortController();
   const upstreamStartedAt = clock.now();
-  let clientLeft = false;
-  const onClientGone = () => {
-    clientLeft = true;
-    controller.abort();
-  };
-  options.clientSignal?.addEventListener("abort", onClientGone, { once: true });
-  const unwatch = () => options.clientSignal?.removeEventListener("abort", onClientGone);
-  if (options.clientSignal?.aborted) onClientGone();
+  const waiting = watchWaiting(controller, options.clientSignal, options.cut);
+  const unwatch = () => waiting.unwatch();
   const base = {
     endpoint: CHAT_COMPLETIONS_PATH,
     streaming: options.request.stream,
@@ -82,7 +77,8 @@ export async function startChatCompletionsCall(options: ChatCompletionsCallOptio
     });
   } catch (error) {
     unwatch();
-    if (!clientLeft) throw error;
+    if (waiting.cause === "shutdown") throw shutdownRefusal();
+    if (waiting.cause !== "client") throw error;
     return clientGone(options, base);
   }
   const { response, retries } = sent;
@@ -99,10 +95,13 @@ export async function startChatCompletionsCall(options: ChatCompletionsCallOptio
     let body: Uint8Array<ArrayBuffer>;
     let failure: string | undefined;
     try {
-      body = await readBody(response.body, policy.idleTimeoutMs);
+      body = options.upstream.redact.bytes(
+        await readBody(response.body, policy.idleTimeoutMs, controller.signal),
+      );
     } catch (error) {
       unwatch();
-      if (clientLeft) return clientGone(options, base);
+      if (waiting.cause === "shutdown") throw shutdownRefusal();
+      if (waiting.cause === "client") return clientGone(options, base);
       options.logger.warn("upstream body failed", { id, error: String(error) });
       const unread = unreadBody(error, id);
       status = unread.status;
@@ -162,7 +161,14 @@ export async function startChatCompletionsCall(options: ChatCompletionsCallOptio
   let settle!: (summary: RequestSummary) => void;
   const finished = new Promise<RequestSummary>((resolve) => (settle = resolve));
   const tap = createChatCompletionsTap({ clock });
-  const decoder = createSseDecoder((event) => tap.push(event));
+  const decoder = createSseDecoder((event) => tap.push(event), {
+    maxEventChars: policy.maxEventChars,
+    onOverflow: () =>
+      options.logger.warn("an upstream SSE event over the size limit was passed on unparsed", {
+        id,
+        maxEventChars: policy.maxEventChars,
+      }),
+  });
   let done = false;
   const finish = (outcome?: string) => {
     if (done) return;

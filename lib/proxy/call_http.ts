@@ -11,6 +11,7 @@ import { markEnd } from "../http/response_end.ts";
 import type { UpstreamRequest } from "./upstream.ts";
 import { createStreamWriter, type StreamMeta } from "../chat/resume.ts";
 import { SluiceError } from "../errors.ts";
+import { kvUnavailable } from "../kv.ts";
 import { resumableStream } from "./resumable_stream.ts";
 
 /** SSE response headers that stop proxies from buffering or transforming the stream. */
@@ -156,9 +157,7 @@ export function resumableRequested(deps: RouteDeps, value: string | undefined): 
       `${RESUMABLE_HEADER} must be true or false, not ${JSON.stringify(value.slice(0, 40))}`,
     );
   }
-  if (!deps.streams) {
-    throw new SluiceError(503, "api_error", "resumable streams need Deno KV, which is not set up");
-  }
+  if (!deps.streams) throw kvUnavailable("resumable streams", deps.kvFault);
   return true;
 }
 

@@ -12,13 +12,14 @@
  * token; each is recorded with its endpoint, status, outcome and time to its answer.
  */
 import type { Clock } from "../clock.ts";
-import { SluiceError } from "../errors.ts";
+import { shutdownRefusal, SluiceError } from "../errors.ts";
 import type { Logger } from "../log.ts";
 import { unreadBody } from "./messages_call.ts";
 import { clientHeaders, upstreamHeaders } from "./pass_headers.ts";
 import { type RequestSummary, tokenUsage } from "../stats/request_summary.ts";
 import { readBody } from "../stream/tap.ts";
 import type { Upstream, UpstreamMethod } from "./upstream.ts";
+import { watchWaiting } from "./waiting.ts";
 
 /** Request bodies up to this size are read whole, so the SDK can retry them (1 MiB). */
 export const BUFFER_BYTES = 1024 * 1024;
@@ -43,6 +44,8 @@ export interface ForwardOptions {
    * around sluice with a gateway key the API does not know.
    */
   upstreamBaseUrl?: string;
+  /** Graceful shutdown's cut: a call still waiting for its answer is aborted and refused (503). */
+  cut?: AbortSignal;
 }
 
 /** The client's response, and the request's summary once its body has been sent. */
@@ -59,12 +62,11 @@ export async function forward(options: ForwardOptions): Promise<Forwarded> {
   if (!METHODS.includes(method)) {
     throw new SluiceError(405, "not_found_error", `sluice does not forward ${method} requests`);
   }
-  const path = checkedPath(url);
+  const path = checkedPath(url, request.url);
   const endpoint = endpointLabel(method, url.pathname);
   const controller = new AbortController();
-  const onClientGone = () => controller.abort();
-  request.signal.addEventListener("abort", onClientGone, { once: true });
-  const unwatch = () => request.signal.removeEventListener("abort", onClientGone);
+  const waiting = watchWaiting(controller, request.signal, options.cut);
+  const unwatch = () => waiting.unwatch();
 
   const summary = (fields: Partial<RequestSummary>): RequestSummary => ({
     id: options.requestId,
@@ -98,7 +100,8 @@ export async function forward(options: ForwardOptions): Promise<Forwarded> {
     });
   } catch (error) {
     unwatch();
-    if (!controller.signal.aborted) throw error;
+    if (waiting.cause === "shutdown") throw shutdownRefusal();
+    if (waiting.cause !== "client") throw error;
     const gone = summary({ outcome: "client_aborted", status: 499 });
     return { response: new Response(null, { status: 499 }), finished: Promise.resolve(gone) };
   }
@@ -110,7 +113,13 @@ export async function forward(options: ForwardOptions): Promise<Forwarded> {
 
   if (/json/i.test(response.headers.get("content-type") ?? "") || !response.body) {
     try {
-      let body = await readBody(response.body, options.upstream.streamPolicy.idleTimeoutMs);
+      let body = options.upstream.redact.bytes(
+        await readBody(
+          response.body,
+          options.upstream.streamPolicy.idleTimeoutMs,
+          controller.signal,
+        ),
+      );
       unwatch();
       if (options.upstreamBaseUrl && endpoint.includes("/v1/messages/batches")) {
         body = pointResultsAtSluice(body, options.upstreamBaseUrl, url.origin);
@@ -122,6 +131,7 @@ export async function forward(options: ForwardOptions): Promise<Forwarded> {
       };
     } catch (error) {
       unwatch();
+      if (waiting.cause === "shutdown") throw shutdownRefusal();
       options.logger.warn("upstream body failed", { id, error: String(error) });
       const unread = unreadBody(error, id);
       headers.set("content-type", "application/json");
@@ -148,14 +158,22 @@ export async function forward(options: ForwardOptions): Promise<Forwarded> {
 }
 
 /**
- * The path and query string to send upstream, exactly as the caller wrote them. Percent-encoded
- * slashes, backslashes and dots are refused: the URL parser has already resolved literal `..`
- * segments, and an encoded one must not let a caller walk the upstream's path with the server's
- * key.
+ * The path and query string to send upstream. Dot segments (`.`, `..`, encoded or not),
+ * backslashes and percent-encoded slashes, backslashes and dots are refused, as the caller sent
+ * them (`raw`, the request's URL before parsing: `Deno.serve` hands it over unresolved, while
+ * `new URL` would quietly resolve `/v1/models/../files` to `/v1/files`): a caller must not walk
+ * the upstream's paths with the server's key.
  */
-function checkedPath(url: URL): string {
-  // `/v1/models/..` and `/v1/models/%2e%2e` arrive here already resolved to `/v1/`: the API has
-  // nothing there, so nothing is sent.
+function checkedPath(url: URL, raw: string): string {
+  const rawPath = raw.replace(/^[a-z][a-z0-9+.-]*:\/\/[^/]*/i, "").split(/[?#]/, 1)[0];
+  if (/(^|\/)(\.|%2e){1,2}(\/|$)|\\/i.test(rawPath)) {
+    throw new SluiceError(
+      400,
+      "invalid_request_error",
+      "the path holds a dot segment or a backslash; sluice does not forward it",
+    );
+  }
+  // The API has nothing at `/v1/` itself, so nothing is sent.
   if (/^\/v1\/?$/.test(url.pathname)) {
     throw new SluiceError(404, "not_found_error", `no API endpoint at ${url.pathname}`);
   }

@@ -10,14 +10,16 @@
 import type { AccumulatorObserver, StreamResult } from "../stream/accumulator.ts";
 import { EventAccumulator } from "../stream/accumulator.ts";
 import type { Clock } from "../clock.ts";
-import { errorBody, ServerShutdownError, sseErrorEvent } from "../errors.ts";
+import { errorBody, ServerShutdownError, shutdownRefusal, sseErrorEvent } from "../errors.ts";
 import type { Logger } from "../log.ts";
 import { clientHeaders } from "./pass_headers.ts";
 import type { RequestSummary } from "../stats/request_summary.ts";
-import { tokenUsage } from "../stats/request_summary.ts";
+import { tokenUsage, usageDetail } from "../stats/request_summary.ts";
 import { createSseDecoder } from "../stream/sse.ts";
 import { readBody, tapStream, UpstreamIdleError } from "../stream/tap.ts";
 import type { StreamPolicy, Upstream, UpstreamRequest } from "./upstream.ts";
+import { watchWaiting } from "./waiting.ts";
+import { startCallTelemetry } from "../stats/otel.ts";
 
 /** Options for {@link startCall}. */
 export interface CallOptions {
@@ -46,7 +48,8 @@ export interface CallOptions {
   clientSignal?: AbortSignal;
   /**
    * Graceful shutdown's cut (`Lifecycle.cut`): when it aborts, a stream in progress ends with an
-   * SSE `error` event after the current event, and is recorded as `incomplete`.
+   * SSE `error` event after the current event, and is recorded as `incomplete`; a call still
+   * waiting for its answer is aborted upstream and refused with a 503 ({@link shutdownRefusal}).
    */
   cut?: AbortSignal;
 }
@@ -81,25 +84,40 @@ export interface JsonCall extends CallBase {
   body: Uint8Array<ArrayBuffer>;
 }
 
-/** Sends the request upstream and prepares the answer for the client. */
+/**
+ * Sends the request upstream and prepares the answer for the client, inside its OpenTelemetry
+ * span (lib/stats/otel.ts), which ends when the answer is over.
+ */
 export async function startCall(options: CallOptions): Promise<Call> {
+  const telemetry = startCallTelemetry({
+    model: options.model,
+    streaming: options.request.stream,
+  });
+  let call: Call;
+  try {
+    call = await sendAndTap(options);
+  } catch (error) {
+    telemetry.fail(error);
+    throw error;
+  }
+  call.finished.then((summary) => telemetry.end(summary), () => {});
+  return call;
+}
+
+async function sendAndTap(options: CallOptions): Promise<Call> {
   const { clock, startedAt } = options;
   const controller = new AbortController();
   const upstreamStartedAt = clock.now();
-  let clientLeft = false;
-  const onClientGone = () => {
-    clientLeft = true;
-    controller.abort();
-  };
-  options.clientSignal?.addEventListener("abort", onClientGone, { once: true });
-  const unwatch = () => options.clientSignal?.removeEventListener("abort", onClientGone);
-  if (options.clientSignal?.aborted) onClientGone();
+  // Until the answer is handed over, the client leaving or the shutdown's cut stops the wait.
+  const waiting = watchWaiting(controller, options.clientSignal, options.cut);
+  const unwatch = () => waiting.unwatch();
   let sent: Awaited<ReturnType<Upstream["send"]>>;
   try {
     sent = await options.upstream.send({ ...options.request, signal: controller.signal });
   } catch (error) {
     unwatch();
-    if (!clientLeft) throw error;
+    if (waiting.cause === "shutdown") throw shutdownRefusal();
+    if (waiting.cause !== "client") throw error;
     return clientGone(options, clock.now());
   }
   const { response, retries } = sent;
@@ -127,10 +145,14 @@ export async function startCall(options: CallOptions): Promise<Call> {
     let body: Uint8Array<ArrayBuffer>;
     let failure: string | undefined;
     try {
-      body = await readBody(response.body, policy.idleTimeoutMs);
+      // A whole body sluice hands over as one piece: an echoed key is removed first.
+      body = options.upstream.redact.bytes(
+        await readBody(response.body, policy.idleTimeoutMs, controller.signal),
+      );
     } catch (error) {
       unwatch();
-      if (clientLeft) return clientGone(options, clock.now());
+      if (waiting.cause === "shutdown") throw shutdownRefusal();
+      if (waiting.cause === "client") return clientGone(options, clock.now());
       // The headers came but the body did not: the client gets a clear 5xx, never a 500 or a
       // truncated JSON document.
       options.logger.warn("upstream body failed", { id, error: String(error) });
@@ -165,6 +187,8 @@ export async function startCall(options: CallOptions): Promise<Call> {
       totalMs: endedAt - startedAt,
       upstreamTtftMs: endedAt - upstreamStartedAt,
       usage: tokenUsage(response.ok ? parsed?.usage : undefined),
+      usageDetail: usageDetail(response.ok ? parsed?.usage : undefined),
+      messageId: typeof parsed?.id === "string" ? parsed.id : undefined,
       stopReason: typeof parsed?.stop_reason === "string" ? parsed.stop_reason : null,
       events: {},
     };
@@ -192,7 +216,14 @@ export async function startCall(options: CallOptions): Promise<Call> {
   let settle!: (summary: RequestSummary) => void;
   const finished = new Promise<RequestSummary>((resolve) => (settle = resolve));
   const accumulator = new EventAccumulator({ clock, startedAt, observer: options.observer });
-  const decoder = createSseDecoder((event) => accumulator.push(event));
+  const decoder = createSseDecoder((event) => accumulator.push(event), {
+    maxEventChars: policy.maxEventChars,
+    onOverflow: () =>
+      options.logger.warn("an upstream SSE event over the size limit was passed on unparsed", {
+        id,
+        maxEventChars: policy.maxEventChars,
+      }),
+  });
   let done = false;
   const finish = (outcome?: string) => {
     if (done) return;
@@ -210,7 +241,11 @@ export async function startCall(options: CallOptions): Promise<Call> {
       upstreamTtftMs: accumulator.firstDeltaAt === null
         ? null
         : accumulator.firstDeltaAt - upstreamStartedAt,
+      // What the usage reached, also when the stream was cut or its client left: the input
+      // and cache tokens of message_start are billed either way.
       usage: tokenUsage(message?.usage),
+      usageDetail: usageDetail(message?.usage),
+      messageId: typeof message?.id === "string" ? message.id : undefined,
       stopReason: typeof message?.stop_reason === "string" ? message.stop_reason : null,
       events: result.events,
     });

@@ -16,6 +16,7 @@ import Anthropic, {
 import { errorBody, errorTypeForStatus } from "../errors.ts";
 import { clientHeaders } from "./pass_headers.ts";
 import { readBody } from "../stream/tap.ts";
+import { createRedactor, type Redactor } from "../redact.ts";
 
 /** One request to the upstream. */
 export interface UpstreamRequest {
@@ -77,7 +78,15 @@ export interface StreamPolicy {
   idleTimeoutMs: number;
   /** Silence towards the client (ms) after which an SSE comment is sent; 0: never. */
   keepAliveMs: number;
+  /**
+   * Most characters sluice parses of one upstream SSE event (see `createSseDecoder`): a larger
+   * one still reaches the client byte for byte, but is not held in memory to be parsed.
+   */
+  maxEventChars: number;
 }
+
+/** The default of {@link StreamPolicy.maxEventChars}: 8 Mi characters. */
+export const DEFAULT_MAX_SSE_EVENT_CHARS = 8 * 1024 * 1024;
 
 /** Sends Messages requests upstream. */
 export interface Upstream {
@@ -85,6 +94,12 @@ export interface Upstream {
   /** Applied to every streamed answer this upstream gives (see messages_call.ts). */
   readonly streamPolicy: StreamPolicy;
   send(request: UpstreamRequest): Promise<UpstreamResult>;
+  /**
+   * Removes the server's key from what came from the upstream. The headers of every answer
+   * and the error bodies sluice builds are already clean; a route that reads a whole body
+   * (a JSON answer) passes it through this before anyone sees it.
+   */
+  readonly redact: Redactor;
 }
 
 /** Options for {@link createUpstream}. */
@@ -123,12 +138,25 @@ export function createUpstream(options: UpstreamOptions): Upstream {
   // The SDK reads an error body with no time limit of its own; a stalled one must not hang
   // the request, so sluice reads it first, within the idle timeout (or the attempt's limit).
   const errorBodyLimitMs = idleTimeoutMs > 0 ? idleTimeoutMs : options.timeoutMs ?? 600_000;
+  // Replay's placeholder is no secret: its fixtures may say "replay" in their answers.
+  const redact = createRedactor(options.mode === "live" ? [options.apiKey] : []);
+  // The last attempt of each call in flight, by the call's id (`CALL_HEADER`): an attempt that
+  // gets no response (a timeout, a connection error, garbage instead of HTTP) has no headers to
+  // key `attempts` by, and its retries were reported as 0.
+  const lastAttempt = new Map<string, number>();
+  let calls = 0;
   const countingFetch: typeof fetch = async (input, init) => {
-    let response = await baseFetch(input, init);
     // The SDK passes a Headers object: read it as it is rather than copying it (a copy per
     // request showed in the gateway bench's profile).
     const sent = init?.headers instanceof Headers ? init.headers : new Headers(init?.headers);
     const attempt = Number(sent.get("x-stainless-retry-count") ?? 0) || 0;
+    const call = sent.get(CALL_HEADER);
+    if (call !== null) {
+      sent.delete(CALL_HEADER); // sluice's own bookkeeping: never sent upstream
+      lastAttempt.set(call, attempt);
+      if (!(init?.headers instanceof Headers)) init = { ...init, headers: sent };
+    }
+    let response = redactHeaders(await baseFetch(input, init), redact);
     // Only an attempt that may be followed by another has its wait clamped; the last answer
     // reaches the client with the upstream's own retry-after.
     if (!response.ok && attempt < maxRetries) {
@@ -162,9 +190,11 @@ export function createUpstream(options: UpstreamOptions): Upstream {
 
   return {
     mode: options.mode,
+    redact,
     streamPolicy: {
       idleTimeoutMs: options.streamPolicy?.idleTimeoutMs ?? 0,
       keepAliveMs: options.streamPolicy?.keepAliveMs ?? 0,
+      maxEventChars: options.streamPolicy?.maxEventChars ?? DEFAULT_MAX_SSE_EVENT_CHARS,
     },
     async send(request) {
       const method = request.method ?? "POST";
@@ -182,6 +212,10 @@ export function createUpstream(options: UpstreamOptions): Upstream {
         headers["x-api-key"] = options.apiKey;
         headers["authorization"] = null;
       }
+      const call = String(++calls);
+      headers[CALL_HEADER] = call;
+      // Retries as counted by the attempts sent, whatever became of them.
+      const retried = (fallback: number) => Math.max(fallback, lastAttempt.get(call) ?? 0);
       try {
         const path = request.path ?? "/v1/messages";
         const streamedBody = request.body instanceof ReadableStream;
@@ -195,26 +229,32 @@ export function createUpstream(options: UpstreamOptions): Upstream {
           // A body read as it arrives cannot be sent twice.
           ...(streamedBody ? { maxRetries: 0 } : {}),
         }).asResponse();
-        return { response, retries: attempts.get(response.headers) ?? 0 };
+        return { response, retries: retried(attempts.get(response.headers) ?? 0) };
       } catch (error) {
         if (error instanceof APIUserAbortError) throw error;
         if (request.rawErrors) {
-          const raw = rawFailure(error, original, errorBytes, options.apiKey);
-          if (raw) return { response: raw.response, retries: attempts.get(raw.seen) ?? 0 };
+          const raw = rawFailure(error, original, errorBytes, redact);
+          if (raw) return { response: raw.response, retries: retried(attempts.get(raw.seen) ?? 0) };
         }
-        const failed = upstreamFailure(error, original, options.apiKey);
+        const failed = upstreamFailure(error, original, redact);
         if (!failed) throw error;
-        return failed(attempts);
+        const result = failed(attempts);
+        return { ...result, retries: retried(result.retries) };
+      } finally {
+        lastAttempt.delete(call);
       }
     },
   };
 }
 
+/** The header that names a call to `countingFetch`; removed before anything is sent. */
+const CALL_HEADER = "x-sluice-call";
+
 /** Turns an SDK error into the response the client should get, or undefined to rethrow. */
 function upstreamFailure(
   error: unknown,
   original: WeakMap<Headers, Headers>,
-  apiKey: string,
+  redact: Redactor,
 ): ((attempts: WeakMap<Headers, number>) => UpstreamResult) | undefined {
   if (error instanceof APIConnectionTimeoutError) {
     return () => ({
@@ -242,14 +282,17 @@ function upstreamFailure(
       // The SDK parsed the body. Anthropic's error shape passes as is; anything else (an HTML
       // page or a foreign JSON shape from a proxy) becomes one, so clients can rely on it.
       const type = errorTypeForStatus(error.status);
-      const body = isErrorShape(error.error) ? error.error : errorBody(
+      // Redacted before it is shortened: a key across the cut would survive in part otherwise.
+      const body = isErrorShape(error.error) ? redact.value(error.error) : errorBody(
         type,
         error.error && typeof error.error === "object"
-          ? `upstream answered ${error.status}: ${JSON.stringify(error.error).slice(0, 300)}`
+          ? `upstream answered ${error.status}: ${
+            redact.text(JSON.stringify(error.error)).slice(0, 300)
+          }`
           : `upstream answered ${error.status} without a JSON error body`,
       );
       return {
-        response: jsonResponse(error.status as number, redactKey(body, apiKey), headers),
+        response: jsonResponse(error.status as number, body, headers),
         retries: seen ? attempts.get(seen) ?? 0 : 0,
       };
     };
@@ -267,23 +310,26 @@ function rawFailure(
   error: unknown,
   original: WeakMap<Headers, Headers>,
   errorBytes: WeakMap<Headers, Uint8Array<ArrayBuffer>>,
-  apiKey: string,
+  redact: Redactor,
 ): { response: Response; seen: Headers } | undefined {
   if (!(error instanceof APIError) || typeof error.status !== "number") return undefined;
   const seen = error.headers as Headers | undefined;
   const bytes = seen ? errorBytes.get(seen) : undefined;
   if (!seen || !bytes) return undefined;
   const headers = clientHeaders(original.get(seen) ?? seen);
-  const response = new Response(redactKeyBytes(bytes, apiKey), { status: error.status, headers });
+  const response = new Response(redact.bytes(bytes), { status: error.status, headers });
   return { response, seen };
 }
 
-/** `bytes` without the server's key (see {@link redactKey}). */
-function redactKeyBytes(bytes: Uint8Array<ArrayBuffer>, apiKey: string): Uint8Array<ArrayBuffer> {
-  if (apiKey.length < 4) return bytes;
-  const text = new TextDecoder().decode(bytes);
-  if (!text.includes(apiKey)) return bytes;
-  return new TextEncoder().encode(text.split(apiKey).join("[redacted]"));
+/** `response` with the secrets removed from its headers (the same response when none holds one). */
+function redactHeaders(response: Response, redact: Redactor): Response {
+  const headers = redact.headers(response.headers);
+  if (headers === response.headers) return response;
+  return new Response(response.body, {
+    status: response.status,
+    statusText: response.statusText,
+    headers,
+  });
 }
 
 function jsonResponse(status: number, body: unknown, headers = new Headers()): Response {
@@ -322,17 +368,6 @@ export function clampRetryAfter(response: Response, maxWaitMs: number): Response
     statusText: response.statusText,
     headers,
   });
-}
-
-/**
- * `body` without the server's key: an upstream or proxy error that echoes the credential it
- * was sent (some do, for authentication failures) must not hand it to the caller.
- */
-function redactKey(body: unknown, apiKey: string): unknown {
-  if (apiKey.length < 4) return body;
-  const json = JSON.stringify(body);
-  if (!json.includes(apiKey)) return body;
-  return JSON.parse(json.split(apiKey).join("[redacted]"));
 }
 
 /** Whether `body` has Anthropic's error shape: `{type: "error", error: {type, message}}`. */

@@ -10,7 +10,11 @@ import { createUpstream, type Upstream } from "./upstream.ts";
 
 /** Builds the upstream `config` describes (reads the fixtures folder in replay mode). */
 export async function createUpstreamFromConfig(config: Config): Promise<Upstream> {
-  const streamPolicy = { idleTimeoutMs: config.idleTimeoutMs, keepAliveMs: config.keepAliveMs };
+  const streamPolicy = {
+    idleTimeoutMs: config.idleTimeoutMs,
+    keepAliveMs: config.keepAliveMs,
+    maxEventChars: config.maxSseEventChars,
+  };
   if (config.upstream === "live") {
     return createUpstream({
       mode: "live",

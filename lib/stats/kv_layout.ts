@@ -12,14 +12,18 @@
  * - `["sluice","stats","meta","first_at"|"last_at"]`: atomic `min`/`max` of request times.
  * - `["sluice","recent", startedAt, instance, seq]`: the recent-requests log, with `expireIn`
  *   and at most `recentLimit` entries per instance.
+ * - `["sluice","stats","key", keyId, model, "cost"|"requests"]`: all-time cost (pico-dollars)
+ *   and requests per gateway key id and model, for `/stats`' `cost_usd.by_key`.
  *
  * `...metric` is one of: `requests`; `retries`; `tokens, input|output|cache_creation_input|
  * cache_read_input`; `events, NAME`; `status, CODE`; and for each latency `ttft|total|
  * upstream_ttft` the histogram parts `b, INDEX` (count per bucket of lib/histogram.ts), `n`
- * (count) and `us` (sum in microseconds).
+ * (count) and `us` (sum in microseconds); `cost, pusd` (USD in whole pico-dollars, see
+ * lib/stats/cost.ts) and `cost, unpriced` (requests that used tokens of a model with no price).
  */
 import { bucketIndex } from "./histogram.ts";
 import type { RequestSummary } from "./request_summary.ts";
+import { PICO_PER_USD } from "./cost.ts";
 
 /** The labels of one series (the Prometheus label set). */
 export interface SeriesLabels {
@@ -100,6 +104,25 @@ export function recentKey(startedAt: number, instance: string, seq: number): Den
   return [...RECENT_PREFIX, Math.floor(startedAt), instance, seq];
 }
 
+/** The key of a gateway key's all-time counter for one model (`cost` or `requests`). */
+export function keyCounterKey(
+  keyId: string,
+  model: string,
+  metric: "cost" | "requests",
+): Deno.KvKey {
+  return [...PREFIX, "key", keyId, model, metric];
+}
+
+/** Where the per-key counters are. */
+export const KEY_COUNTERS_PREFIX: Deno.KvKey = [...PREFIX, "key"];
+
+/** A request's cost in whole pico-dollars (0 when unpriced or not costed). */
+export function picoUsdOf(summary: RequestSummary): bigint {
+  const usd = summary.costUsd;
+  if (usd === undefined || usd === null || !Number.isFinite(usd) || usd <= 0) return 0n;
+  return BigInt(Math.round(usd * PICO_PER_USD));
+}
+
 /** Where the all-time counters are, and how many key parts precede their labels. */
 export const ALL_SELECTOR: { selector: Deno.KvListSelector; skip: number } = {
   selector: { prefix: [...PREFIX, "all"] },
@@ -151,6 +174,9 @@ export function contributions(summary: RequestSummary): [Deno.KvKeyPart[], bigin
     if (n > 0) parts.push([["events", cleanLabel(name, "unknown")], int(n)]);
   }
   parts.push([["status", summary.status], 1n]);
+  const pico = picoUsdOf(summary);
+  if (pico > 0n) parts.push([["cost", "pusd"], pico]);
+  if (summary.costUsd === null) parts.push([["cost", "unpriced"], 1n]);
   const latencies: [LatencyName, number | null][] = [
     ["ttft", summary.ttftMs],
     ["total", summary.totalMs],

@@ -7,6 +7,7 @@
  * meanwhile are batched into the next one. A failed commit is logged and counted, and its changes
  * are kept for the next attempt.
  */
+import { boundLabels, modelLabeller } from "./labels.ts";
 import type { Clock } from "../clock.ts";
 import { systemClock } from "../clock.ts";
 import { RELATIVE_ERROR } from "./histogram.ts";
@@ -15,6 +16,7 @@ import {
   ALL_SELECTOR,
   decodeRow,
   FIRST_AT_KEY,
+  KEY_COUNTERS_PREFIX,
   LAST_AT_KEY,
   RECENT_PREFIX,
   WINDOWS,
@@ -26,6 +28,7 @@ import { PendingStats } from "./pending.ts";
 import type { RecentEntry } from "./recent.ts";
 import type { StatsReport } from "./report.ts";
 import { round, section } from "./report.ts";
+import { PICO_PER_USD, roundUsd } from "./cost.ts";
 import type { RequestSummary, StatsSink } from "./request_summary.ts";
 
 /** Deno KV accepts up to 1000 mutations per atomic operation; stay well under it. */
@@ -37,8 +40,17 @@ export interface StatsSource {
   recent(limit: number): Promise<RecentEntry[]>;
   /** All-time rows (for `/metrics`). */
   rows(): Promise<Row[]>;
+  /** All-time requests and cost of one gateway key id, by model. */
+  keyTotals(keyId: string): Promise<KeyTotals>;
   /** Failed writes of this instance since it started. */
   readonly writeFailures: number;
+}
+
+/** A gateway key's all-time figures (`GET /stats/keys/{id}`). */
+export interface KeyTotals {
+  requests: number;
+  cost_usd: number;
+  by_model: Record<string, { requests: number; cost_usd: number }>;
 }
 
 /** True when `stats` can also be read (the KV sink can; the in-memory test sink cannot). */
@@ -67,6 +79,11 @@ export interface KvStatsOptions {
    * `recent`) write what is waiting first, so this instance's figures are never behind.
    */
   writeIntervalMs?: number;
+  /**
+   * Models labelled by name besides the SDK's (see labels.ts); any other model is `other`, so
+   * callers cannot grow the store with made-up names. `main.ts` passes `SLUICE_DEFAULT_MODEL`.
+   */
+  knownModels?: readonly string[];
 }
 
 /** The KV sink and reader. */
@@ -107,6 +124,7 @@ export interface KvStats extends StatsSink, StatsSource {
  * ```
  */
 export function createKvStats(options: KvStatsOptions): KvStats {
+  const modelLabel = modelLabeller(options.knownModels);
   const kv = options.kv;
   const clock = options.clock ?? systemClock;
   const logger = options.logger ?? silentLogger;
@@ -183,7 +201,7 @@ export function createKvStats(options: KvStatsOptions): KvStats {
       // not in the app, so that apps without a KV sink (and their tests) start no timer at all.
       return new Promise<void>((resolve) => setTimeout(resolve, 0)).then(() => {
         try {
-          pending.add(summary);
+          pending.add(boundLabels(summary, modelLabel));
         } catch (error) {
           writeFailures++;
           logger.warn("stats record failed", { error: String(error) });
@@ -202,6 +220,11 @@ export function createKvStats(options: KvStatsOptions): KvStats {
     async rows() {
       await writeAll();
       return await rowsIn(kv, ALL_SELECTOR);
+    },
+    async keyTotals(keyId) {
+      await writeAll();
+      const totals = await readKeyCounters(kv, [...KEY_COUNTERS_PREFIX, keyId]);
+      return totals.get(keyId) ?? { requests: 0, cost_usd: 0, by_model: {} };
     },
     async recent(limit) {
       await writeAll();
@@ -243,9 +266,10 @@ async function readReport(
   now: number,
   storage: StatsReport["storage"],
 ): Promise<StatsReport> {
-  const [all, meta] = await Promise.all([
+  const [all, meta, keys] = await Promise.all([
     rowsIn(kv, ALL_SELECTOR),
     kv.getMany<Deno.KvU64[]>([FIRST_AT_KEY, LAST_AT_KEY]),
+    readKeyCounters(kv, KEY_COUNTERS_PREFIX),
   ]);
   const windows: StatsReport["windows"] = {};
   for (const spec of WINDOWS) {
@@ -260,11 +284,16 @@ async function readReport(
   }
   const time = (entry: Deno.KvEntryMaybe<Deno.KvU64>) =>
     entry.value ? new Date(Number(entry.value.value)).toISOString() : null;
+  const whole = section(all);
+  const byKey = Object.fromEntries(
+    [...keys].sort(([a], [b]) => a.localeCompare(b)).map(([id, totals]) => [id, totals.cost_usd]),
+  );
   return {
     generated_at: new Date(now).toISOString(),
     first_request_at: time(meta[0]),
     last_request_at: time(meta[1]),
-    ...section(all),
+    ...whole,
+    cost_usd: { ...whole.cost_usd, by_key: byKey },
     windows,
     percentiles: {
       method: "nearest rank, from log-scale histograms (24 buckets per decade)",
@@ -272,4 +301,34 @@ async function readReport(
     },
     storage,
   };
+}
+
+/** The per-key counters under `prefix`, by key id. */
+async function readKeyCounters(kv: Deno.Kv, prefix: Deno.KvKey): Promise<Map<string, KeyTotals>> {
+  const picos = new Map<string, Map<string, { requests: number; pico: number }>>();
+  for await (const entry of kv.list({ prefix })) {
+    const [keyId, model, metric] = entry.key.slice(KEY_COUNTERS_PREFIX.length).map(String);
+    const n = entry.value instanceof Deno.KvU64 ? Number(entry.value.value) : 0;
+    const models = picos.get(keyId) ?? new Map();
+    picos.set(keyId, models);
+    const figures = models.get(model) ?? { requests: 0, pico: 0 };
+    models.set(model, figures);
+    if (metric === "requests") figures.requests += n;
+    else if (metric === "cost") figures.pico += n;
+  }
+  const out = new Map<string, KeyTotals>();
+  for (const [keyId, models] of picos) {
+    let requests = 0, pico = 0;
+    const byModel: KeyTotals["by_model"] = {};
+    for (const [model, figures] of [...models].sort(([a], [b]) => a.localeCompare(b))) {
+      requests += figures.requests;
+      pico += figures.pico;
+      byModel[model] = {
+        requests: figures.requests,
+        cost_usd: roundUsd(figures.pico / PICO_PER_USD),
+      };
+    }
+    out.set(keyId, { requests, cost_usd: roundUsd(pico / PICO_PER_USD), by_model: byModel });
+  }
+  return out;
 }

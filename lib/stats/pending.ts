@@ -7,8 +7,10 @@ import {
   allKey,
   contributions,
   FIRST_AT_KEY,
+  keyCounterKey,
   labelsOf,
   LAST_AT_KEY,
+  picoUsdOf,
   recentKey,
   seriesOf,
   windowKey,
@@ -76,6 +78,14 @@ export class PendingStats {
     this.#firstAt = Math.min(this.#firstAt ?? summary.startedAt, summary.startedAt);
     this.#lastAt = Math.max(this.#lastAt ?? endedAt, endedAt);
     this.#addRecent(summary);
+    if (summary.keyId) {
+      const labels = labelsOf(summary);
+      const keyId = cleanKeyId(summary.keyId);
+      const id = `key:${keyId}:${labels.model}`;
+      this.#addSum(id + ":r", () => keyCounterKey(keyId, labels.model, "requests"), 1n);
+      const pico = picoUsdOf(summary);
+      this.#addSum(id + ":c", () => keyCounterKey(keyId, labels.model, "cost"), pico);
+    }
   }
 
   /** Everything pending as KV mutations, emptying memory; `undo` puts an item back. */
@@ -195,4 +205,9 @@ export class PendingStats {
     });
     this.#firstAt = this.#lastAt = null;
   }
+}
+
+/** Key ids are short hex hashes (or `anonymous`); anything else is grouped as `other`. */
+function cleanKeyId(keyId: string): string {
+  return /^[\w-]{1,64}$/.test(keyId) ? keyId : "other";
 }

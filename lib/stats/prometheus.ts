@@ -14,6 +14,7 @@ import type { Histogram } from "./histogram.ts";
 import { BUCKETS_PER_DECADE, bucketUpperMs, cumulativeCounts } from "./histogram.ts";
 import type { LatencyName, Row, SeriesLabels } from "./kv_layout.ts";
 import { histogramOf } from "./report.ts";
+import { PICO_PER_USD } from "./cost.ts";
 
 /** The content type Prometheus expects for the text format. */
 export const PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
@@ -101,6 +102,36 @@ export function renderPrometheus(rows: Row[], options: { writeFailures?: number 
       const n = sumOf(rows, (m) => m[0] === "status" && String(m[1]) === code);
       out.push(sample("sluice_responses_total", labels, { code }, n));
     }
+  }
+
+  // Cost has the model label only: `sum by (model)` is what a bill is read by, and per-series
+  // cost would multiply the series for no question anyone asks.
+  const byModel = new Map<string, { pico: number; unpriced: number }>();
+  for (const row of rows) {
+    if (row.metric[0] !== "cost") continue;
+    const figures = byModel.get(row.labels.model) ?? { pico: 0, unpriced: 0 };
+    if (row.metric[1] === "pusd") figures.pico += row.value;
+    else if (row.metric[1] === "unpriced") figures.unpriced += row.value;
+    byModel.set(row.labels.model, figures);
+  }
+  const models = [...byModel.keys()].sort();
+  family(
+    "sluice_cost_usd_total",
+    "counter",
+    "What requests cost in USD, from their usage and the price table (lib/stats/prices.json).",
+  );
+  for (const model of models) {
+    const usd = byModel.get(model)!.pico / PICO_PER_USD;
+    out.push(`sluice_cost_usd_total{model="${escapeLabel(model)}"} ${formatNumber(usd)}`);
+  }
+  family(
+    "sluice_unpriced_requests_total",
+    "counter",
+    "Requests that used tokens of a model with no price (not in sluice_cost_usd_total).",
+  );
+  for (const model of models) {
+    const n = byModel.get(model)!.unpriced;
+    out.push(`sluice_unpriced_requests_total{model="${escapeLabel(model)}"} ${n}`);
   }
 
   for (const { name, metric, help } of HISTOGRAMS) {

@@ -41,7 +41,9 @@ export function refusalSummary(info: RefusalInfo): RequestSummary | null {
     endpoint: info.path,
     // `/chat` streams unless told not to; `/v1/messages` only when asked to.
     streaming: info.path === "/chat" ? body.stream !== false : body.stream === true,
-    model: typeof body.model === "string" ? body.model : null,
+    // Never the caller's model: a request sluice refused names whatever it likes (that is often
+    // why it was refused), and it reached no model.
+    model: null,
     outcome,
     status: info.status,
     retries: 0,

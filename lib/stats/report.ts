@@ -5,6 +5,14 @@
 import type { Histogram } from "./histogram.ts";
 import { emptyHistogram, merge, quantile } from "./histogram.ts";
 import type { LatencyName, Row, SeriesLabels } from "./kv_layout.ts";
+import { PICO_PER_USD, roundUsd } from "./cost.ts";
+
+/** What a set of requests cost, in USD, and how many of them had no price. */
+export interface CostFigures {
+  total: number;
+  /** Requests that used tokens of a model the price table does not know (not in `total`). */
+  unpriced_requests: number;
+}
 
 /** Token counts as `/stats` shows them. */
 export interface TokenFigures {
@@ -58,16 +66,20 @@ export interface StatsView {
   total_ms: LatencySplit;
   upstream_ttft_ms: LatencySplit;
   comparison: Comparison;
+  cost_usd: CostFigures;
 }
 
 /** A view plus the same figures per model and per endpoint. */
 export interface StatsSection extends StatsView {
+  cost_usd: CostFigures & { by_model: Record<string, number> };
   by_model: Record<string, StatsView>;
   by_endpoint: Record<string, StatsView>;
 }
 
 /** The body of `GET /stats`. */
 export interface StatsReport extends StatsSection {
+  /** All time, also by gateway key id (a short hash of the key, never the key). */
+  cost_usd: CostFigures & { by_model: Record<string, number>; by_key: Record<string, number> };
   generated_at: string;
   first_request_at: string | null;
   last_request_at: string | null;
@@ -129,6 +141,8 @@ export function view(rows: Row[]): StatsView {
     cache_read_input: 0,
   };
   let retries = 0;
+  let pico = 0;
+  let unpriced = 0;
   for (const row of rows) {
     const [kind, name] = row.metric;
     if (kind === "requests") {
@@ -145,6 +159,8 @@ export function view(rows: Row[]): StatsView {
       tokens[String(name) as keyof TokenFigures] += row.value;
     } else if (kind === "events") add(events, String(name), row.value);
     else if (kind === "status") add(statuses, String(name), row.value);
+    else if (kind === "cost" && name === "pusd") pico += row.value;
+    else if (kind === "cost" && name === "unpriced") unpriced += row.value;
   }
   const ttft = split(rows, "ttft");
   const total = split(rows, "total");
@@ -159,6 +175,7 @@ export function view(rows: Row[]): StatsView {
     total_ms: total,
     upstream_ttft_ms: split(rows, "upstream_ttft"),
     comparison: compare(ttft, total),
+    cost_usd: { total: roundUsd(pico / PICO_PER_USD), unpriced_requests: unpriced },
   };
 }
 
@@ -201,9 +218,17 @@ export function section(rows: Row[]): StatsSection {
       ) => [key, view(group)]),
     );
   };
+  const whole = view(rows);
+  const byModel = groups((labels) => labels.model);
   return {
-    ...view(rows),
-    by_model: groups((labels) => labels.model),
+    ...whole,
+    cost_usd: {
+      ...whole.cost_usd,
+      by_model: Object.fromEntries(
+        Object.entries(byModel).map(([model, v]) => [model, v.cost_usd.total]),
+      ),
+    },
+    by_model: byModel,
     by_endpoint: groups((labels) => labels.endpoint),
   };
 }

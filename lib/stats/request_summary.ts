@@ -40,6 +40,50 @@ export interface RequestSummary {
   events: Record<string, number>;
   /** A short hash of the gateway key (never the key), for per-key views. */
   keyId?: string;
+  /** The answer's message id (`msg_…`), when one arrived. */
+  messageId?: string;
+  /** The usage fields that change the price but not the token counts (see lib/stats/cost.ts). */
+  usageDetail?: UsageDetail;
+  /**
+   * What the request cost in USD, from the usage it reached (a stream cut short or left by its
+   * client included); null when its model has no price. Set by the app before recording.
+   */
+  costUsd?: number | null;
+}
+
+/** Usage fields the price depends on besides the four token counts. */
+export interface UsageDetail {
+  /** Cache writes by lifetime; without it every write counts as the 5-minute kind. */
+  cache_creation?: { ephemeral_5m_input_tokens: number; ephemeral_1h_input_tokens: number };
+  /** Server tool calls by counter name (`web_search_requests`, `web_fetch_requests`). */
+  server_tool_use?: Record<string, number>;
+  /** `standard`, `priority` or `batch`. */
+  service_tier?: string;
+  /** Where inference ran (`us`, `global`, `not_available`). */
+  inference_geo?: string;
+}
+
+/** Reads {@link UsageDetail} from a Message's `usage`; absent or malformed parts are left out. */
+export function usageDetail(usage: unknown): UsageDetail {
+  const u = (usage && typeof usage === "object" ? usage : {}) as Record<string, unknown>;
+  const count = (v: unknown) => (typeof v === "number" && Number.isFinite(v) && v > 0 ? v : 0);
+  const detail: UsageDetail = {};
+  const cache = u.cache_creation as Record<string, unknown> | null | undefined;
+  if (cache && typeof cache === "object") {
+    detail.cache_creation = {
+      ephemeral_5m_input_tokens: count(cache.ephemeral_5m_input_tokens),
+      ephemeral_1h_input_tokens: count(cache.ephemeral_1h_input_tokens),
+    };
+  }
+  const tools = u.server_tool_use as Record<string, unknown> | null | undefined;
+  if (tools && typeof tools === "object") {
+    detail.server_tool_use = Object.fromEntries(
+      Object.entries(tools).filter(([, v]) => count(v) > 0).map(([k, v]) => [k, count(v)]),
+    );
+  }
+  if (typeof u.service_tier === "string") detail.service_tier = u.service_tier;
+  if (typeof u.inference_geo === "string") detail.inference_geo = u.inference_geo;
+  return detail;
 }
 
 /** Reads usage counters from a Message's `usage`, treating missing values as 0. */

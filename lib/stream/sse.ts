@@ -24,6 +24,14 @@ export interface SseDecoder {
 export interface SseDecoderOptions {
   /** Called for each `:` comment line (keep-alives, for example). */
   onComment?: (comment: string) => void;
+  /**
+   * Most characters the decoder holds for one event (its `data` so far and the line being
+   * read); an event that grows past it is dropped, not dispatched, and `onOverflow` is called.
+   * Unset: no bound (trusted input, such as a fixture file).
+   */
+  maxEventChars?: number;
+  /** An event grew past `maxEventChars` and was dropped. */
+  onOverflow?: () => void;
 }
 
 /** Creates a decoder that calls `onEvent` for every complete event. */
@@ -39,7 +47,25 @@ export function createSseDecoder(
   // `ignoreBOM`: a one-shot decode would strip U+FEFF from the start of every chunk; the
   // stream's own leading BOM is stripped by eventsource-parser.
   const text = new TextDecoder("utf-8", { ignoreBOM: true });
-  const parser = createParser({ onEvent, onComment: options.onComment });
+  // eventsource-parser bounds its own buffer: past `maxBufferSize` it reports the overflow,
+  // drops what it held and stops until reset; the decoder resets it at once, so the rest of the
+  // stream is parsed (the rest of the oversized line then parses as no known field).
+  let overflowed = false;
+  const parser = createParser({
+    onEvent,
+    onComment: options.onComment,
+    maxBufferSize: options.maxEventChars,
+    onError: (error) => {
+      if (error.type === "max-buffer-size-exceeded") overflowed = true;
+    },
+  });
+  const feedParser = (text: string) => {
+    parser.feed(text);
+    if (!overflowed) return;
+    overflowed = false;
+    parser.reset();
+    options.onOverflow?.();
+  };
   let carry: Uint8Array | undefined;
   return {
     feed(chunk) {
@@ -53,12 +79,12 @@ export function createSseDecoder(
       const complete = completeUtf8Length(bytes);
       if (complete < bytes.length) carry = bytes.slice(complete);
       if (complete === 0) return;
-      parser.feed(text.decode(complete === bytes.length ? bytes : bytes.subarray(0, complete)));
+      feedParser(text.decode(complete === bytes.length ? bytes : bytes.subarray(0, complete)));
     },
     end() {
       // A character cut off by the end of the stream becomes U+FFFD, as the streaming decoder's
       // final flush would make it.
-      if (carry) parser.feed(text.decode(carry));
+      if (carry) feedParser(text.decode(carry));
       carry = undefined;
       // Deliberately no `parser.reset({ consume: true })`: an event that never got its blank
       // line is incomplete, and the SSE spec (and the SDK) drop it.

@@ -266,12 +266,14 @@ export function tapStream(
 }
 
 /**
- * Reads a whole body, giving up after `idleTimeoutMs` of silence (0: never): the upstream's
- * JSON answers and error bodies, which must not hang a request for ever either.
+ * Reads a whole body, giving up after `idleTimeoutMs` of silence (0: never) or when `signal`
+ * aborts (its reason is thrown): the upstream's JSON answers and error bodies, which must not
+ * hang a request for ever either, nor a shutting-down process.
  */
 export async function readBody(
   body: ReadableStream<Uint8Array> | null,
   idleTimeoutMs = 0,
+  signal?: AbortSignal,
 ): Promise<Uint8Array<ArrayBuffer>> {
   if (!body) return new Uint8Array(0);
   const chunks: Uint8Array[] = [];
@@ -289,7 +291,7 @@ export async function readBody(
       },
     },
     undefined,
-    { idleTimeoutMs },
+    { idleTimeoutMs, cut: signal },
   );
   for await (const chunk of tapped) chunks.push(chunk);
   if (failure !== undefined) throw failure;

@@ -4,7 +4,7 @@
  */
 import { parseArgs } from "node:util";
 import type { ChatDone } from "../../chat/encoding.ts";
-import { formatMs } from "../../chat/encoding.ts";
+import { formatMs, formatUsd } from "../../chat/encoding.ts";
 
 /** The terminal client's settings. */
 export interface ChatCliOptions {
@@ -130,6 +130,8 @@ export function statsText(done: ChatDone): string {
   if (done.output_tokens_per_second !== null) {
     parts.push(`${Math.round(done.output_tokens_per_second)} tok/s`);
   }
+  // A server older than the cost figures sends no `cost_usd`: nothing is shown then.
+  if (typeof done.cost_usd === "number") parts.push(formatUsd(done.cost_usd));
   if (done.stop_reason && done.stop_reason !== "end_turn") parts.push(done.stop_reason);
   if (done.stored === false) parts.push("not kept: the conversation is full");
   return parts.join(" · ");
