@@ -158,8 +158,11 @@ function cutAfter(response: Response, bytes: number): Response {
       new TransformStream<Uint8Array, Uint8Array>({
         transform(chunk, controller) {
           if (seen >= bytes) return controller.error(new TypeError("connection reset"));
-          seen += chunk.length;
-          controller.enqueue(chunk);
+          // Cut inside a chunk too: a resume may hand over the whole rest in one chunk.
+          const part = chunk.subarray(0, bytes - seen);
+          seen += part.length;
+          controller.enqueue(part);
+          if (seen >= bytes) controller.terminate(); // what came so far, then the end
         },
       }),
     ),
