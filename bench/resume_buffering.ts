@@ -167,10 +167,9 @@ console.log(
 );
 console.log(
   `${navigator.hardwareConcurrency} cores, Deno ${Deno.version.deno}, load ${load}; ` +
-    `replay at ${values["tokens-per-second"]} tokens/s, upstream TTFT ${
-      values["upstream-ttft-ms"]
-    } ms; ` +
-    `${STREAMS * PER_WORKER} streams per round\n`,
+    `replay at ${values["tokens-per-second"]} tokens/s, upstream TTFT ` +
+    `${values["upstream-ttft-ms"]} ms; SLUICE_RESUME_FLUSH_MS ${values["flush-ms"]}, KV ` +
+    `${values.kv}; ${STREAMS * PER_WORKER} streams per round\n`,
 );
 console.log("| path | streams | p50 TTFT | p90 | p99 | sluice CPU per stream |");
 console.log("| --- | --- | --- | --- | --- | --- |");
