@@ -15,8 +15,6 @@ import { withCost } from "../stats/cost.ts";
 import { concatBytes } from "../bytes.ts";
 import { errorLine, errorPayload, sseEvent, statsLine } from "./encoding.ts";
 import type { Call, StreamCall } from "../proxy/messages_call.ts";
-import type { SseEvent } from "../stream/sse.ts";
-import { decodeAll } from "../stream/sse.ts";
 import { KEEP_ALIVE_COMMENT } from "../stream/tap.ts";
 import type { StreamWriter } from "./resume.ts";
 import { CHUNK_BYTES } from "./resume.ts";
@@ -73,15 +71,6 @@ export function messageText(message: Pick<Message, "content"> | null | undefined
   return (message?.content ?? [])
     .map((block) => (block.type === "text" ? block.text : ""))
     .join("");
-}
-
-function errorOf(data: string): { type: string; message: string } | null {
-  try {
-    const error = JSON.parse(data)?.error;
-    return typeof error?.type === "string" && typeof error?.message === "string" ? error : null;
-  } catch {
-    return null;
-  }
 }
 
 /** Builds the `done` payload from a finished call. */
@@ -156,13 +145,14 @@ export function createChatView(options: ChatViewOptions): ChatView {
     let stopped = false;
     let client: ReadableStreamDefaultController<Uint8Array> | undefined;
     let ended = false;
-    let tapError: SseEvent | undefined;
 
     async function finish(): Promise<string> {
       const result = call.result();
       if (result?.error) return failure(result.error.type, result.error.message);
       if (!result?.complete || !result.message) {
-        const reported = tapError ? errorOf(tapError.data) : null;
+        // The tap ended a cut or silent stream with its own error event (not part of the
+        // upstream's answer, so the accumulator never saw it): keep its explanation.
+        const reported = call.failure();
         return failure(
           reported?.type ?? "api_error",
           reported?.message ?? "the upstream stream ended before the answer was complete",
@@ -201,10 +191,6 @@ export function createChatView(options: ChatViewOptions): ChatView {
         // The tap's keep-alive while the upstream is silent: pass it on, so proxies keep
         // the browser's stream open too. (Plain text has no comment to send.)
         pending.push(KEEP_ALIVE);
-      } else if (call.result() && !call.result()!.complete) {
-        // The tap ended a cut or silent stream with its own error event (not part of the
-        // upstream's answer, so the accumulator never saw it): keep its explanation.
-        tapError = decodeAll(value).find((event) => event.event === "error");
       }
     }
     /** The pending events as bytes: numbered and buffered when the stream is resumable. */

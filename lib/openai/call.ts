@@ -10,22 +10,27 @@
  * rather than the Messages event accumulator; upstream errors come back as the upstream sent
  * them (`rawErrors`); and the errors sluice makes itself, before or mid-stream, have OpenAI's
  * shape, which OpenAI clients parse. Kept apart from `startCall` so the Messages hot path stays
- * as it is measured.
+ * as it is measured; the parts both flows share are in lib/proxy/call_parts.ts.
  */
-import { ServerShutdownError, shutdownRefusal } from "../errors.ts";
 import { openaiErrorBody, openaiSseError } from "../errors.ts";
 import type { Clock } from "../clock.ts";
 import type { Logger } from "../log.ts";
-import type { Call } from "../proxy/messages_call.ts";
-import { unreadBody } from "../proxy/messages_call.ts";
+import type { Call, StreamCall } from "../proxy/messages_call.ts";
+import {
+  clientGoneCall,
+  jsonCall,
+  readWholeAnswer,
+  sendWatched,
+  type SummaryBase,
+  tapUpstream,
+  type Watched,
+  wholeAnswerSummary,
+} from "../proxy/call_parts.ts";
 import { clientHeaders } from "../proxy/pass_headers.ts";
 import type { RequestSummary } from "../stats/request_summary.ts";
 import { tokenUsage } from "../stats/request_summary.ts";
 import { chatCompletionUsage, createChatCompletionsTap } from "./tap.ts";
-import { createSseDecoder } from "../stream/sse.ts";
-import { readBody, tapStream, UpstreamIdleError } from "../stream/tap.ts";
 import type { Upstream, UpstreamRequest } from "../proxy/upstream.ts";
-import { watchWaiting } from "../proxy/waiting.ts";
 
 /** The path, on sluice and upstream alike. */
 export const CHAT_COMPLETIONS_PATH = "/v1/chat/completions";
@@ -54,234 +59,141 @@ export interface ChatCompletionsCallOptions {
 
 /** Sends the request upstream and prepares the answer for the client. */
 export async function startChatCompletionsCall(options: ChatCompletionsCallOptions): Promise<Call> {
-  const { clock, startedAt } = options;
-  const controller = new AbortController();
-  const upstreamStartedAt = clock.now();
-  const waiting = watchWaiting(controller, options.clientSignal, options.cut);
-  const unwatch = () => waiting.unwatch();
-  const base = {
-    endpoint: CHAT_COMPLETIONS_PATH,
-    streaming: options.request.stream,
-    model: options.model,
-    startedAt,
-    keyId: options.keyId,
-  };
-  let sent: Awaited<ReturnType<Upstream["send"]>>;
-  try {
-    sent = await options.upstream.send({
+  const upstreamStartedAt = options.clock.now();
+  const watched = await sendWatched(
+    options.upstream,
+    {
       ...options.request,
       path: options.request.path ?? CHAT_COMPLETIONS_PATH,
       method: "POST",
       rawErrors: true,
-      signal: controller.signal,
-    });
-  } catch (error) {
-    unwatch();
-    if (waiting.cause === "shutdown") throw shutdownRefusal();
-    if (waiting.cause !== "client") throw error;
-    return clientGone(options, base);
-  }
-  const { response, retries } = sent;
-  const headers = clientHeaders(response.headers);
-  const id = response.headers.get("request-id") ?? response.headers.get("x-request-id") ??
-    options.requestId;
-  const summaryBase = { ...base, id, status: response.status, retries };
+    },
+    options.clientSignal,
+    options.cut,
+  );
+  if (!watched) return clientGone(options);
+  const { response, retries } = watched.sent;
+  const base = {
+    ...summaryFields(options),
+    id: response.headers.get("request-id") ?? response.headers.get("x-request-id") ??
+      options.requestId,
+    status: response.status,
+    retries,
+  };
   const contentType = response.headers.get("content-type") ?? "";
   const isStream = response.ok && contentType.includes("text/event-stream") && response.body;
-  const policy = options.upstream.streamPolicy;
+  const answering = { options, watched, headers: clientHeaders(response.headers), base };
+  return isStream
+    ? tapAnswer(answering, upstreamStartedAt)
+    : await wholeAnswer(answering, upstreamStartedAt);
+}
 
-  if (!isStream) {
-    let status = response.status;
-    let body: Uint8Array<ArrayBuffer>;
-    let failure: string | undefined;
-    try {
-      body = options.upstream.redact.bytes(
-        await readBody(response.body, policy.idleTimeoutMs, controller.signal),
-      );
-    } catch (error) {
-      unwatch();
-      if (waiting.cause === "shutdown") throw shutdownRefusal();
-      if (waiting.cause === "client") return clientGone(options, base);
-      options.logger.warn("upstream body failed", { id, error: String(error) });
-      const unread = unreadBody(error, id);
-      status = unread.status;
-      failure = "incomplete";
-      body = jsonBytes(openaiErrorBody(unread.body.error.type, unread.body.error.message));
-      headers.set("content-type", "application/json");
-    }
-    let parsed = failure ? null : safeParse(body);
-    if (!failure && sent.local) {
-      // sluice's own answer for a timeout or a failed connection: said in this endpoint's shape.
-      const error = (parsed?.error ?? {}) as { type?: string; message?: string };
-      parsed = {
-        ...openaiErrorBody(error.type ?? "api_error", error.message ?? "upstream failed"),
-      };
-      body = jsonBytes(parsed);
-      headers.set("content-type", "application/json");
-    }
-    if (!failure && response.ok && !parsed) {
-      options.logger.warn("upstream answer is not JSON", { id, contentType });
-      status = 502;
-      failure = "incomplete";
-      body = jsonBytes(openaiErrorBody(
-        "api_error",
-        "the upstream answered 200 with a body that is not a JSON chat completion",
-      ));
-      headers.set("content-type", "application/json");
-    }
-    const endedAt = clock.now();
-    const choice = firstChoice(parsed);
-    const finished: RequestSummary = {
-      ...summaryBase,
-      model: (typeof parsed?.model === "string" ? parsed.model : null) ?? options.model,
-      status,
-      outcome: failure ?? (response.ok ? "ok" : errorTypeOf(parsed) ?? `http_${response.status}`),
-      ttftMs: endedAt - startedAt,
-      totalMs: endedAt - startedAt,
-      upstreamTtftMs: endedAt - upstreamStartedAt,
-      usage: response.ok && !failure ? chatCompletionUsage(parsed?.usage) : tokenUsage(undefined),
-      stopReason: typeof choice?.finish_reason === "string" ? choice.finish_reason : null,
-      events: {},
-    };
-    if (!headers.has("content-type")) {
-      headers.set("content-type", contentType || "application/json");
-    }
-    unwatch();
-    return {
-      status,
-      headers,
-      retries,
-      kind: "json",
-      body,
-      finished: Promise.resolve(finished),
-      abort: () => controller.abort(),
-    };
-  }
+/** What the answer's two paths (whole body, stream) share once the headers came. */
+interface Answering {
+  options: ChatCompletionsCallOptions;
+  watched: Watched;
+  headers: Headers;
+  base: SummaryBase & Pick<RequestSummary, "status" | "retries">;
+}
 
-  let settle!: (summary: RequestSummary) => void;
-  const finished = new Promise<RequestSummary>((resolve) => (settle = resolve));
-  const tap = createChatCompletionsTap({ clock });
-  const decoder = createSseDecoder((event) => tap.push(event), {
-    maxEventChars: policy.maxEventChars,
-    onOverflow: () =>
-      options.logger.warn("an upstream SSE event over the size limit was passed on unparsed", {
-        id,
-        maxEventChars: policy.maxEventChars,
-      }),
-  });
-  let done = false;
-  const finish = (outcome?: string) => {
-    if (done) return;
-    done = true;
-    decoder.end();
-    const result = tap.result();
-    settle({
-      ...summaryBase,
-      model: result.model ?? options.model,
-      outcome: outcome ?? (result.error ? result.error.type : result.done ? "ok" : "incomplete"),
-      ttftMs: result.firstDeltaAt === null ? null : result.firstDeltaAt - startedAt,
-      totalMs: clock.now() - startedAt,
-      upstreamTtftMs: result.firstDeltaAt === null ? null : result.firstDeltaAt - upstreamStartedAt,
-      usage: result.usage,
-      stopReason: result.finishReason,
-      events: result.events,
-    });
-  };
-  const stream = tapStream(
-    response.body!,
-    {
-      onChunk: (chunk) => decoder.feed(chunk),
-      onClose: () => finish(),
-      onCancel: (reason) => {
-        controller.abort();
-        // OpenAI clients stop reading at `[DONE]` and may cancel the body before the upstream's
-        // end is seen: the answer was whole all the same.
-        if (tap.result().done) finish();
-        else finish(reason instanceof ServerShutdownError ? "incomplete" : "client_aborted");
-      },
-      onError: (error, state) => {
-        controller.abort();
-        const shutdown = error instanceof ServerShutdownError;
-        if (!shutdown) options.logger.warn("upstream stream failed", { id, error: String(error) });
-        finish("incomplete");
-        // An OpenAI client must not take a cut stream for a finished one: an error chunk, which
-        // the OpenAI SDKs raise as an APIError (no `[DONE]` follows).
-        const prefix = state.atEventBoundary ? "" : "\n\n";
-        const message = shutdown
-          ? error.message
-          : error instanceof UpstreamIdleError
-          ? `the upstream sent nothing for ${error.idleMs} ms; the answer is incomplete`
-          : "the upstream connection dropped mid-stream; the answer is incomplete";
-        return new TextEncoder().encode(prefix + openaiSseError("api_error", message));
-      },
-    },
-    (error) => options.logger.error("stream observer failed", { id, error: String(error) }),
-    { idleTimeoutMs: policy.idleTimeoutMs, keepAliveMs: policy.keepAliveMs, cut: options.cut },
-  );
-  headers.set("content-type", contentType);
-  unwatch();
-  return {
-    status: response.status,
+/** A whole body: a chat completion, the upstream's error as it sent it, or sluice's own. */
+async function wholeAnswer(
+  { options, watched, headers, base }: Answering,
+  upstreamStartedAt: number,
+): Promise<Call> {
+  const contentType = watched.sent.response.headers.get("content-type") ?? "";
+  const answer = await readWholeAnswer(options.upstream, watched, {
+    logger: options.logger,
+    id: base.id,
     headers,
-    retries,
-    kind: "stream",
-    stream,
+    idleTimeoutMs: options.upstream.streamPolicy.idleTimeoutMs,
+    errorJson: openaiErrorBody,
+    expected: "a JSON chat completion",
+    // sluice's own answer for a timeout or a failed connection: said in this endpoint's shape.
+    rewrite: watched.sent.local ? localError : undefined,
+  });
+  if (!answer) return clientGone(options);
+  const { parsed } = answer;
+  const ok = watched.sent.response.ok && !answer.failure;
+  const choice = firstChoice(parsed);
+  const summary = wholeAnswerSummary(base, answer, {
+    upstreamStartedAt,
+    endedAt: options.clock.now(),
+  }, {
+    usage: ok ? chatCompletionUsage(parsed?.usage) : tokenUsage(undefined),
+    stopReason: typeof choice?.finish_reason === "string" ? choice.finish_reason : null,
+  });
+  if (!headers.has("content-type")) {
+    headers.set("content-type", contentType || "application/json");
+  }
+  return jsonCall(answer, watched, headers, summary);
+}
+
+/** sluice's own error answer (Anthropic's shape), in OpenAI's. */
+function localError(parsed: Record<string, unknown> | null): Record<string, unknown> {
+  const error = (parsed?.error ?? {}) as { type?: string; message?: string };
+  return { ...openaiErrorBody(error.type ?? "api_error", error.message ?? "upstream failed") };
+}
+
+/** A streamed answer: the upstream's chunks, tapped for stats on their way to the client. */
+function tapAnswer(
+  { options, watched, headers, base }: Answering,
+  upstreamStartedAt: number,
+): StreamCall {
+  const { clock, startedAt } = options;
+  const tap = createChatCompletionsTap({ clock });
+  return tapUpstream(watched, {
+    logger: options.logger,
+    id: base.id,
+    policy: options.upstream.streamPolicy,
+    cut: options.cut,
+    headers,
+    push: (event) => tap.push(event),
+    summarize: (outcome) => {
+      const result = tap.result();
+      const firstDelta = result.firstDeltaAt;
+      return {
+        ...base,
+        model: result.model ?? options.model,
+        outcome: outcome ?? (result.error ? result.error.type : result.done ? "ok" : "incomplete"),
+        ttftMs: firstDelta === null ? null : firstDelta - startedAt,
+        totalMs: clock.now() - startedAt,
+        upstreamTtftMs: firstDelta === null ? null : firstDelta - upstreamStartedAt,
+        usage: result.usage,
+        stopReason: result.finishReason,
+        events: result.events,
+      };
+    },
+    // An OpenAI client must not take a cut stream for a finished one: an error chunk, which
+    // the OpenAI SDKs raise as an APIError (no `[DONE]` follows).
+    sseError: openaiSseError,
+    // OpenAI clients stop reading at `[DONE]` and may cancel the body before the upstream's
+    // end is seen: the answer was whole all the same.
+    wasWhole: () => tap.result().done,
     // No Messages accumulator here: the chunk tap's figures are in the summary.
     result: () => undefined,
-    finished,
-    abort: (reason) => controller.abort(reason),
+  });
+}
+
+/** The summary fields the caller's request gives. */
+function summaryFields(options: ChatCompletionsCallOptions): SummaryBase {
+  return {
+    id: options.requestId,
+    endpoint: CHAT_COMPLETIONS_PATH,
+    streaming: options.request.stream,
+    model: options.model,
+    startedAt: options.startedAt,
+    keyId: options.keyId,
   };
 }
 
 /** The answer for a client that left before sluice could answer (nobody reads it). */
-function clientGone(
-  options: ChatCompletionsCallOptions,
-  base: Pick<RequestSummary, "endpoint" | "streaming" | "model" | "startedAt" | "keyId">,
-): Call {
-  const summary: RequestSummary = {
-    ...base,
-    id: options.requestId,
-    outcome: "client_aborted",
-    status: 499, // nginx's "client closed request"
-    retries: 0,
-    ttftMs: null,
-    totalMs: options.clock.now() - options.startedAt,
-    upstreamTtftMs: null,
-    usage: tokenUsage(undefined),
-    stopReason: null,
-    events: {},
-  };
-  return {
-    status: 499,
-    headers: new Headers({ "content-type": "application/json" }),
-    retries: 0,
-    kind: "json",
-    body: jsonBytes(openaiErrorBody("invalid_request_error", "the client closed the request")),
-    finished: Promise.resolve(summary),
-    abort: () => {},
-  };
-}
-
-function jsonBytes(value: unknown): Uint8Array<ArrayBuffer> {
-  return new TextEncoder().encode(JSON.stringify(value));
-}
-
-function safeParse(body: Uint8Array): Record<string, unknown> | null {
-  try {
-    const value = JSON.parse(new TextDecoder().decode(body));
-    return value && typeof value === "object" ? value : null;
-  } catch {
-    return null;
-  }
+function clientGone(options: ChatCompletionsCallOptions): Call {
+  return clientGoneCall(summaryFields(options), options.clock.now(), openaiErrorBody);
 }
 
 function firstChoice(body: Record<string, unknown> | null): Record<string, unknown> | undefined {
   const choices = body?.choices;
   const first = Array.isArray(choices) ? choices[0] : undefined;
   return first && typeof first === "object" ? first : undefined;
-}
-
-function errorTypeOf(body: Record<string, unknown> | null): string | null {
-  const error = body?.error as { type?: unknown } | undefined;
-  return typeof error?.type === "string" ? error.type : null;
 }

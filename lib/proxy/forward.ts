@@ -14,12 +14,11 @@
 import type { Clock } from "../clock.ts";
 import { shutdownRefusal, SluiceError } from "../errors.ts";
 import type { Logger } from "../log.ts";
-import { unreadBody } from "./messages_call.ts";
+import { errorTypeOf, safeParse, sendWatched, unreadBody, type Watched } from "./call_parts.ts";
 import { clientHeaders, upstreamHeaders } from "./pass_headers.ts";
 import { type RequestSummary, tokenUsage } from "../stats/request_summary.ts";
 import { readBody } from "../stream/tap.ts";
 import type { Upstream, UpstreamMethod } from "./upstream.ts";
-import { watchWaiting } from "./waiting.ts";
 
 /** Request bodies up to this size are read whole, so the SDK can retry them (1 MiB). */
 export const BUFFER_BYTES = 1024 * 1024;
@@ -64,9 +63,6 @@ export async function forward(options: ForwardOptions): Promise<Forwarded> {
   }
   const path = checkedPath(url, request.url);
   const endpoint = endpointLabel(method, url.pathname);
-  const controller = new AbortController();
-  const waiting = watchWaiting(controller, request.signal, options.cut);
-  const unwatch = () => waiting.unwatch();
 
   const summary = (fields: Partial<RequestSummary>): RequestSummary => ({
     id: options.requestId,
@@ -87,74 +83,96 @@ export async function forward(options: ForwardOptions): Promise<Forwarded> {
     ...fields,
   });
 
-  let sent;
-  try {
-    sent = await options.upstream.send({
+  const watched = await sendWatched(
+    options.upstream,
+    {
       method: method as UpstreamMethod,
       path,
       body: await requestBody(request),
       stream: false,
       headers: upstreamHeaders(request.headers),
       authStyle: options.authStyle,
-      signal: controller.signal,
-    });
-  } catch (error) {
-    unwatch();
-    if (waiting.cause === "shutdown") throw shutdownRefusal();
-    if (waiting.cause !== "client") throw error;
+    },
+    request.signal,
+    options.cut,
+  );
+  if (!watched) {
     const gone = summary({ outcome: "client_aborted", status: 499 });
     return { response: new Response(null, { status: 499 }), finished: Promise.resolve(gone) };
   }
-  const { response, retries } = sent;
-  const id = response.headers.get("request-id") ?? options.requestId;
-  const headers = clientHeaders(response.headers);
-  const outcomeOf = (body?: Uint8Array) =>
-    response.ok ? "ok" : errorTypeOf(body) ?? `http_${response.status}`;
-
+  const { response } = watched.sent;
   if (/json/i.test(response.headers.get("content-type") ?? "") || !response.body) {
-    try {
-      let body = options.upstream.redact.bytes(
-        await readBody(
-          response.body,
-          options.upstream.streamPolicy.idleTimeoutMs,
-          controller.signal,
-        ),
-      );
-      unwatch();
-      if (options.upstreamBaseUrl && endpoint.includes("/v1/messages/batches")) {
-        body = pointResultsAtSluice(body, options.upstreamBaseUrl, url.origin);
-      }
-      const done = summary({ id, status: response.status, retries, outcome: outcomeOf(body) });
-      return {
-        response: new Response(body, { status: response.status, headers }),
-        finished: Promise.resolve(done),
-      };
-    } catch (error) {
-      unwatch();
-      if (waiting.cause === "shutdown") throw shutdownRefusal();
-      options.logger.warn("upstream body failed", { id, error: String(error) });
-      const unread = unreadBody(error, id);
-      headers.set("content-type", "application/json");
-      return {
-        response: Response.json(unread.body, { status: unread.status, headers }),
-        finished: Promise.resolve(
-          summary({ id, status: unread.status, retries, outcome: "incomplete" }),
-        ),
-      };
-    }
+    return await forwardWhole(options, watched, { url, endpoint, summary });
   }
 
   // Any other body (a file's content, a batch's JSONL results) is handed over untouched, so Deno
   // pipes it to the client without JavaScript touching a chunk: watching its end here would
   // copy every chunk through a JS stream (a 100 MB download left ~65 MB of garbage at peak,
   // tests/upload_memory_test.ts). So the call is recorded when its headers arrive.
-  unwatch();
+  watched.waiting.unwatch();
+  const headers = clientHeaders(response.headers);
   return {
     response: new Response(response.body, { status: response.status, headers }),
-    finished: Promise.resolve(
-      summary({ id, status: response.status, retries, outcome: outcomeOf() }),
-    ),
+    finished: Promise.resolve(summary(answerFields(watched, options.requestId))),
   };
+}
+
+/** The summary fields of an upstream answer: its id, status, retries and outcome. */
+function answerFields(
+  { sent }: Watched,
+  requestId: string,
+  body?: Uint8Array,
+): Partial<RequestSummary> {
+  const { response } = sent;
+  return {
+    id: response.headers.get("request-id") ?? requestId,
+    status: response.status,
+    retries: sent.retries,
+    outcome: response.ok
+      ? "ok"
+      : errorTypeOf(body ? safeParse(body) : null) ?? `http_${response.status}`,
+  };
+}
+
+/** A JSON (or empty) answer, read whole: a body cut mid-answer becomes a clear 5xx. */
+async function forwardWhole(
+  options: ForwardOptions,
+  watched: Watched,
+  { url, endpoint, summary }: {
+    url: URL;
+    endpoint: string;
+    summary: (fields: Partial<RequestSummary>) => RequestSummary;
+  },
+): Promise<Forwarded> {
+  const { sent, controller, waiting } = watched;
+  const { response } = sent;
+  const fields = answerFields(watched, options.requestId);
+  const headers = clientHeaders(response.headers);
+  try {
+    let body = options.upstream.redact.bytes(
+      await readBody(response.body, options.upstream.streamPolicy.idleTimeoutMs, controller.signal),
+    );
+    waiting.unwatch();
+    if (options.upstreamBaseUrl && endpoint.includes("/v1/messages/batches")) {
+      body = pointResultsAtSluice(body, options.upstreamBaseUrl, url.origin);
+    }
+    return {
+      response: new Response(body, { status: response.status, headers }),
+      finished: Promise.resolve(summary(answerFields(watched, options.requestId, body))),
+    };
+  } catch (error) {
+    waiting.unwatch();
+    if (waiting.cause === "shutdown") throw shutdownRefusal();
+    options.logger.warn("upstream body failed", { id: fields.id, error: String(error) });
+    const unread = unreadBody(error, fields.id);
+    headers.set("content-type", "application/json");
+    return {
+      response: Response.json(unread.body, { status: unread.status, headers }),
+      finished: Promise.resolve(
+        summary({ ...fields, status: unread.status, outcome: "incomplete" }),
+      ),
+    };
+  }
 }
 
 /**
@@ -250,14 +268,4 @@ export function pointResultsAtSluice(
     }
   }
   return changed ? new TextEncoder().encode(JSON.stringify(json)) : body;
-}
-
-function errorTypeOf(body?: Uint8Array): string | null {
-  if (!body) return null;
-  try {
-    const type = JSON.parse(new TextDecoder().decode(body))?.error?.type;
-    return typeof type === "string" ? type : null;
-  } catch {
-    return null;
-  }
 }
