@@ -29,8 +29,6 @@ import {
 } from "./call_parts.ts";
 import { startCallTelemetry } from "../stats/otel.ts";
 
-export { unreadBody } from "./call_parts.ts";
-
 /** Options for {@link startCall}. */
 export interface CallOptions {
   upstream: Upstream;

@@ -255,7 +255,7 @@ function nonStreamingAnswer(
   }
   if (!result.complete || !result.message) {
     // A recording that breaks off: what sluice answers when an upstream body breaks off (see
-    // unreadBody in messages_call.ts), never a 500.
+    // unreadBody in lib/proxy/call_parts.ts), never a 500.
     return json(
       502,
       errorBody("api_error", "the upstream connection dropped before the whole answer arrived"),
