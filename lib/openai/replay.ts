@@ -187,114 +187,163 @@ interface ChunkTranslator {
   readonly ended: boolean;
 }
 
+/** The translator's state over one stream. */
+interface TranslatorState {
+  id: string;
+  model: string;
+  tokens: { promptTokens: number; completionTokens: number };
+  ended: boolean;
+  /** Anthropic content block index → OpenAI tool call index. */
+  toolCalls: Map<number, number>;
+}
+
 /** Creates a translator for one stream (see the module comment for the mapping). */
 export function createChunkTranslator(translation: Translation): ChunkTranslator {
-  let id = "chatcmpl-replay";
-  let model = translation.model ?? "";
-  let promptTokens = 0;
-  let completionTokens = 0;
-  let ended = false;
-  /** Anthropic content block index → OpenAI tool call index. */
-  const toolCalls = new Map<number, number>();
-  const chunk = (delta: Record<string, unknown>, finish: string | null = null) =>
-    data({
-      id,
-      object: "chat.completion.chunk",
-      created: translation.created,
-      model,
-      choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
-      // OpenAI sends `usage: null` on every chunk but the last when usage was asked for.
-      ...(translation.includeUsage ? { usage: null } : {}),
-    });
+  const state: TranslatorState = {
+    id: "chatcmpl-replay",
+    model: translation.model ?? "",
+    tokens: { promptTokens: 0, completionTokens: 0 },
+    ended: false,
+    toolCalls: new Map(),
+  };
   return {
     get ended() {
-      return ended;
+      return state.ended;
     },
     push(event) {
-      if (ended) return [];
+      if (state.ended) return [];
       let e: Record<string, unknown>;
       try {
         e = JSON.parse(event.data);
       } catch {
         return [];
       }
-      switch (e?.type) {
-        case "message_start": {
-          const message = (e.message ?? {}) as Record<string, unknown>;
-          if (typeof message.id === "string") id = `chatcmpl-${message.id}`;
-          if (!translation.model && typeof message.model === "string") model = message.model;
-          ({ promptTokens, completionTokens } = countUsage(message.usage, {
-            promptTokens,
-            completionTokens,
-          }));
-          return [chunk({ role: "assistant", content: "" })];
-        }
-        case "content_block_start": {
-          const block = (e.content_block ?? {}) as Record<string, unknown>;
-          if (block.type === "text" && typeof block.text === "string" && block.text) {
-            return [chunk({ content: block.text })];
-          }
-          if (block.type !== "tool_use" || typeof e.index !== "number") return [];
-          const index = toolCalls.size;
-          toolCalls.set(e.index, index);
-          return [chunk({
-            tool_calls: [{
-              index,
-              id: block.id,
-              type: "function",
-              function: { name: block.name, arguments: "" },
-            }],
-          })];
-        }
-        case "content_block_delta": {
-          const delta = (e.delta ?? {}) as Record<string, unknown>;
-          if (delta.type === "text_delta" && typeof delta.text === "string") {
-            return delta.text ? [chunk({ content: delta.text })] : [];
-          }
-          const index = typeof e.index === "number" ? toolCalls.get(e.index) : undefined;
-          if (delta.type !== "input_json_delta" || index === undefined) return [];
-          const partial = typeof delta.partial_json === "string" ? delta.partial_json : "";
-          return partial
-            ? [chunk({ tool_calls: [{ index, function: { arguments: partial } }] })]
-            : [];
-        }
-        case "message_delta": {
-          ({ promptTokens, completionTokens } = countUsage(e.usage, {
-            promptTokens,
-            completionTokens,
-          }));
-          const reason = finishReason((e.delta as { stop_reason?: unknown })?.stop_reason);
-          return reason ? [chunk({}, reason)] : [];
-        }
-        case "message_stop": {
-          ended = true;
-          const out: string[] = [];
-          if (translation.includeUsage) {
-            out.push(data({
-              id,
-              object: "chat.completion.chunk",
-              created: translation.created,
-              model,
-              choices: [],
-              usage: usageOf(promptTokens, completionTokens),
-            }));
-          }
-          out.push("data: [DONE]\n\n");
-          return out;
-        }
-        case "error": {
-          ended = true;
-          const error = (e.error ?? {}) as { type?: unknown; message?: unknown };
-          return [openaiSseError(
-            typeof error.type === "string" ? error.type : "api_error",
-            typeof error.message === "string" ? error.message : "error",
-          )];
-        }
-        default: // ping, block stops, thinking/citation deltas and unknown events
-          return [];
-      }
+      return translateEvent(e, state, translation);
     },
   };
+}
+
+/** One Anthropic event as the OpenAI SSE events it becomes (none for most). */
+function translateEvent(
+  e: Record<string, unknown>,
+  state: TranslatorState,
+  translation: Translation,
+): string[] {
+  switch (e?.type) {
+    case "message_start":
+      return messageStart(e, state, translation);
+    case "content_block_start":
+      return contentBlockStart(e, state, translation);
+    case "content_block_delta":
+      return contentBlockDelta(e, state, translation);
+    case "message_delta": {
+      state.tokens = countUsage(e.usage, state.tokens);
+      const reason = finishReason((e.delta as { stop_reason?: unknown })?.stop_reason);
+      return reason ? [chunkOf(state, translation, {}, reason)] : [];
+    }
+    case "message_stop":
+      return messageStop(state, translation);
+    case "error": {
+      state.ended = true;
+      const error = (e.error ?? {}) as { type?: unknown; message?: unknown };
+      return [openaiSseError(
+        typeof error.type === "string" ? error.type : "api_error",
+        typeof error.message === "string" ? error.message : "error",
+      )];
+    }
+    default: // ping, block stops, thinking/citation deltas and unknown events
+      return [];
+  }
+}
+
+/** `message_start`: the first chunk, with the id (and the model when the request named none). */
+function messageStart(
+  e: Record<string, unknown>,
+  state: TranslatorState,
+  translation: Translation,
+): string[] {
+  const message = (e.message ?? {}) as Record<string, unknown>;
+  if (typeof message.id === "string") state.id = `chatcmpl-${message.id}`;
+  if (!translation.model && typeof message.model === "string") state.model = message.model;
+  state.tokens = countUsage(message.usage, state.tokens);
+  return [chunkOf(state, translation, { role: "assistant", content: "" })];
+}
+
+/** `content_block_start`: a text block's first text, or a tool call's name and id. */
+function contentBlockStart(
+  e: Record<string, unknown>,
+  state: TranslatorState,
+  translation: Translation,
+): string[] {
+  const block = (e.content_block ?? {}) as Record<string, unknown>;
+  if (block.type === "text" && typeof block.text === "string" && block.text) {
+    return [chunkOf(state, translation, { content: block.text })];
+  }
+  if (block.type !== "tool_use" || typeof e.index !== "number") return [];
+  const index = state.toolCalls.size;
+  state.toolCalls.set(e.index, index);
+  return [chunkOf(state, translation, {
+    tool_calls: [{
+      index,
+      id: block.id,
+      type: "function",
+      function: { name: block.name, arguments: "" },
+    }],
+  })];
+}
+
+/** `content_block_delta`: text as `content`, a tool call's input JSON as its `arguments`. */
+function contentBlockDelta(
+  e: Record<string, unknown>,
+  state: TranslatorState,
+  translation: Translation,
+): string[] {
+  const delta = (e.delta ?? {}) as Record<string, unknown>;
+  if (delta.type === "text_delta" && typeof delta.text === "string") {
+    return delta.text ? [chunkOf(state, translation, { content: delta.text })] : [];
+  }
+  const index = typeof e.index === "number" ? state.toolCalls.get(e.index) : undefined;
+  if (delta.type !== "input_json_delta" || index === undefined) return [];
+  const partial = typeof delta.partial_json === "string" ? delta.partial_json : "";
+  return partial
+    ? [chunkOf(state, translation, { tool_calls: [{ index, function: { arguments: partial } }] })]
+    : [];
+}
+
+/** `message_stop`: the usage chunk when asked for, then `[DONE]`; the stream is over. */
+function messageStop(state: TranslatorState, translation: Translation): string[] {
+  state.ended = true;
+  const out: string[] = [];
+  if (translation.includeUsage) {
+    out.push(data({
+      id: state.id,
+      object: "chat.completion.chunk",
+      created: translation.created,
+      model: state.model,
+      choices: [],
+      usage: usageOf(state.tokens.promptTokens, state.tokens.completionTokens),
+    }));
+  }
+  out.push("data: [DONE]\n\n");
+  return out;
+}
+
+/** One `chat.completion.chunk` with `delta` (and `finish_reason`). */
+function chunkOf(
+  state: TranslatorState,
+  translation: Translation,
+  delta: Record<string, unknown>,
+  finish: string | null = null,
+): string {
+  return data({
+    id: state.id,
+    object: "chat.completion.chunk",
+    created: translation.created,
+    model: state.model,
+    choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
+    // OpenAI sends `usage: null` on every chunk but the last when usage was asked for.
+    ...(translation.includeUsage ? { usage: null } : {}),
+  });
 }
 
 /** The translated stream: each chunk of replay's Messages stream as the chunks it becomes. */
