@@ -189,6 +189,8 @@ interface ChunkTranslator {
 
 /** The translator's state over one stream. */
 interface TranslatorState {
+  /** What the request asked for (model, usage, `created`). */
+  readonly translation: Translation;
   id: string;
   model: string;
   tokens: { promptTokens: number; completionTokens: number };
@@ -200,6 +202,7 @@ interface TranslatorState {
 /** Creates a translator for one stream (see the module comment for the mapping). */
 export function createChunkTranslator(translation: Translation): ChunkTranslator {
   const state: TranslatorState = {
+    translation,
     id: "chatcmpl-replay",
     model: translation.model ?? "",
     tokens: { promptTokens: 0, completionTokens: 0 },
@@ -218,31 +221,27 @@ export function createChunkTranslator(translation: Translation): ChunkTranslator
       } catch {
         return [];
       }
-      return translateEvent(e, state, translation);
+      return translateEvent(e, state);
     },
   };
 }
 
 /** One Anthropic event as the OpenAI SSE events it becomes (none for most). */
-function translateEvent(
-  e: Record<string, unknown>,
-  state: TranslatorState,
-  translation: Translation,
-): string[] {
+function translateEvent(e: Record<string, unknown>, state: TranslatorState): string[] {
   switch (e?.type) {
     case "message_start":
-      return messageStart(e, state, translation);
+      return messageStart(e, state);
     case "content_block_start":
-      return contentBlockStart(e, state, translation);
+      return contentBlockStart(e, state);
     case "content_block_delta":
-      return contentBlockDelta(e, state, translation);
+      return contentBlockDelta(e, state);
     case "message_delta": {
       state.tokens = countUsage(e.usage, state.tokens);
       const reason = finishReason((e.delta as { stop_reason?: unknown })?.stop_reason);
-      return reason ? [chunkOf(state, translation, {}, reason)] : [];
+      return reason ? [chunkOf(state, {}, reason)] : [];
     }
     case "message_stop":
-      return messageStop(state, translation);
+      return messageStop(state);
     case "error": {
       state.ended = true;
       const error = (e.error ?? {}) as { type?: unknown; message?: unknown };
@@ -257,32 +256,24 @@ function translateEvent(
 }
 
 /** `message_start`: the first chunk, with the id (and the model when the request named none). */
-function messageStart(
-  e: Record<string, unknown>,
-  state: TranslatorState,
-  translation: Translation,
-): string[] {
+function messageStart(e: Record<string, unknown>, state: TranslatorState): string[] {
   const message = (e.message ?? {}) as Record<string, unknown>;
   if (typeof message.id === "string") state.id = `chatcmpl-${message.id}`;
-  if (!translation.model && typeof message.model === "string") state.model = message.model;
+  if (!state.translation.model && typeof message.model === "string") state.model = message.model;
   state.tokens = countUsage(message.usage, state.tokens);
-  return [chunkOf(state, translation, { role: "assistant", content: "" })];
+  return [chunkOf(state, { role: "assistant", content: "" })];
 }
 
 /** `content_block_start`: a text block's first text, or a tool call's name and id. */
-function contentBlockStart(
-  e: Record<string, unknown>,
-  state: TranslatorState,
-  translation: Translation,
-): string[] {
+function contentBlockStart(e: Record<string, unknown>, state: TranslatorState): string[] {
   const block = (e.content_block ?? {}) as Record<string, unknown>;
   if (block.type === "text" && typeof block.text === "string" && block.text) {
-    return [chunkOf(state, translation, { content: block.text })];
+    return [chunkOf(state, { content: block.text })];
   }
   if (block.type !== "tool_use" || typeof e.index !== "number") return [];
   const index = state.toolCalls.size;
   state.toolCalls.set(e.index, index);
-  return [chunkOf(state, translation, {
+  return [chunkOf(state, {
     tool_calls: [{
       index,
       id: block.id,
@@ -293,36 +284,26 @@ function contentBlockStart(
 }
 
 /** `content_block_delta`: text as `content`, a tool call's input JSON as its `arguments`. */
-function contentBlockDelta(
-  e: Record<string, unknown>,
-  state: TranslatorState,
-  translation: Translation,
-): string[] {
+function contentBlockDelta(e: Record<string, unknown>, state: TranslatorState): string[] {
   const delta = (e.delta ?? {}) as Record<string, unknown>;
   if (delta.type === "text_delta" && typeof delta.text === "string") {
-    return delta.text ? [chunkOf(state, translation, { content: delta.text })] : [];
+    return delta.text ? [chunkOf(state, { content: delta.text })] : [];
   }
   const index = typeof e.index === "number" ? state.toolCalls.get(e.index) : undefined;
   if (delta.type !== "input_json_delta" || index === undefined) return [];
   const partial = typeof delta.partial_json === "string" ? delta.partial_json : "";
   return partial
-    ? [chunkOf(state, translation, { tool_calls: [{ index, function: { arguments: partial } }] })]
+    ? [chunkOf(state, { tool_calls: [{ index, function: { arguments: partial } }] })]
     : [];
 }
 
 /** `message_stop`: the usage chunk when asked for, then `[DONE]`; the stream is over. */
-function messageStop(state: TranslatorState, translation: Translation): string[] {
+function messageStop(state: TranslatorState): string[] {
   state.ended = true;
   const out: string[] = [];
-  if (translation.includeUsage) {
-    out.push(data({
-      id: state.id,
-      object: "chat.completion.chunk",
-      created: translation.created,
-      model: state.model,
-      choices: [],
-      usage: usageOf(state.tokens.promptTokens, state.tokens.completionTokens),
-    }));
+  if (state.translation.includeUsage) {
+    const usage = usageOf(state.tokens.promptTokens, state.tokens.completionTokens);
+    out.push(data({ ...chunkHead(state), choices: [], usage }));
   }
   out.push("data: [DONE]\n\n");
   return out;
@@ -331,19 +312,25 @@ function messageStop(state: TranslatorState, translation: Translation): string[]
 /** One `chat.completion.chunk` with `delta` (and `finish_reason`). */
 function chunkOf(
   state: TranslatorState,
-  translation: Translation,
   delta: Record<string, unknown>,
   finish: string | null = null,
 ): string {
   return data({
-    id: state.id,
-    object: "chat.completion.chunk",
-    created: translation.created,
-    model: state.model,
+    ...chunkHead(state),
     choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
     // OpenAI sends `usage: null` on every chunk but the last when usage was asked for.
-    ...(translation.includeUsage ? { usage: null } : {}),
+    ...(state.translation.includeUsage ? { usage: null } : {}),
   });
+}
+
+/** The fields every `chat.completion.chunk` of the stream starts with. */
+function chunkHead(state: TranslatorState) {
+  return {
+    id: state.id,
+    object: "chat.completion.chunk",
+    created: state.translation.created,
+    model: state.model,
+  };
 }
 
 /** The translated stream: each chunk of replay's Messages stream as the chunks it becomes. */
