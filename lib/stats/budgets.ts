@@ -11,6 +11,7 @@
  */
 import { z } from "zod";
 import { PICO_PER_USD } from "./cost.ts";
+import { readJsonSetting } from "../json_setting.ts";
 
 /** The caps of one key, in USD (either may be absent). */
 export interface Budget {
@@ -47,20 +48,10 @@ export function parseKeyBudgets(
   readTextFile: (path: string) => string = Deno.readTextFileSync,
 ): KeyBudgets {
   if (value === undefined || value.trim() === "") return {};
-  let text = value;
-  if (!value.trim().startsWith("{")) {
-    try {
-      text = readTextFile(value);
-    } catch (error) {
-      throw new BudgetConfigError(`cannot read ${value}: ${(error as Error).message}`);
-    }
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (error) {
-    throw new BudgetConfigError(`not JSON: ${(error as Error).message}`);
-  }
+  const json = readJsonSetting(value, {
+    readTextFile,
+    error: (message) => new BudgetConfigError(message),
+  });
   const parsed = budgetsSchema.safeParse(json);
   if (!parsed.success) {
     const issue = parsed.error.issues[0];

@@ -12,6 +12,7 @@
  */
 import { z } from "zod";
 import shipped from "./prices.json" with { type: "json" };
+import { readJsonSetting } from "../json_setting.ts";
 
 const usdPerMtok = z.number().finite().min(0);
 
@@ -157,20 +158,10 @@ export function loadPrices(
   readTextFile: (path: string) => string = Deno.readTextFileSync,
 ): PriceTable {
   if (value === undefined || value.trim() === "") return shippedPrices();
-  let text = value;
-  if (!value.trim().startsWith("{")) {
-    try {
-      text = readTextFile(value);
-    } catch (error) {
-      throw new PriceTableError(`cannot read ${value}: ${(error as Error).message}`);
-    }
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (error) {
-    throw new PriceTableError(`not JSON: ${(error as Error).message}`);
-  }
+  const json = readJsonSetting(value, {
+    readTextFile,
+    error: (message) => new PriceTableError(message),
+  });
   if (!json || typeof json !== "object" || Array.isArray(json)) {
     throw new PriceTableError("the table: expected an object of model ids");
   }
