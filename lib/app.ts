@@ -104,17 +104,32 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
       format: deps.config.logFormat,
       secrets: [deps.config.anthropicApiKey, ...deps.config.apiKeys, deps.config.adminKey],
     });
-  const stats = deps.stats;
+  const routeDeps = createRouteDeps(deps, clock, logger);
+
+  const app = new Hono<AppEnv>();
+  app.use(async (c, next) => {
+    c.set("startedAt", clock.now());
+    await next();
+  });
+  app.use(requestId({ headerName: "x-sluice-request-id" }));
+  mountHardening(app, deps);
+  mountRoutes(app, deps, routeDeps);
+  mountErrorHandling(app, routeDeps);
+  return app;
+}
+
+/** What the routes are given: the app's dependencies, the spend store, stats recording, KV streams. */
+function createRouteDeps(deps: AppDeps, clock: Clock, logger: Logger): RouteDeps {
   const redact = createRedactor([deps.config.anthropicApiKey]);
   const spend = deps.spend ?? (deps.kv ? kvSpendStore(deps.kv) : memorySpendStore());
   const recorder = createRecorder({
     prices: deps.config.prices,
     logger,
-    stats,
+    stats: deps.stats,
     spend,
     requestLog: (summary) => logRequest(logger, summary),
   });
-  const routeDeps: RouteDeps = {
+  return {
     config: deps.config,
     upstream: deps.upstream,
     clock,
@@ -141,15 +156,15 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
       deps.lifecycle?.track(work);
     },
   };
+}
 
-  const app = new Hono<AppEnv>();
-  app.use(async (c, next) => {
-    c.set("startedAt", clock.now());
-    await next();
-  });
-  app.use(requestId({ headerName: "x-sluice-request-id" }));
-  mountHardening(app, deps);
-
+/**
+ * The routes, in order: the public ones (health, the pages, stats with their own key), then
+ * gateway authentication, limits and budgets, then the API routes, the catch-all forward last.
+ */
+function mountRoutes(app: Hono<AppEnv>, deps: AppDeps, routeDeps: RouteDeps) {
+  const { clock, logger, spend } = routeDeps;
+  const stats = deps.stats;
   app.route("/", healthRoute(routeDeps));
   // The chat page is public (it holds nothing); its API calls carry the key the user types.
   app.route("/", pageRoute());
@@ -167,41 +182,26 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   app.route("/", conversationsRoute(routeDeps));
   // Last: any other `/v1/*` call goes upstream as it is.
   app.route("/", forwardRoute(routeDeps));
+}
 
+/**
+ * Unknown routes and thrown errors become answers in Anthropic's error shape (OpenAI's on
+ * `/v1/chat/completions`), each recorded as a refusal.
+ */
+function mountErrorHandling(app: Hono<AppEnv>, routeDeps: RouteDeps) {
   app.notFound((c) =>
     errorResponse(404, "not_found_error", `no route for ${c.req.method} ${c.req.path}`, {
       requestId: c.get("requestId"),
     })
   );
-  /** Records a request sluice answered itself with an error (see refusalSummary). */
-  const recordRefusal = (c: Context<AppEnv>, status: number, errorType: string) => {
-    const info = {
-      method: c.req.method,
-      path: c.req.path,
-      status,
-      errorType,
-      requestId: c.get("requestId"),
-      startedAt: c.get("startedAt"),
-    };
-    if (!refusalSummary({ ...info, endedAt: info.startedAt })) return;
-    const endedAt = clock.now();
-    // Only a body already read (Hono caches it): an error path never reads a body itself.
-    const cached = Object.keys(c.req.bodyCache).length > 0;
-    const parsed = cached ? c.req.json() : Promise.resolve(undefined);
-    routeDeps.record(
-      Promise.resolve(parsed).catch(() => undefined).then((body) =>
-        refusalSummary({ ...info, endedAt, body })!
-      ),
-    );
-  };
   app.onError((error, c) => {
     const id = c.get("requestId");
     // OpenAI clients parse OpenAI's error shape; every other path answers in Anthropic's.
     const respond = c.req.path === CHAT_COMPLETIONS_PATH ? openaiErrorResponse : errorResponse;
-    if (error instanceof SluiceError) recordRefusal(c, error.status, error.type);
+    if (error instanceof SluiceError) recordRefusal(routeDeps, c, error.status, error.type);
     else if (error instanceof HTTPException) {
-      recordRefusal(c, error.status, errorTypeForStatus(error.status));
-    } else recordRefusal(c, 500, "api_error");
+      recordRefusal(routeDeps, c, error.status, errorTypeForStatus(error.status));
+    } else recordRefusal(routeDeps, c, 500, "api_error");
     if (error instanceof SluiceError) {
       return respond(error.status, error.type, error.message, {
         requestId: id,
@@ -214,10 +214,36 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
         requestId: id,
       });
     }
-    logger.error("unhandled error", { id, error: String(error) });
+    routeDeps.logger.error("unhandled error", { id, error: String(error) });
     return respond(500, "api_error", "internal error in sluice", { requestId: id });
   });
-  return app;
+}
+
+/** Records a request sluice answered itself with an error (see refusalSummary). */
+function recordRefusal(
+  routeDeps: RouteDeps,
+  c: Context<AppEnv>,
+  status: number,
+  errorType: string,
+) {
+  const info = {
+    method: c.req.method,
+    path: c.req.path,
+    status,
+    errorType,
+    requestId: c.get("requestId"),
+    startedAt: c.get("startedAt"),
+  };
+  if (!refusalSummary({ ...info, endedAt: info.startedAt })) return;
+  const endedAt = routeDeps.clock.now();
+  // Only a body already read (Hono caches it): an error path never reads a body itself.
+  const cached = Object.keys(c.req.bodyCache).length > 0;
+  const parsed = cached ? c.req.json() : Promise.resolve(undefined);
+  routeDeps.record(
+    Promise.resolve(parsed).catch(() => undefined).then((body) =>
+      refusalSummary({ ...info, endedAt, body })!
+    ),
+  );
 }
 
 /**

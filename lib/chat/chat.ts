@@ -10,12 +10,15 @@ import type { RouteDeps } from "../app_env.ts";
 import type { ChatFormat } from "./encoding.ts";
 import { chatFormat } from "./encoding.ts";
 import { chatJsonAnswer, parseMessage } from "./json.ts";
+import type { ChatBody } from "./request.ts";
 import { buildMessagesBody, encodeJson, parseChatBody } from "./request.ts";
+import type { ChatView } from "./view.ts";
 import { chatDone, createChatView, messageText } from "./view.ts";
 import type { Conversation, ConversationStore, Turn } from "./conversations.ts";
 import { SluiceError } from "../errors.ts";
 import { kvUnavailable } from "../kv.ts";
 import type { Message } from "../stream/accumulator.ts";
+import type { JsonCall, StreamCall } from "../proxy/messages_call.ts";
 import { startCall } from "../proxy/messages_call.ts";
 import type { ResumableStreams, StreamWriter } from "./resume.ts";
 import { createStreamWriter } from "./resume.ts";
@@ -69,18 +72,7 @@ export async function handleChat(
   streams?: ResumableStreams,
 ): Promise<Response> {
   const chat = parseChatBody(input.bodyText);
-  let conversation: Conversation | null = null;
-  if (chat.conversation_id !== undefined) {
-    if (!store) throw kvUnavailable("conversations", deps.kvFault);
-    conversation = await store.get(input.keyId, chat.conversation_id);
-    if (!conversation) {
-      throw new SluiceError(
-        404,
-        "not_found_error",
-        `conversation ${JSON.stringify(chat.conversation_id)} not found (it may have expired)`,
-      );
-    }
-  }
+  const conversation = await loadConversation(deps, store, input.keyId, chat);
   const body = buildMessagesBody(chat, {
     model: deps.config.defaultModel,
     maxTokens: deps.config.chatMaxTokens,
@@ -91,48 +83,19 @@ export async function handleChat(
   const conversationId = conversation?.id ?? null;
 
   // The exchange is stored only from here, once the answer is whole.
-  const owned = conversation && store ? { conversation, store } : null;
-  const storeExchange = owned
-    ? async (message: Message) => {
-      const answer = messageText(message);
-      // An answer with no text (only tool calls, say) cannot be replayed as a plain turn.
-      if (answer === "") return false;
-      const exchange: [Turn, Turn] = [
-        { role: "user", content: chat.message! },
-        { role: "assistant", content: answer },
-      ];
-      const result = await owned.store.append(input.keyId, owned.conversation.id, exchange);
-      return result.status === "stored";
-    }
+  const storeExchange = conversation && store
+    ? exchangeStorer(store, conversation, input.keyId, chat.message!)
     : undefined;
 
   // A streamed SSE answer is resumable when there is a KV to buffer it in. The writer is made
   // here but writes nothing until the view's first event: a call that fails first costs none.
-  let writer: StreamWriter | undefined;
-  if (streams && format === "sse") {
-    writer = createStreamWriter({
-      kv: streams.kv,
-      batcher: streams.batcher,
-      owner: input.keyId,
-      clock: deps.clock,
-      logger: deps.logger,
-      settings: deps.config.resume,
-      meta: {
-        endpoint: "/chat",
-        requestId: input.requestId,
-        startedAt: input.startedAt,
-        model: String(body.model),
-        conversationId,
-        // The head (rewritten at every commit) must stay under KV's 64 KiB value limit; a
-        // message this long could not be stored in a conversation anyway.
-        message: conversationId && chat.message!.length <= HEAD_MESSAGE_MAX ? chat.message! : null,
-      },
-      onEnd: () => {
-        streams.live.delete(writer!.id);
-        streams.stops.delete(writer!.id);
-      },
-    });
-  }
+  const writer = streams && format === "sse"
+    ? resumableWriter(deps, streams, input, {
+      model: String(body.model),
+      conversationId,
+      message: chat.message!,
+    })
+    : undefined;
 
   const view = createChatView({
     format: format === "json" ? "text" : format,
@@ -144,11 +107,7 @@ export async function handleChat(
     conversationId,
     redact: deps.upstream.redact.text,
     onComplete: storeExchange,
-    onCompleteError: (error) =>
-      deps.logger.warn("storing a conversation turn failed", {
-        id: input.requestId,
-        error: String(error),
-      }),
+    onCompleteError: (error) => warnStoreFailed(deps, input.requestId, error),
   });
   const call = await startCall({
     upstream: deps.upstream,
@@ -177,29 +136,123 @@ export async function handleChat(
   headers.set("x-sluice-request-id", input.requestId);
   if (conversationId) headers.set("x-sluice-conversation-id", conversationId);
   if (call.kind === "stream") {
-    for (const [key, value] of Object.entries(STREAM_HEADERS)) headers.set(key, value);
-    headers.set("content-type", CONTENT_TYPES[format === "json" ? "text" : format]);
-    if (writer) {
-      streams!.live.add(writer);
-      streams!.stops.set(writer.id, { owner: input.keyId, stop: view.stop });
-      headers.set("x-sluice-stream-id", writer.id);
-    }
-    return new Response(view.body(call), { status: call.status, headers });
+    return streamResponse(call, view, headers, format, input.keyId, writer, streams);
   }
+  return wholeResponse(deps, call, headers, input.requestId, conversationId, storeExchange);
+}
 
-  // A whole body: an upstream error (passed on in Anthropic's shape), or a non-streamed answer.
+/** The conversation a request names, if it names one; 404 when it is not (or no longer) stored. */
+async function loadConversation(
+  deps: RouteDeps,
+  store: ConversationStore | undefined,
+  keyId: string,
+  chat: ChatBody,
+): Promise<Conversation | null> {
+  if (chat.conversation_id === undefined) return null;
+  if (!store) throw kvUnavailable("conversations", deps.kvFault);
+  const conversation = await store.get(keyId, chat.conversation_id);
+  if (!conversation) {
+    throw new SluiceError(
+      404,
+      "not_found_error",
+      `conversation ${JSON.stringify(chat.conversation_id)} not found (it may have expired)`,
+    );
+  }
+  return conversation;
+}
+
+/** Stores a whole answer with the message it answers; resolves to whether it was stored. */
+function exchangeStorer(
+  store: ConversationStore,
+  conversation: Conversation,
+  keyId: string,
+  userMessage: string,
+): (message: Message) => Promise<boolean> {
+  return async (message: Message) => {
+    const answer = messageText(message);
+    // An answer with no text (only tool calls, say) cannot be replayed as a plain turn.
+    if (answer === "") return false;
+    const exchange: [Turn, Turn] = [
+      { role: "user", content: userMessage },
+      { role: "assistant", content: answer },
+    ];
+    const result = await store.append(keyId, conversation.id, exchange);
+    return result.status === "stored";
+  };
+}
+
+/** The writer of a resumable answer; it leaves the instance's registries once it has ended. */
+function resumableWriter(
+  deps: RouteDeps,
+  streams: ResumableStreams,
+  input: ChatInput,
+  answer: { model: string; conversationId: string | null; message: string },
+): StreamWriter {
+  const writer = createStreamWriter({
+    kv: streams.kv,
+    batcher: streams.batcher,
+    owner: input.keyId,
+    clock: deps.clock,
+    logger: deps.logger,
+    settings: deps.config.resume,
+    meta: {
+      endpoint: "/chat",
+      requestId: input.requestId,
+      startedAt: input.startedAt,
+      model: answer.model,
+      conversationId: answer.conversationId,
+      // The head (rewritten at every commit) must stay under KV's 64 KiB value limit; a
+      // message this long could not be stored in a conversation anyway.
+      message: answer.conversationId && answer.message.length <= HEAD_MESSAGE_MAX
+        ? answer.message
+        : null,
+    },
+    onEnd: () => {
+      streams.live.delete(writer.id);
+      streams.stops.delete(writer.id);
+    },
+  });
+  return writer;
+}
+
+/** A streamed answer through its view; a resumable one is registered to be resumed or stopped. */
+function streamResponse(
+  call: StreamCall,
+  view: ChatView,
+  headers: Headers,
+  format: ChatFormat,
+  keyId: string,
+  writer: StreamWriter | undefined,
+  streams: ResumableStreams | undefined,
+): Response {
+  for (const [key, value] of Object.entries(STREAM_HEADERS)) headers.set(key, value);
+  headers.set("content-type", CONTENT_TYPES[format === "json" ? "text" : format]);
+  if (writer) {
+    streams!.live.add(writer);
+    streams!.stops.set(writer.id, { owner: keyId, stop: view.stop });
+    headers.set("x-sluice-stream-id", writer.id);
+  }
+  return new Response(view.body(call), { status: call.status, headers });
+}
+
+/** A whole body: an upstream error (passed on in Anthropic's shape), or a non-streamed answer. */
+async function wholeResponse(
+  deps: RouteDeps,
+  call: JsonCall,
+  headers: Headers,
+  requestId: string,
+  conversationId: string | null,
+  storeExchange: ((message: Message) => Promise<boolean>) | undefined,
+): Promise<Response> {
   headers.set("content-type", CONTENT_TYPES.json);
   const message = call.status < 300 ? parseMessage(call.body) : null;
   if (!message) return new Response(call.body, { status: call.status, headers });
-  const done = await chatDone(call, input.requestId, conversationId, null, deps.config.prices);
+  const done = await chatDone(call, requestId, conversationId, null, deps.config.prices);
   if (storeExchange) {
     try {
       done.stored = await storeExchange(message);
     } catch (error) {
-      deps.logger.warn("storing a conversation turn failed", {
-        id: input.requestId,
-        error: String(error),
-      });
+      warnStoreFailed(deps, requestId, error);
       done.stored = false;
     }
   }
@@ -207,4 +260,8 @@ export async function handleChat(
     status: call.status,
     headers,
   });
+}
+
+function warnStoreFailed(deps: RouteDeps, requestId: string, error: unknown): void {
+  deps.logger.warn("storing a conversation turn failed", { id: requestId, error: String(error) });
 }

@@ -174,176 +174,223 @@ export function fitConversation(
 /** Creates a store over `kv`. */
 export function createConversationStore(options: ConversationStoreOptions): ConversationStore {
   const { kv, limits } = options;
-  const clock = options.clock ?? systemClock;
-  const newId = options.newId ?? newConversationId;
-  const keyOf = (owner: string, id: string): Deno.KvKey => [...PREFIX, owner, id];
-  const sizeKeyOf = (owner: string, id: string): Deno.KvKey => [...SIZES, owner, id];
-  const maxPerOwner = limits.maxPerOwner ?? 0;
-  const maxBytesPerOwner = limits.maxBytesPerOwner ?? 0;
-  // Creations of one owner run one at a time in this isolate, so a burst of them cannot all
-  // pass the check before any is written (isolates sharing a KV can still overshoot a little).
-  const creating = new Map<string, Promise<unknown>>();
-
-  /** The owner's live conversations other than `except`: how many, and their bytes. */
-  async function usage(owner: string, except?: string) {
-    let count = 0;
-    let bytes = 0;
-    const now = clock.now();
-    for await (const entry of kv.list<Size>({ prefix: [...SIZES, owner] })) {
-      if (entry.value.expiresAt <= now || entry.key.at(-1) === except) continue;
-      count++;
-      bytes += entry.value.bytes;
-    }
-    return { count, bytes };
-  }
-
-  /** Refuses a new conversation of `size` bytes when the owner's limits are reached. */
-  async function checkQuota(owner: string, size: number) {
-    if (maxPerOwner <= 0 && maxBytesPerOwner <= 0) return;
-    const used = await usage(owner);
-    if (maxPerOwner > 0 && used.count >= maxPerOwner) {
-      throw new ConversationQuotaError(
-        "count",
-        `this key already keeps ${used.count} conversations, the limit ` +
-          `(SLUICE_CONVERSATIONS_PER_KEY); delete one or wait for one to expire`,
-      );
-    }
-    if (maxBytesPerOwner > 0 && used.bytes + size > maxBytesPerOwner) {
-      throw new ConversationQuotaError(
-        "bytes",
-        `this key's conversations take ${used.bytes} bytes; ${size} more would pass the limit ` +
-          `of ${maxBytesPerOwner} (SLUICE_CONVERSATION_BYTES_PER_KEY)`,
-      );
-    }
-  }
-
-  /** Runs `work` after the owner's earlier creations. */
-  function oneAtATime<T>(owner: string, work: () => Promise<T>): Promise<T> {
-    const before = creating.get(owner) ?? Promise.resolve();
-    const run = before.then(work, work);
-    const settled = run.then(() => {}, () => {});
-    creating.set(owner, settled);
-    settled.then(() => {
-      if (creating.get(owner) === settled) creating.delete(owner);
-    });
-    return run;
-  }
-
-  async function read(owner: string, id: string) {
-    if (!isConversationId(id)) return null;
-    const entry = await kv.get<Uint8Array>(keyOf(owner, id));
-    if (entry.value === null) return null;
-    const conversation = JSON.parse(new TextDecoder().decode(entry.value)) as Conversation;
-    // KV deletes expired keys eventually, not at once; an expired one is already gone to callers.
-    if (conversation.expiresAt <= clock.now()) return null;
-    return { entry, conversation };
-  }
-
-  function touched(conversation: Conversation): Conversation {
-    const now = clock.now();
-    return { ...conversation, updatedAt: now, expiresAt: now + limits.ttlMs };
-  }
-
-  async function createNow(owner: string, init: { system?: string; model?: string }) {
-    const now = clock.now();
-    const conversation: Conversation = {
-      id: newId(),
-      createdAt: now,
-      updatedAt: now,
-      expiresAt: now + limits.ttlMs,
-      ...(init.system !== undefined ? { system: init.system } : {}),
-      ...(init.model !== undefined ? { model: init.model } : {}),
-      turns: [],
-      droppedTurns: 0,
-    };
-    const bytes = encodeConversation(conversation);
-    if (bytes.length > limits.maxBytes) {
-      throw new ConversationTooLargeError(
-        `the conversation would take ${bytes.length} bytes before any message; ` +
-          `the limit is ${limits.maxBytes} (SLUICE_CONVERSATION_MAX_BYTES)`,
-      );
-    }
-    await checkQuota(owner, bytes.length);
-    const size: Size = { bytes: bytes.length, expiresAt: conversation.expiresAt };
-    const result = await kv.atomic()
-      .check({ key: keyOf(owner, conversation.id), versionstamp: null })
-      .set(keyOf(owner, conversation.id), bytes, { expireIn: limits.ttlMs })
-      .set(sizeKeyOf(owner, conversation.id), size, { expireIn: limits.ttlMs })
-      .commit();
-    if (!result.ok) throw new Error("conversation id collision");
-    return conversation;
-  }
-
+  const store: StoreState = {
+    kv,
+    limits,
+    clock: options.clock ?? systemClock,
+    newId: options.newId ?? newConversationId,
+    maxPerOwner: limits.maxPerOwner ?? 0,
+    maxBytesPerOwner: limits.maxBytesPerOwner ?? 0,
+    creating: new Map(),
+  };
   return {
     create(owner, init = {}) {
-      return oneAtATime(owner, () => createNow(owner, init));
+      return oneAtATime(store, owner, () => createNow(store, owner, init));
     },
 
     async get(owner, id) {
-      return (await read(owner, id))?.conversation ?? null;
+      return (await read(store, owner, id))?.conversation ?? null;
     },
 
-    async append(owner, id, exchange) {
-      for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-        const found = await read(owner, id);
-        if (!found) return { status: "missing" };
-        const next = fitConversation(
-          touched({ ...found.conversation, turns: [...found.conversation.turns, ...exchange] }),
-          limits,
-        );
-        if (!next) return { status: "too_large" };
-        const bytes = encodeConversation(next);
-        if (maxBytesPerOwner > 0) {
-          // The owner's other conversations and this one, grown, must fit the owner's budget.
-          const others = await usage(owner, id);
-          if (others.bytes + bytes.length > maxBytesPerOwner) return { status: "too_large" };
-        }
-        const size: Size = { bytes: bytes.length, expiresAt: next.expiresAt };
-        const result = await kv.atomic()
-          .check(found.entry)
-          .set(keyOf(owner, id), bytes, { expireIn: limits.ttlMs })
-          .set(sizeKeyOf(owner, id), size, { expireIn: limits.ttlMs })
-          .commit();
-        if (result.ok) return { status: "stored", conversation: next };
-      }
-      throw new Error(`conversation ${id} kept changing; gave up after ${MAX_ATTEMPTS} attempts`);
+    append(owner, id, exchange) {
+      return append(store, owner, id, exchange);
     },
 
     async delete(owner, id) {
-      const found = await read(owner, id);
+      const found = await read(store, owner, id);
       if (!found) return false;
       await kv.atomic().delete(keyOf(owner, id)).delete(sizeKeyOf(owner, id)).commit();
       return true;
     },
 
-    async list(owner, { limit, cursor }) {
-      // One entry more than the page, to know whether there is a next page; the page's cursor is
-      // the one after its last entry. Expired entries (not yet deleted by KV) are skipped.
-      const iter = kv.list<Uint8Array>({ prefix: [...PREFIX, owner] }, {
-        limit: limit + 1,
-        cursor,
-      });
-      const conversations: Conversation[] = [];
-      let seen = 0;
-      let pageCursor = "";
-      let nextCursor: string | null = null;
-      try {
-        for await (const entry of iter) {
-          if (++seen > limit) {
-            nextCursor = pageCursor;
-            break;
-          }
-          pageCursor = iter.cursor;
-          const conversation = JSON.parse(new TextDecoder().decode(entry.value)) as Conversation;
-          if (conversation.expiresAt > clock.now()) conversations.push(conversation);
-        }
-      } catch (error) {
-        if (cursor !== undefined && seen === 0) throw new InvalidCursorError();
-        throw error;
-      }
-      return { conversations, nextCursor };
+    list(owner, page) {
+      return listPage(store, owner, page);
     },
   };
+}
+
+/** What one store keeps: its settings and the creations running now. */
+interface StoreState {
+  kv: Deno.Kv;
+  limits: ConversationLimits;
+  clock: Clock;
+  newId: () => string;
+  maxPerOwner: number;
+  maxBytesPerOwner: number;
+  // Creations of one owner run one at a time in this isolate, so a burst of them cannot all
+  // pass the check before any is written (isolates sharing a KV can still overshoot a little).
+  creating: Map<string, Promise<unknown>>;
+}
+
+function keyOf(owner: string, id: string): Deno.KvKey {
+  return [...PREFIX, owner, id];
+}
+
+function sizeKeyOf(owner: string, id: string): Deno.KvKey {
+  return [...SIZES, owner, id];
+}
+
+/** The owner's live conversations other than `except`: how many, and their bytes. */
+async function usage(store: StoreState, owner: string, except?: string) {
+  let count = 0;
+  let bytes = 0;
+  const now = store.clock.now();
+  for await (const entry of store.kv.list<Size>({ prefix: [...SIZES, owner] })) {
+    if (entry.value.expiresAt <= now || entry.key.at(-1) === except) continue;
+    count++;
+    bytes += entry.value.bytes;
+  }
+  return { count, bytes };
+}
+
+/** Refuses a new conversation of `size` bytes when the owner's limits are reached. */
+async function checkQuota(store: StoreState, owner: string, size: number) {
+  const { maxPerOwner, maxBytesPerOwner } = store;
+  if (maxPerOwner <= 0 && maxBytesPerOwner <= 0) return;
+  const used = await usage(store, owner);
+  if (maxPerOwner > 0 && used.count >= maxPerOwner) {
+    throw new ConversationQuotaError(
+      "count",
+      `this key already keeps ${used.count} conversations, the limit ` +
+        `(SLUICE_CONVERSATIONS_PER_KEY); delete one or wait for one to expire`,
+    );
+  }
+  if (maxBytesPerOwner > 0 && used.bytes + size > maxBytesPerOwner) {
+    throw new ConversationQuotaError(
+      "bytes",
+      `this key's conversations take ${used.bytes} bytes; ${size} more would pass the limit ` +
+        `of ${maxBytesPerOwner} (SLUICE_CONVERSATION_BYTES_PER_KEY)`,
+    );
+  }
+}
+
+/** Runs `work` after the owner's earlier creations. */
+function oneAtATime<T>(store: StoreState, owner: string, work: () => Promise<T>): Promise<T> {
+  const { creating } = store;
+  const before = creating.get(owner) ?? Promise.resolve();
+  const run = before.then(work, work);
+  const settled = run.then(() => {}, () => {});
+  creating.set(owner, settled);
+  settled.then(() => {
+    if (creating.get(owner) === settled) creating.delete(owner);
+  });
+  return run;
+}
+
+async function read(store: StoreState, owner: string, id: string) {
+  if (!isConversationId(id)) return null;
+  const entry = await store.kv.get<Uint8Array>(keyOf(owner, id));
+  if (entry.value === null) return null;
+  const conversation = JSON.parse(new TextDecoder().decode(entry.value)) as Conversation;
+  // KV deletes expired keys eventually, not at once; an expired one is already gone to callers.
+  if (conversation.expiresAt <= store.clock.now()) return null;
+  return { entry, conversation };
+}
+
+function touched(store: StoreState, conversation: Conversation): Conversation {
+  const now = store.clock.now();
+  return { ...conversation, updatedAt: now, expiresAt: now + store.limits.ttlMs };
+}
+
+async function createNow(
+  store: StoreState,
+  owner: string,
+  init: { system?: string; model?: string },
+) {
+  const { kv, limits } = store;
+  const now = store.clock.now();
+  const conversation: Conversation = {
+    id: store.newId(),
+    createdAt: now,
+    updatedAt: now,
+    expiresAt: now + limits.ttlMs,
+    ...(init.system !== undefined ? { system: init.system } : {}),
+    ...(init.model !== undefined ? { model: init.model } : {}),
+    turns: [],
+    droppedTurns: 0,
+  };
+  const bytes = encodeConversation(conversation);
+  if (bytes.length > limits.maxBytes) {
+    throw new ConversationTooLargeError(
+      `the conversation would take ${bytes.length} bytes before any message; ` +
+        `the limit is ${limits.maxBytes} (SLUICE_CONVERSATION_MAX_BYTES)`,
+    );
+  }
+  await checkQuota(store, owner, bytes.length);
+  const size: Size = { bytes: bytes.length, expiresAt: conversation.expiresAt };
+  const result = await kv.atomic()
+    .check({ key: keyOf(owner, conversation.id), versionstamp: null })
+    .set(keyOf(owner, conversation.id), bytes, { expireIn: limits.ttlMs })
+    .set(sizeKeyOf(owner, conversation.id), size, { expireIn: limits.ttlMs })
+    .commit();
+  if (!result.ok) throw new Error("conversation id collision");
+  return conversation;
+}
+
+/** {@link ConversationStore.append}. */
+async function append(
+  store: StoreState,
+  owner: string,
+  id: string,
+  exchange: [Turn, Turn],
+): Promise<AppendResult> {
+  const { kv, limits, maxBytesPerOwner } = store;
+  for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+    const found = await read(store, owner, id);
+    if (!found) return { status: "missing" };
+    const next = fitConversation(
+      touched(store, { ...found.conversation, turns: [...found.conversation.turns, ...exchange] }),
+      limits,
+    );
+    if (!next) return { status: "too_large" };
+    const bytes = encodeConversation(next);
+    if (maxBytesPerOwner > 0) {
+      // The owner's other conversations and this one, grown, must fit the owner's budget.
+      const others = await usage(store, owner, id);
+      if (others.bytes + bytes.length > maxBytesPerOwner) return { status: "too_large" };
+    }
+    const size: Size = { bytes: bytes.length, expiresAt: next.expiresAt };
+    const result = await kv.atomic()
+      .check(found.entry)
+      .set(keyOf(owner, id), bytes, { expireIn: limits.ttlMs })
+      .set(sizeKeyOf(owner, id), size, { expireIn: limits.ttlMs })
+      .commit();
+    if (result.ok) return { status: "stored", conversation: next };
+  }
+  throw new Error(`conversation ${id} kept changing; gave up after ${MAX_ATTEMPTS} attempts`);
+}
+
+/** {@link ConversationStore.list}. */
+async function listPage(
+  store: StoreState,
+  owner: string,
+  { limit, cursor }: { limit: number; cursor?: string },
+): Promise<{ conversations: Conversation[]; nextCursor: string | null }> {
+  // One entry more than the page, to know whether there is a next page; the page's cursor is
+  // the one after its last entry. Expired entries (not yet deleted by KV) are skipped.
+  const iter = store.kv.list<Uint8Array>({ prefix: [...PREFIX, owner] }, {
+    limit: limit + 1,
+    cursor,
+  });
+  const conversations: Conversation[] = [];
+  let seen = 0;
+  let pageCursor = "";
+  let nextCursor: string | null = null;
+  try {
+    for await (const entry of iter) {
+      if (++seen > limit) {
+        nextCursor = pageCursor;
+        break;
+      }
+      pageCursor = iter.cursor;
+      const conversation = JSON.parse(new TextDecoder().decode(entry.value)) as Conversation;
+      if (conversation.expiresAt > store.clock.now()) conversations.push(conversation);
+    }
+  } catch (error) {
+    if (cursor !== undefined && seen === 0) throw new InvalidCursorError();
+    throw error;
+  }
+  return { conversations, nextCursor };
 }
 
 /** A conversation's times as the JSON views show them (ISO 8601). */

@@ -167,10 +167,85 @@ export interface StreamWriterOptions {
 
 /** Starts a resumable stream. Its first commit (the head) goes out with the first event. */
 export function createStreamWriter(options: StreamWriterOptions): StreamWriter {
+  const { clock, settings } = options;
+  const id = options.id ?? crypto.randomUUID();
+  const store = createStreamStore(options, id);
+  let seq = 0;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+
+  // The heartbeat: a silent upstream still shows the writer is alive. Started with the first
+  // event (a call that fails before its stream costs no write), cleared at the end.
+  const beatEvery = Math.max(1, Math.floor(settings.staleMs / 3));
+  let heartbeat: ReturnType<typeof setInterval> | undefined;
+
+  return {
+    id,
+    writes: store.writes,
+    push(event) {
+      const bytes = numbered(++seq, event);
+      if (store.ended) return bytes; // nothing after the final event is stored
+      store.add(bytes);
+      if (seq === 1) {
+        // The head exists as soon as possible, but after the event is on its way: a commit
+        // costs ~0.15 ms of this thread (measured), which must not delay the bytes it follows.
+        timer = setTimeout(() => {
+          timer = undefined;
+          store.flush();
+        }, 0);
+        heartbeat = setInterval(() => {
+          if (!store.ended && clock.now() - store.lastCommitAt >= beatEvery) store.flush();
+        }, beatEvery);
+      } else if (timer === undefined) {
+        // On the instance's common ticks (multiples of flushMs), so that the streams flushing
+        // in the same tick share one commit (commit_batch.ts).
+        timer = setTimeout(() => {
+          timer = undefined;
+          store.flush();
+        }, settings.flushMs - (clock.now() % settings.flushMs));
+      }
+      return bytes;
+    },
+    end() {
+      if (store.ended) return;
+      store.end();
+      clearInterval(heartbeat);
+      if (timer !== undefined) clearTimeout(timer);
+      timer = undefined;
+      if (seq > 0) store.flush();
+    },
+    flushed() {
+      // A resume on this instance wants everything pushed so far: a commit still waiting for its
+      // timer goes now.
+      if (timer !== undefined) {
+        clearTimeout(timer);
+        timer = undefined;
+        store.flush();
+      }
+      return store.chain;
+    },
+  };
+}
+
+/** The KV side of a stream writer: the events not stored yet, and the commits that store them. */
+interface StreamStore {
+  /** Adds a numbered event to what the next commit stores. */
+  add(bytes: Uint8Array): void;
+  /** After the final event: the commit that stores the rest marks the stream ended. */
+  end(): void;
+  readonly ended: boolean;
+  /** When the head was last written (epoch ms on the writer's clock). */
+  readonly lastCommitAt: number;
+  readonly writes: { commits: number; bytes: number };
+  /** Queues a commit of what is pending, after the commits already queued. */
+  flush(): Promise<void>;
+  /** The commits queued so far. */
+  readonly chain: Promise<void>;
+}
+
+/** The commits of one stream: chunks of its pending events plus its head, one at a time. */
+function createStreamStore(options: StreamWriterOptions, id: string): StreamStore {
   const { kv, owner, clock, logger, settings, meta } = options;
   const batcher = options.batcher ?? createCommitBatcher(kv);
-  const id = options.id ?? crypto.randomUUID();
-  let seq = 0;
   let chunks = 0;
   let stored = 0;
   let open = false;
@@ -178,18 +253,12 @@ export function createStreamWriter(options: StreamWriterOptions): StreamWriter {
   let ended = false;
   let finalWritten = false;
   let lastCommitAt = clock.now();
-  let timer: ReturnType<typeof setTimeout> | undefined;
   // Each commit checks the head is still the one this writer wrote last: a reader that took
   // this writer for dead (and cut the stream) wins, and the writer stops writing.
   let version: string | null = null;
   let lost = false;
   let chain: Promise<void> = Promise.resolve();
   const writes = { commits: 0, bytes: 0 };
-
-  // The heartbeat: a silent upstream still shows the writer is alive. Started with the first
-  // event (a call that fails before its stream costs no write), cleared at the end.
-  const beatEvery = Math.max(1, Math.floor(settings.staleMs / 3));
-  let heartbeat: ReturnType<typeof setInterval> | undefined;
 
   function flush(): Promise<void> {
     chain = chain.then(commit).catch((error) => {
@@ -205,41 +274,18 @@ export function createStreamWriter(options: StreamWriterOptions): StreamWriter {
   async function commit(): Promise<void> {
     do {
       if (lost) return;
-      const sets: CommitPart["sets"] = [];
-      let partBytes = 0;
-      for (let n = 0; n < CHUNKS_PER_COMMIT && pending.length > 0; n++) {
-        const next = takeChunk(pending, stored + 1);
-        pending = next.rest;
-        stored += next.events;
-        open = next.chunk.partial === true;
-        sets.push({
-          key: chunkKey(owner, id, chunks++),
-          value: next.chunk,
-          expireIn: settings.ttlMs + CHUNK_GRACE_MS,
-        });
-        writes.bytes += next.chunk.bytes.length;
-        partBytes += next.chunk.bytes.length;
-      }
+      const part = commitChunks(pending, { stored, chunks, open }, (n) => chunkKey(owner, id, n), {
+        expireIn: settings.ttlMs + CHUNK_GRACE_MS,
+      });
+      ({ rest: pending, stored, chunks, open } = part);
+      writes.bytes += part.bytes;
       const now = clock.now();
       const last = ended && pending.length === 0;
-      const head: StreamHead = {
-        ...meta,
-        seq: stored,
-        chunks,
-        ...(open ? { open } : {}),
-        state: last ? "ended" : "live",
-        beatAt: now,
-        expiresAt: last ? now + settings.ttlMs : null,
-      };
-      sets.push({
-        key: headKey(owner, id),
-        value: head,
-        expireIn: settings.ttlMs + settings.staleMs,
-      });
+      part.sets.push(headSet(owner, id, meta, settings, { stored, chunks, open, last, now }));
       const result = await batcher.commit({
         check: { key: headKey(owner, id), versionstamp: version },
-        sets,
-        bytes: partBytes + 500,
+        sets: part.sets,
+        bytes: part.bytes + 500,
       }, last);
       writes.commits++;
       if (!result.ok) {
@@ -258,51 +304,72 @@ export function createStreamWriter(options: StreamWriterOptions): StreamWriter {
   }
 
   return {
-    id,
+    add: (bytes) => void pending.push(bytes),
+    end: () => void (ended = true),
+    get ended() {
+      return ended;
+    },
+    get lastCommitAt() {
+      return lastCommitAt;
+    },
     writes,
-    push(event) {
-      const bytes = numbered(++seq, event);
-      if (ended) return bytes; // nothing after the final event is stored
-      pending.push(bytes);
-      if (seq === 1) {
-        // The head exists as soon as possible, but after the event is on its way: a commit
-        // costs ~0.15 ms of this thread (measured), which must not delay the bytes it follows.
-        timer = setTimeout(() => {
-          timer = undefined;
-          flush();
-        }, 0);
-        heartbeat = setInterval(() => {
-          if (!ended && clock.now() - lastCommitAt >= beatEvery) flush();
-        }, beatEvery);
-      } else if (timer === undefined) {
-        // On the instance's common ticks (multiples of flushMs), so that the streams flushing
-        // in the same tick share one commit (commit_batch.ts).
-        timer = setTimeout(() => {
-          timer = undefined;
-          flush();
-        }, settings.flushMs - (clock.now() % settings.flushMs));
-      }
-      return bytes;
-    },
-    end() {
-      if (ended) return;
-      ended = true;
-      clearInterval(heartbeat);
-      if (timer !== undefined) clearTimeout(timer);
-      timer = undefined;
-      if (seq > 0) flush();
-    },
-    flushed() {
-      // A resume on this instance wants everything pushed so far: a commit still waiting for its
-      // timer goes now.
-      if (timer !== undefined) {
-        clearTimeout(timer);
-        timer = undefined;
-        flush();
-      }
+    flush,
+    get chain() {
       return chain;
     },
   };
+}
+
+/** A commit's write of the head: the stream as it stands once the commit's chunks are stored. */
+function headSet(
+  owner: string,
+  id: string,
+  meta: StreamMeta,
+  settings: ResumeSettings,
+  at: { stored: number; chunks: number; open: boolean; last: boolean; now: number },
+): CommitPart["sets"][number] {
+  const { stored, chunks, open, last, now } = at;
+  const head: StreamHead = {
+    ...meta,
+    seq: stored,
+    chunks,
+    ...(open ? { open } : {}),
+    state: last ? "ended" : "live",
+    beatAt: now,
+    expiresAt: last ? now + settings.ttlMs : null,
+  };
+  return { key: headKey(owner, id), value: head, expireIn: settings.ttlMs + settings.staleMs };
+}
+
+/**
+ * The chunks of one commit: up to {@link CHUNKS_PER_COMMIT} of the `pending` events, as KV sets,
+ * with what is left and where the stream then stands (`at` is where it stood).
+ */
+function commitChunks(
+  pending: Uint8Array[],
+  at: { stored: number; chunks: number; open: boolean },
+  key: (n: number) => Deno.KvKey,
+  { expireIn }: { expireIn: number },
+): {
+  sets: CommitPart["sets"];
+  rest: Uint8Array[];
+  stored: number;
+  chunks: number;
+  open: boolean;
+  bytes: number;
+} {
+  const sets: CommitPart["sets"] = [];
+  let { stored, chunks, open } = at;
+  let bytes = 0;
+  for (let n = 0; n < CHUNKS_PER_COMMIT && pending.length > 0; n++) {
+    const next = takeChunk(pending, stored + 1);
+    pending = next.rest;
+    stored += next.events;
+    open = next.chunk.partial === true;
+    sets.push({ key: key(chunks++), value: next.chunk, expireIn });
+    bytes += next.chunk.bytes.length;
+  }
+  return { sets, rest: pending, stored, chunks, open, bytes };
 }
 
 /**
@@ -394,17 +461,10 @@ export async function openResumedStream(
   if (!first.value || expired(first.value, clock.now())) return null;
   let head: Deno.KvEntryMaybe<StreamHead> = first;
   let nextChunk = 0;
-  let last = options.after;
-  let sentUpTo = 0;
+  const sent = { last: options.after, upTo: 0 };
   let cancelled = false;
   let lastSent = performance.now();
-  let wake: (() => void) | undefined;
-  let sleeper: ReturnType<typeof setTimeout> | undefined;
-  const sleep = (ms: number) =>
-    new Promise<void>((resolve) => {
-      wake = resolve;
-      sleeper = setTimeout(resolve, ms);
-    });
+  const sleeper = createSleeper();
 
   return new ReadableStream<Uint8Array>({
     async pull(controller) {
@@ -418,26 +478,12 @@ export async function openResumedStream(
           }
           const entries = await kv.getMany<StreamChunk[]>(keys);
           if (cancelled) return;
-          const parts: Uint8Array[] = [];
-          for (const entry of entries) {
-            if (!entry.value) {
-              // Chunks outlive their head; one gone means the stream is older than that.
-              controller.enqueue(encodeEvent("error", "the buffered answer has expired"));
-              controller.close();
-              return;
-            }
-            const { first: start, ends, bytes, partial } = entry.value;
-            if (partial) {
-              // The start of one large event: sent as it is, the rest follows in the next chunk.
-              if (start > last) parts.push(bytes);
-              continue;
-            }
-            for (let i = 0; i < ends.length; i++) {
-              if (start + i <= last) continue;
-              parts.push(bytes.subarray(i === 0 ? 0 : ends[i - 1], ends[i]));
-              sentUpTo = start + i;
-            }
-            last = Math.max(last, start + ends.length - 1);
+          const parts = eventsAfter(entries, sent);
+          if (!parts) {
+            // Chunks outlive their head; one gone means the stream is older than that.
+            controller.enqueue(encodeEvent("error", "the buffered answer has expired"));
+            controller.close();
+            return;
           }
           nextChunk += entries.length;
           if (parts.length > 0) {
@@ -450,16 +496,16 @@ export async function openResumedStream(
         if (value.state !== "live") {
           // A client that got events the dead writer never stored has an id past the cut
           // event's: it still must not see a silent end.
-          if (value.state === "cut" && sentUpTo < value.seq) {
+          if (value.state === "cut" && sent.upTo < value.seq) {
             controller.enqueue(encodeEvent("error", CUT_MESSAGE));
           }
           controller.close();
           return;
         }
         if (clock.now() - value.beatAt > settings.staleMs) {
-          await declareCut(head as Deno.KvEntry<StreamHead>);
+          await declareCut(options, head as Deno.KvEntry<StreamHead>);
         } else {
-          await sleep(settings.flushMs);
+          await sleeper.sleep(settings.flushMs);
           if (
             options.keepAliveMs > 0 && performance.now() - lastSent >= options.keepAliveMs
           ) {
@@ -478,52 +524,99 @@ export async function openResumedStream(
     },
     cancel() {
       cancelled = true;
+      sleeper.wake();
+    },
+  }, { highWaterMark: 0 });
+}
+
+/** A sleep that a cancelled reader can cut short. */
+function createSleeper(): { sleep(ms: number): Promise<void>; wake(): void } {
+  let wake: (() => void) | undefined;
+  let sleeper: ReturnType<typeof setTimeout> | undefined;
+  return {
+    sleep: (ms) =>
+      new Promise<void>((resolve) => {
+        wake = resolve;
+        sleeper = setTimeout(resolve, ms);
+      }),
+    wake() {
       if (sleeper !== undefined) clearTimeout(sleeper);
       wake?.();
     },
-  }, { highWaterMark: 0 });
+  };
+}
 
-  /** Ends a stream whose writer died: one final `error` event, added by one reader only. */
-  async function declareCut(entry: Deno.KvEntry<StreamHead>): Promise<void> {
-    const value = entry.value;
-    const now = clock.now();
-    // Cut inside a large event: a blank line ends it (as the tap ends an upstream cut mid-event),
-    // so it counts as one event and the error event after it has an id of its own.
-    const closing = value.open ? 1 : 0;
-    const event = new TextEncoder().encode(
-      (closing ? "\n\n" : "") + `id: ${value.seq + 1 + closing}\n` +
-        sseEvent(
-          "error",
-          errorPayload("api_error", CUT_MESSAGE),
-        ),
-    );
-    const chunk: StreamChunk = {
-      first: value.seq + 1,
-      ends: closing ? [2, event.length] : [event.length],
-      bytes: event,
-    };
-    const { open: _open, ...rest } = value;
-    const next: StreamHead = {
-      ...rest,
-      seq: value.seq + 1 + closing,
-      chunks: value.chunks + 1,
-      state: "cut",
-      expiresAt: now + settings.ttlMs,
-    };
-    const result = await kv.atomic()
-      .check(entry)
-      .set(chunkKey(owner, id, value.chunks), chunk, { expireIn: settings.ttlMs + CHUNK_GRACE_MS })
-      .set(headKey(owner, id), next, { expireIn: settings.ttlMs })
-      .commit();
-    if (!result.ok || !options.onCut) return; // another reader (or the writer) got there first
-    try {
-      await options.onCut({
-        head: next,
-        events: await storedEvents(kv, owner, id, value.chunks),
-      });
-    } catch (error) {
-      options.logger.warn("recording a cut stream failed", { id, error: String(error) });
+/**
+ * The bytes of the events after `sent.last` in consecutive chunks (advancing `sent`: the last id
+ * sent, and `upTo` the last whole event sent); null when one of the chunks has expired.
+ */
+function eventsAfter(
+  entries: Deno.KvEntryMaybe<StreamChunk>[],
+  sent: { last: number; upTo: number },
+): Uint8Array[] | null {
+  const parts: Uint8Array[] = [];
+  for (const entry of entries) {
+    if (!entry.value) return null;
+    const { first: start, ends, bytes, partial } = entry.value;
+    if (partial) {
+      // The start of one large event: sent as it is, the rest follows in the next chunk.
+      if (start > sent.last) parts.push(bytes);
+      continue;
     }
+    for (let i = 0; i < ends.length; i++) {
+      if (start + i <= sent.last) continue;
+      parts.push(bytes.subarray(i === 0 ? 0 : ends[i - 1], ends[i]));
+      sent.upTo = start + i;
+    }
+    sent.last = Math.max(sent.last, start + ends.length - 1);
+  }
+  return parts;
+}
+
+/** Ends a stream whose writer died: one final `error` event, added by one reader only. */
+async function declareCut(
+  options: ResumeOptions,
+  entry: Deno.KvEntry<StreamHead>,
+): Promise<void> {
+  const { kv, owner, id, clock, settings } = options;
+  const value = entry.value;
+  const now = clock.now();
+  // Cut inside a large event: a blank line ends it (as the tap ends an upstream cut mid-event),
+  // so it counts as one event and the error event after it has an id of its own.
+  const closing = value.open ? 1 : 0;
+  const event = new TextEncoder().encode(
+    (closing ? "\n\n" : "") + `id: ${value.seq + 1 + closing}\n` +
+      sseEvent(
+        "error",
+        errorPayload("api_error", CUT_MESSAGE),
+      ),
+  );
+  const chunk: StreamChunk = {
+    first: value.seq + 1,
+    ends: closing ? [2, event.length] : [event.length],
+    bytes: event,
+  };
+  const { open: _open, ...rest } = value;
+  const next: StreamHead = {
+    ...rest,
+    seq: value.seq + 1 + closing,
+    chunks: value.chunks + 1,
+    state: "cut",
+    expiresAt: now + settings.ttlMs,
+  };
+  const result = await kv.atomic()
+    .check(entry)
+    .set(chunkKey(owner, id, value.chunks), chunk, { expireIn: settings.ttlMs + CHUNK_GRACE_MS })
+    .set(headKey(owner, id), next, { expireIn: settings.ttlMs })
+    .commit();
+  if (!result.ok || !options.onCut) return; // another reader (or the writer) got there first
+  try {
+    await options.onCut({
+      head: next,
+      events: await storedEvents(kv, owner, id, value.chunks),
+    });
+  } catch (error) {
+    options.logger.warn("recording a cut stream failed", { id, error: String(error) });
   }
 }
 

@@ -113,9 +113,8 @@ function textEvents(delta: string): string[] {
 
 /** Creates the view of one `/chat` answer. */
 export function createChatView(options: ChatViewOptions): ChatView {
-  const encoder = new TextEncoder();
-  const conversationId = options.conversationId ?? null;
-  let pending: string[] = [];
+  // The text not sent yet; the observer adds to it, the answer's steps take it.
+  const pending: string[] = [];
   let lastText = "";
 
   const observer: AccumulatorObserver = {
@@ -128,169 +127,232 @@ export function createChatView(options: ChatViewOptions): ChatView {
     },
   };
 
-  function failure(upstreamType: string, upstreamMessage: string): string {
-    const type = options.redact ? options.redact(upstreamType) : upstreamType;
-    const message = options.redact ? options.redact(upstreamMessage) : upstreamMessage;
-    if (options.format === "sse") return sseEvent("error", errorPayload(type, message));
-    // The marked line starts on a line of its own, after whatever text came before it.
-    const gap = lastText === "" || lastText.endsWith("\n") ? "" : "\n";
-    return `${gap}${errorLine(type, message)}`;
-  }
-
   let stopBody: (() => Promise<boolean>) | undefined;
 
   function body(call: StreamCall): ReadableStream<Uint8Array> {
-    const reader = call.stream.getReader();
-    let cancelled = false;
-    let stopped = false;
-    let client: ReadableStreamDefaultController<Uint8Array> | undefined;
-    let ended = false;
-
-    async function finish(): Promise<string> {
-      const result = call.result();
-      if (result?.error) return failure(result.error.type, result.error.message);
-      if (!result?.complete || !result.message) {
-        // The tap ended a cut or silent stream with its own error event (not part of the
-        // upstream's answer, so the accumulator never saw it): keep its explanation.
-        const reported = call.failure();
-        return failure(
-          reported?.type ?? "api_error",
-          reported?.message ?? "the upstream stream ended before the answer was complete",
-        );
-      }
-      const done = await chatDone(
-        call,
-        options.requestId,
-        conversationId,
-        result.metrics.outputTokensPerSecond,
-        options.prices,
-      );
-      if (options.onComplete) {
-        try {
-          done.stored = await options.onComplete(result.message);
-        } catch (error) {
-          options.onCompleteError?.(error);
-          done.stored = false;
-        }
-      }
-      if (options.format === "sse") return sseEvent("done", done);
-      const newline = lastText === "" || lastText.endsWith("\n") ? "" : "\n";
-      return newline + (options.withStats ? statsLine(done) : "");
-    }
-
-    const writer = options.format === "sse" ? options.writer : undefined;
-    const finishOnDisconnect = (options.onDisconnect ?? "finish") === "finish";
-    let finalTaken = false;
-    /** One read of the tapped stream; its text (and, at the end, the final event) is pending. */
-    async function step(): Promise<void> {
-      const { done, value } = await reader.read();
-      if (done) {
-        ended = true;
-        pending.push(await finish());
-      } else if (value === KEEP_ALIVE_COMMENT && options.format === "sse") {
-        // The tap's keep-alive while the upstream is silent: pass it on, so proxies keep
-        // the browser's stream open too. (Plain text has no comment to send.)
-        pending.push(KEEP_ALIVE);
-      }
-    }
-    /** The pending events as bytes: numbered and buffered when the stream is resumable. */
-    function take(): Uint8Array | null {
-      const events = pending;
-      pending = [];
-      if (events.length === 0) return null;
-      if (!writer) {
-        const text = events.join("");
-        return text === "" ? null : encoder.encode(text);
-      }
-      const parts: Uint8Array[] = [];
-      for (const event of events) {
-        if (event === "") continue;
-        // Keep-alives are not events: no id, nothing to replay.
-        parts.push(event === KEEP_ALIVE ? KEEP_ALIVE_COMMENT : writer.push(event));
-      }
-      if (ended && !finalTaken) {
-        finalTaken = true;
-        writer.end();
-      }
-      return parts.length === 0 ? null : concatBytes(parts);
-    }
-    // Steps run one at a time: a drain that takes over after a cancel waits for the pull's.
-    let stepping: Promise<void> = Promise.resolve();
-    const next = () => (stepping = stepping.then(step));
-
-    /** Aborts the upstream and ends a resumable stream with an error event saying why. */
-    async function abortAnswer(reason: unknown, why: string): Promise<Uint8Array | null> {
-      await reader.cancel(reason);
-      if (!writer || finalTaken) return null;
-      pending = [sseEvent("error", errorPayload("api_error", why))];
-      ended = true;
-      return take();
-    }
-
-    stopBody = async () => {
-      // Also after the client left (a Stop pressed while reconnecting): the drain stops too.
-      if (stopped || ended) return false;
-      stopped = cancelled = true;
-      const bytes = await abortAnswer("stopped by the client", "the client stopped the answer");
-      // A client still connected gets the final event too, then the end of the stream.
-      try {
-        if (bytes) client?.enqueue(bytes);
-        client?.close();
-      } catch {
-        // the client had already gone
-      }
-      return true;
-    };
-
-    return new ReadableStream<Uint8Array>({
-      start(controller) {
-        client = controller;
-        if (options.format === "sse") {
-          const requestId = call.headers.get("request-id") ?? options.requestId;
-          pending.push(sseEvent("start", {
-            request_id: requestId,
-            conversation_id: conversationId,
-            ...(writer ? { stream_id: writer.id } : {}),
-          }));
-          const bytes = take();
-          if (bytes) controller.enqueue(bytes);
-        }
-      },
-      async pull(controller) {
-        while (pending.length === 0 && !ended) {
-          await next();
-          if (cancelled) return;
-        }
-        if (cancelled) return;
-        const bytes = take();
-        if (bytes) controller.enqueue(bytes);
-        if (ended) controller.close();
-      },
-      async cancel(reason) {
-        if (stopped) return;
-        cancelled = true;
-        if (finishOnDisconnect && !ended) {
-          // The client went away, but the answer is paid for: read it to its end (the
-          // accumulator, the conversation and the stats see all of it, and a resuming client
-          // gets it from KV). The upstream is read as fast as it sends now.
-          (async () => {
-            while (!ended) {
-              await next();
-              take();
-            }
-            take();
-          })().catch((error) => options.onCompleteError?.(error));
-          return;
-        }
-        // `abort`: cancelling the tap aborts the upstream request, and nothing of this answer
-        // is stored; a resumable stream ends with an error event that says why.
-        await abortAnswer(
-          reason,
-          "the client disconnected and SLUICE_ON_DISCONNECT=abort stopped the answer",
-        );
-      },
-    }, { highWaterMark: 0 });
+    const steps = answerSteps(call, options, pending, () => lastText);
+    const answer = answerStream(call, options, pending, steps);
+    stopBody = answer.stop;
+    return answer.stream;
   }
 
   return { observer, body, stop: () => stopBody?.() ?? Promise.resolve(false) };
+}
+
+/** An upstream failure as the final event (SSE) or the marked line (plain text). */
+function failure(
+  options: ChatViewOptions,
+  lastText: string,
+  upstreamType: string,
+  upstreamMessage: string,
+): string {
+  const type = options.redact ? options.redact(upstreamType) : upstreamType;
+  const message = options.redact ? options.redact(upstreamMessage) : upstreamMessage;
+  if (options.format === "sse") return sseEvent("error", errorPayload(type, message));
+  // The marked line starts on a line of its own, after whatever text came before it.
+  const gap = lastText === "" || lastText.endsWith("\n") ? "" : "\n";
+  return `${gap}${errorLine(type, message)}`;
+}
+
+/**
+ * The answer's final event once the tapped stream has ended: `done` (after `onComplete`) for a
+ * complete answer, else the failure (for a cut or silent stream, the one the tap reported).
+ */
+async function finalEvent(
+  call: StreamCall,
+  options: ChatViewOptions,
+  lastText: () => string,
+): Promise<string> {
+  const result = call.result();
+  if (result?.error) return failure(options, lastText(), result.error.type, result.error.message);
+  if (!result?.complete || !result.message) {
+    // The tap ended a cut or silent stream with its own error event (not part of the upstream's
+    // answer, so the accumulator never saw it): keep its explanation.
+    const reported = call.failure();
+    return failure(
+      options,
+      lastText(),
+      reported?.type ?? "api_error",
+      reported?.message ?? "the upstream stream ended before the answer was complete",
+    );
+  }
+  const done = await chatDone(
+    call,
+    options.requestId,
+    options.conversationId ?? null,
+    result.metrics.outputTokensPerSecond,
+    options.prices,
+  );
+  if (options.onComplete) {
+    try {
+      done.stored = await options.onComplete(result.message);
+    } catch (error) {
+      options.onCompleteError?.(error);
+      done.stored = false;
+    }
+  }
+  if (options.format === "sse") return sseEvent("done", done);
+  const newline = lastText() === "" || lastText().endsWith("\n") ? "" : "\n";
+  return newline + (options.withStats ? statsLine(done) : "");
+}
+
+/** How an answer's stream, its drain after a disconnect and its Stop move the answer on. */
+interface AnswerSteps {
+  /** Runs one more read of the tapped stream, after the ones already started. */
+  next(): Promise<void>;
+  /** The pending events as bytes: numbered and buffered when the stream is resumable. */
+  take(): Uint8Array | null;
+  /** Aborts the upstream and ends a resumable stream with an error event saying why. */
+  abortAnswer(reason: unknown, why: string): Promise<Uint8Array | null>;
+  /** Whether the tapped stream has ended (the final event is pending or sent). */
+  readonly ended: boolean;
+}
+
+/** The reads of one answer's tapped stream, turning what they produce into pending events. */
+function answerSteps(
+  call: StreamCall,
+  options: ChatViewOptions,
+  pending: string[],
+  lastText: () => string,
+): AnswerSteps {
+  const encoder = new TextEncoder();
+  const reader = call.stream.getReader();
+  let ended = false;
+  const finish = () => finalEvent(call, options, lastText);
+
+  const writer = options.format === "sse" ? options.writer : undefined;
+  let finalTaken = false;
+  /** One read of the tapped stream; its text (and, at the end, the final event) is pending. */
+  async function step(): Promise<void> {
+    const { done, value } = await reader.read();
+    if (done) {
+      ended = true;
+      pending.push(await finish());
+    } else if (value === KEEP_ALIVE_COMMENT && options.format === "sse") {
+      // The tap's keep-alive while the upstream is silent: pass it on, so proxies keep
+      // the browser's stream open too. (Plain text has no comment to send.)
+      pending.push(KEEP_ALIVE);
+    }
+  }
+  function take(): Uint8Array | null {
+    const events = pending.splice(0);
+    if (events.length === 0) return null;
+    if (!writer) {
+      const text = events.join("");
+      return text === "" ? null : encoder.encode(text);
+    }
+    const parts: Uint8Array[] = [];
+    for (const event of events) {
+      if (event === "") continue;
+      // Keep-alives are not events: no id, nothing to replay.
+      parts.push(event === KEEP_ALIVE ? KEEP_ALIVE_COMMENT : writer.push(event));
+    }
+    if (ended && !finalTaken) {
+      finalTaken = true;
+      writer.end();
+    }
+    return parts.length === 0 ? null : concatBytes(parts);
+  }
+  // Steps run one at a time: a drain that takes over after a cancel waits for the pull's.
+  let stepping: Promise<void> = Promise.resolve();
+  const next = () => (stepping = stepping.then(step));
+
+  async function abortAnswer(reason: unknown, why: string): Promise<Uint8Array | null> {
+    await reader.cancel(reason);
+    if (!writer || finalTaken) return null;
+    pending.splice(0, pending.length, sseEvent("error", errorPayload("api_error", why)));
+    ended = true;
+    return take();
+  }
+
+  return {
+    next,
+    take,
+    abortAnswer,
+    get ended() {
+      return ended;
+    },
+  };
+}
+
+/** The client's stream of one answer, and its Stop. */
+function answerStream(
+  call: StreamCall,
+  options: ChatViewOptions,
+  pending: string[],
+  steps: AnswerSteps,
+): { stream: ReadableStream<Uint8Array>; stop: () => Promise<boolean> } {
+  const writer = options.format === "sse" ? options.writer : undefined;
+  const finishOnDisconnect = (options.onDisconnect ?? "finish") === "finish";
+  let cancelled = false;
+  let stopped = false;
+  let client: ReadableStreamDefaultController<Uint8Array> | undefined;
+
+  async function stop(): Promise<boolean> {
+    // Also after the client left (a Stop pressed while reconnecting): the drain stops too.
+    if (stopped || steps.ended) return false;
+    stopped = cancelled = true;
+    const bytes = await steps.abortAnswer("stopped by the client", "the client stopped the answer");
+    // A client still connected gets the final event too, then the end of the stream.
+    try {
+      if (bytes) client?.enqueue(bytes);
+      client?.close();
+    } catch {
+      // the client had already gone
+    }
+    return true;
+  }
+
+  const stream = new ReadableStream<Uint8Array>({
+    start(controller) {
+      client = controller;
+      if (options.format === "sse") {
+        const requestId = call.headers.get("request-id") ?? options.requestId;
+        pending.push(sseEvent("start", {
+          request_id: requestId,
+          conversation_id: options.conversationId ?? null,
+          ...(writer ? { stream_id: writer.id } : {}),
+        }));
+        const bytes = steps.take();
+        if (bytes) controller.enqueue(bytes);
+      }
+    },
+    async pull(controller) {
+      while (pending.length === 0 && !steps.ended) {
+        await steps.next();
+        if (cancelled) return;
+      }
+      if (cancelled) return;
+      const bytes = steps.take();
+      if (bytes) controller.enqueue(bytes);
+      if (steps.ended) controller.close();
+    },
+    async cancel(reason) {
+      if (stopped) return;
+      cancelled = true;
+      if (finishOnDisconnect && !steps.ended) {
+        // The client went away, but the answer is paid for: read it to its end (the
+        // accumulator, the conversation and the stats see all of it, and a resuming client
+        // gets it from KV). The upstream is read as fast as it sends now.
+        drain(steps).catch((error) => options.onCompleteError?.(error));
+        return;
+      }
+      // `abort`: cancelling the tap aborts the upstream request, and nothing of this answer
+      // is stored; a resumable stream ends with an error event that says why.
+      await steps.abortAnswer(
+        reason,
+        "the client disconnected and SLUICE_ON_DISCONNECT=abort stopped the answer",
+      );
+    },
+  }, { highWaterMark: 0 });
+  return { stream, stop };
+}
+
+/** Reads an answer whose client has gone to its end, dropping what it produces. */
+async function drain(steps: AnswerSteps): Promise<void> {
+  while (!steps.ended) {
+    await steps.next();
+    steps.take();
+  }
+  steps.take();
 }

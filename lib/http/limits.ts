@@ -170,174 +170,208 @@ interface KeyState {
  * ```
  */
 export function createLimiter(options: LimiterOptions): Limiter {
-  const clock = options.clock ?? systemClock;
-  const ttl = options.leaseTtlMs ?? 60_000;
-  const store = options.store;
-  const instance = options.instanceId ?? crypto.randomUUID();
-  const keys = new Map<string, KeyState>();
-  let nextLease = 0;
-  let renewTimer: ReturnType<typeof setInterval> | undefined;
-
-  function stateOf(keyId: string): KeyState {
-    const window = Math.floor(clock.now() / WINDOW_MS);
-    let state = keys.get(keyId);
-    if (!state) {
-      if (keys.size >= MAX_KEYS) forgetIdle();
-      state = {
-        window,
-        mineInWindow: 0,
-        othersInWindow: 0,
-        inFlight: new Set(),
-        othersInFlight: 0,
-        syncing: null,
-        again: false,
-      };
-      keys.set(keyId, state);
-    } else if (state.window !== window) {
-      state.window = window;
-      state.mineInWindow = 0;
-      state.othersInWindow = 0;
-    }
-    return state;
-  }
-
-  /** Others' live counts under `prefix`, this isolate's left out. */
-  async function others(prefix: Deno.KvKey, now: number): Promise<number> {
-    let sum = 0;
-    for (const [id, share] of await store.list(prefix)) {
-      if (id !== instance && share.expiresAt > now) sum += share.count;
-    }
-    return sum;
-  }
-
-  async function reconcile(keyId: string, state: KeyState) {
-    const now = clock.now();
-    const window = state.window;
-    const writes: Promise<void>[] = [];
-    if (options.rpm > 0) {
-      const expiresAt = (window + 2) * WINDOW_MS;
-      writes.push(store.put(
-        [...RPM_PREFIX, keyId, window, instance],
-        { count: state.mineInWindow, expiresAt },
-        Math.max(1000, expiresAt - now),
-      ));
-    }
-    if (options.maxConcurrent > 0) {
-      const count = state.inFlight.size;
-      writes.push(store.put(
-        [...STREAMS_PREFIX, keyId, instance],
-        count > 0 ? { count, expiresAt: now + ttl } : null,
-        ttl,
-      ));
-    }
-    await Promise.all(writes);
-    const [inWindow, inFlight] = await Promise.all([
-      options.rpm > 0 ? others([...RPM_PREFIX, keyId, window], now) : 0,
-      options.maxConcurrent > 0 ? others([...STREAMS_PREFIX, keyId], now) : 0,
-    ]);
-    if (state.window === window) state.othersInWindow = inWindow;
-    state.othersInFlight = inFlight;
-  }
-
-  /** Starts a reconcile of `keyId` unless one runs; then another follows it. Never throws. */
-  function schedule(keyId: string, state: KeyState): Promise<void> {
-    if (state.syncing) {
-      state.again = true;
-      return state.syncing;
-    }
-    state.syncing = (async () => {
-      do {
-        state.again = false;
-        try {
-          await reconcile(keyId, state);
-        } catch (error) {
-          options.logger?.warn("limit reconcile failed", { error: String(error) });
-          return;
-        }
-      } while (state.again);
-    })().finally(() => (state.syncing = null));
-    return state.syncing;
-  }
-
-  function startRenewing() {
-    if (renewTimer !== undefined) return;
-    renewTimer = setInterval(() => {
-      for (const [keyId, state] of keys) {
-        if (state.inFlight.size > 0) schedule(keyId, state);
-      }
-    }, Math.max(10, Math.floor(ttl / 3)));
-  }
-
-  function stopRenewingIfIdle() {
-    for (const state of keys.values()) if (state.inFlight.size > 0) return;
-    clearInterval(renewTimer);
-    renewTimer = undefined;
-  }
-
-  /** Lets go of keys with nothing in flight and no count in this minute (bounded memory). */
-  function forgetIdle() {
-    const window = Math.floor(clock.now() / WINDOW_MS);
-    for (const [keyId, state] of keys) {
-      if (state.inFlight.size === 0 && state.window !== window && !state.syncing) {
-        keys.delete(keyId);
-      }
-    }
-  }
-
+  const limiter: LimiterState = {
+    options,
+    clock: options.clock ?? systemClock,
+    ttl: options.leaseTtlMs ?? 60_000,
+    store: options.store,
+    instance: options.instanceId ?? crypto.randomUUID(),
+    keys: new Map(),
+    nextLease: 0,
+    renewTimer: undefined,
+  };
   return {
     take(keyId) {
-      if (options.rpm <= 0) return { ok: true, value: undefined };
-      const state = stateOf(keyId);
-      if (state.mineInWindow + state.othersInWindow >= options.rpm) {
-        schedule(keyId, state); // the others' counts may have gone stale
-        return {
-          ok: false,
-          retryAfterMs: Math.max(1, (state.window + 1) * WINDOW_MS - clock.now()),
-          reason: `rate limit of ${options.rpm} requests per minute reached for this key`,
-        };
-      }
-      state.mineInWindow++;
-      schedule(keyId, state);
-      return { ok: true, value: undefined };
+      return takeRequest(limiter, keyId);
     },
-
     acquire(keyId) {
-      if (options.maxConcurrent <= 0) return { ok: true, value: null };
-      const state = stateOf(keyId);
-      if (state.inFlight.size + state.othersInFlight >= options.maxConcurrent) {
-        schedule(keyId, state);
-        return {
-          ok: false,
-          retryAfterMs: 1000,
-          reason: `${options.maxConcurrent} requests are already in flight for this key; ` +
-            "retry when one ends",
-        };
-      }
-      const id = ++nextLease;
-      state.inFlight.add(id);
-      schedule(keyId, state);
-      startRenewing();
-      return { ok: true, value: { keyId, id } };
+      return acquireSlot(limiter, keyId);
     },
-
     release(lease) {
-      if (!lease) return;
-      const state = keys.get(lease.keyId);
-      if (!state?.inFlight.delete(lease.id)) return;
-      stopRenewingIfIdle();
-      schedule(lease.keyId, state);
+      releaseSlot(limiter, lease);
     },
-
     held() {
-      let n = 0;
-      for (const state of keys.values()) n += state.inFlight.size;
-      return n;
+      return heldLeases(limiter);
     },
-
-    async sync(keyIds = [...keys.keys()]) {
-      await Promise.all(keyIds.map((keyId) => schedule(keyId, stateOf(keyId))));
+    async sync(keyIds = [...limiter.keys.keys()]) {
+      await Promise.all(keyIds.map((keyId) => schedule(limiter, keyId, stateOf(limiter, keyId))));
     },
   };
+}
+
+/** What one limiter keeps: its settings and the keys this isolate knows. */
+interface LimiterState {
+  options: LimiterOptions;
+  clock: Clock;
+  ttl: number;
+  store: LimitStore;
+  instance: string;
+  keys: Map<string, KeyState>;
+  nextLease: number;
+  renewTimer: ReturnType<typeof setInterval> | undefined;
+}
+
+/** {@link Limiter.take}. */
+function takeRequest(limiter: LimiterState, keyId: string): LimitDecision {
+  const { options, clock } = limiter;
+  if (options.rpm <= 0) return { ok: true, value: undefined };
+  const state = stateOf(limiter, keyId);
+  if (state.mineInWindow + state.othersInWindow >= options.rpm) {
+    schedule(limiter, keyId, state); // the others' counts may have gone stale
+    return {
+      ok: false,
+      retryAfterMs: Math.max(1, (state.window + 1) * WINDOW_MS - clock.now()),
+      reason: `rate limit of ${options.rpm} requests per minute reached for this key`,
+    };
+  }
+  state.mineInWindow++;
+  schedule(limiter, keyId, state);
+  return { ok: true, value: undefined };
+}
+
+/** {@link Limiter.acquire}. */
+function acquireSlot(limiter: LimiterState, keyId: string): LimitDecision<Lease | null> {
+  const { options } = limiter;
+  if (options.maxConcurrent <= 0) return { ok: true, value: null };
+  const state = stateOf(limiter, keyId);
+  if (state.inFlight.size + state.othersInFlight >= options.maxConcurrent) {
+    schedule(limiter, keyId, state);
+    return {
+      ok: false,
+      retryAfterMs: 1000,
+      reason: `${options.maxConcurrent} requests are already in flight for this key; ` +
+        "retry when one ends",
+    };
+  }
+  const id = ++limiter.nextLease;
+  state.inFlight.add(id);
+  schedule(limiter, keyId, state);
+  startRenewing(limiter);
+  return { ok: true, value: { keyId, id } };
+}
+
+/** {@link Limiter.release}. */
+function releaseSlot(limiter: LimiterState, lease: Lease | null): void {
+  if (!lease) return;
+  const state = limiter.keys.get(lease.keyId);
+  if (!state?.inFlight.delete(lease.id)) return;
+  stopRenewingIfIdle(limiter);
+  schedule(limiter, lease.keyId, state);
+}
+
+/** {@link Limiter.held}. */
+function heldLeases(limiter: LimiterState): number {
+  let n = 0;
+  for (const state of limiter.keys.values()) n += state.inFlight.size;
+  return n;
+}
+
+function stateOf(limiter: LimiterState, keyId: string): KeyState {
+  const { keys } = limiter;
+  const window = Math.floor(limiter.clock.now() / WINDOW_MS);
+  let state = keys.get(keyId);
+  if (!state) {
+    if (keys.size >= MAX_KEYS) forgetIdle(limiter);
+    state = {
+      window,
+      mineInWindow: 0,
+      othersInWindow: 0,
+      inFlight: new Set(),
+      othersInFlight: 0,
+      syncing: null,
+      again: false,
+    };
+    keys.set(keyId, state);
+  } else if (state.window !== window) {
+    state.window = window;
+    state.mineInWindow = 0;
+    state.othersInWindow = 0;
+  }
+  return state;
+}
+
+/** Others' live counts under `prefix`, this isolate's left out. */
+async function others(limiter: LimiterState, prefix: Deno.KvKey, now: number): Promise<number> {
+  let sum = 0;
+  for (const [id, share] of await limiter.store.list(prefix)) {
+    if (id !== limiter.instance && share.expiresAt > now) sum += share.count;
+  }
+  return sum;
+}
+
+async function reconcile(limiter: LimiterState, keyId: string, state: KeyState) {
+  const { options, store, instance, ttl } = limiter;
+  const now = limiter.clock.now();
+  const window = state.window;
+  const writes: Promise<void>[] = [];
+  if (options.rpm > 0) {
+    const expiresAt = (window + 2) * WINDOW_MS;
+    writes.push(store.put(
+      [...RPM_PREFIX, keyId, window, instance],
+      { count: state.mineInWindow, expiresAt },
+      Math.max(1000, expiresAt - now),
+    ));
+  }
+  if (options.maxConcurrent > 0) {
+    const count = state.inFlight.size;
+    writes.push(store.put(
+      [...STREAMS_PREFIX, keyId, instance],
+      count > 0 ? { count, expiresAt: now + ttl } : null,
+      ttl,
+    ));
+  }
+  await Promise.all(writes);
+  const [inWindow, inFlight] = await Promise.all([
+    options.rpm > 0 ? others(limiter, [...RPM_PREFIX, keyId, window], now) : 0,
+    options.maxConcurrent > 0 ? others(limiter, [...STREAMS_PREFIX, keyId], now) : 0,
+  ]);
+  if (state.window === window) state.othersInWindow = inWindow;
+  state.othersInFlight = inFlight;
+}
+
+/** Starts a reconcile of `keyId` unless one runs; then another follows it. Never throws. */
+function schedule(limiter: LimiterState, keyId: string, state: KeyState): Promise<void> {
+  if (state.syncing) {
+    state.again = true;
+    return state.syncing;
+  }
+  state.syncing = (async () => {
+    do {
+      state.again = false;
+      try {
+        await reconcile(limiter, keyId, state);
+      } catch (error) {
+        limiter.options.logger?.warn("limit reconcile failed", { error: String(error) });
+        return;
+      }
+    } while (state.again);
+  })().finally(() => (state.syncing = null));
+  return state.syncing;
+}
+
+function startRenewing(limiter: LimiterState) {
+  if (limiter.renewTimer !== undefined) return;
+  limiter.renewTimer = setInterval(() => {
+    for (const [keyId, state] of limiter.keys) {
+      if (state.inFlight.size > 0) schedule(limiter, keyId, state);
+    }
+  }, Math.max(10, Math.floor(limiter.ttl / 3)));
+}
+
+function stopRenewingIfIdle(limiter: LimiterState) {
+  for (const state of limiter.keys.values()) if (state.inFlight.size > 0) return;
+  clearInterval(limiter.renewTimer);
+  limiter.renewTimer = undefined;
+}
+
+/** Lets go of keys with nothing in flight and no count in this minute (bounded memory). */
+function forgetIdle(limiter: LimiterState) {
+  const window = Math.floor(limiter.clock.now() / WINDOW_MS);
+  for (const [keyId, state] of limiter.keys) {
+    if (state.inFlight.size === 0 && state.window !== window && !state.syncing) {
+      limiter.keys.delete(keyId);
+    }
+  }
 }
 
 /** Options for {@link limitMiddleware}. */

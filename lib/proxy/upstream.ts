@@ -124,65 +124,28 @@ export interface UpstreamOptions {
 
 /** Creates the upstream client. */
 export function createUpstream(options: UpstreamOptions): Upstream {
-  const baseFetch = options.fetch ?? globalThis.fetch;
-  // The SDK numbers its attempts in `x-stainless-retry-count`; remember it per response so the
-  // route can report retries. Keyed by the Headers object, which APIError also carries.
-  const attempts = new WeakMap<Headers, number>();
-  // Headers as the upstream sent them, for responses whose retry-after was clamped.
-  const original = new WeakMap<Headers, Headers>();
-  // Error bodies as the upstream sent them (for `rawErrors`), keyed like `attempts`.
-  const errorBytes = new WeakMap<Headers, Uint8Array<ArrayBuffer>>();
+  const ledger: AttemptLedger = {
+    attempts: new WeakMap(),
+    original: new WeakMap(),
+    errorBytes: new WeakMap(),
+    lastAttempt: new Map(),
+    calls: 0,
+  };
   const maxRetries = options.maxRetries ?? 2;
-  const maxWaitMs = options.retryMaxWaitMs ?? 10_000;
   const idleTimeoutMs = options.streamPolicy?.idleTimeoutMs ?? 0;
   // The SDK reads an error body with no time limit of its own; a stalled one must not hang
   // the request, so sluice reads it first, within the idle timeout (or the attempt's limit).
   const errorBodyLimitMs = idleTimeoutMs > 0 ? idleTimeoutMs : options.timeoutMs ?? 600_000;
   // Replay's placeholder is no secret: its fixtures may say "replay" in their answers.
   const redact = createRedactor(options.mode === "live" ? [options.apiKey] : []);
-  // The last attempt of each call in flight, by the call's id (`CALL_HEADER`): an attempt that
-  // gets no response (a timeout, a connection error, garbage instead of HTTP) has no headers to
-  // key `attempts` by, and its retries were reported as 0.
-  const lastAttempt = new Map<string, number>();
-  let calls = 0;
-  const countingFetch: typeof fetch = async (input, init) => {
-    // The SDK passes a Headers object: read it as it is rather than copying it (a copy per
-    // request showed in the gateway bench's profile).
-    const sent = init?.headers instanceof Headers ? init.headers : new Headers(init?.headers);
-    const attempt = Number(sent.get("x-stainless-retry-count") ?? 0) || 0;
-    const call = sent.get(CALL_HEADER);
-    if (call !== null) {
-      sent.delete(CALL_HEADER); // sluice's own bookkeeping: never sent upstream
-      lastAttempt.set(call, attempt);
-      if (!(init?.headers instanceof Headers)) init = { ...init, headers: sent };
-    }
-    let response = redactHeaders(await baseFetch(input, init), redact);
-    // Only an attempt that may be followed by another has its wait clamped; the last answer
-    // reaches the client with the upstream's own retry-after.
-    if (!response.ok && attempt < maxRetries) {
-      const clamped = clampRetryAfter(response, maxWaitMs);
-      if (clamped !== response) original.set(clamped.headers, response.headers);
-      response = clamped;
-    }
-    if (!response.ok && response.body) {
-      const body = await readBody(response.body, errorBodyLimitMs).catch(() => null);
-      const buffered = new Response(body, {
-        status: response.status,
-        statusText: response.statusText,
-        headers: response.headers,
-      });
-      const upstreamHeaders = original.get(response.headers);
-      if (upstreamHeaders) original.set(buffered.headers, upstreamHeaders);
-      if (body) errorBytes.set(buffered.headers, body);
-      response = buffered;
-    }
-    attempts.set(response.headers, attempt);
-    return response;
-  };
   const client = new Anthropic({
     apiKey: options.apiKey,
     baseURL: options.baseURL,
-    fetch: countingFetch,
+    fetch: countingFetch(options.fetch ?? globalThis.fetch, ledger, redact, {
+      maxRetries,
+      maxWaitMs: options.retryMaxWaitMs ?? 10_000,
+      errorBodyLimitMs,
+    }),
     maxRetries,
     timeout: options.timeoutMs ?? 600_000,
     logLevel: "off",
@@ -196,55 +159,168 @@ export function createUpstream(options: UpstreamOptions): Upstream {
       keepAliveMs: options.streamPolicy?.keepAliveMs ?? 0,
       maxEventChars: options.streamPolicy?.maxEventChars ?? DEFAULT_MAX_SSE_EVENT_CHARS,
     },
-    async send(request) {
-      const method = request.method ?? "POST";
-      const hasBody = request.body !== null && method !== "GET" && method !== "DELETE";
-      const headers: Record<string, string | null> = {
-        "content-type": hasBody ? "application/json" : null,
-        ...request.headers,
-      };
-      if (request.anthropicVersion) headers["anthropic-version"] = request.anthropicVersion;
-      if (request.anthropicBeta) headers["anthropic-beta"] = request.anthropicBeta;
-      if (options.mode === "replay" && request.fixture) {
-        headers["x-sluice-fixture"] = request.fixture;
-      }
-      if (request.authStyle === "x-api-key") {
-        headers["x-api-key"] = options.apiKey;
-        headers["authorization"] = null;
-      }
-      const call = String(++calls);
-      headers[CALL_HEADER] = call;
-      // Retries as counted by the attempts sent, whatever became of them.
-      const retried = (fallback: number) => Math.max(fallback, lastAttempt.get(call) ?? 0);
-      try {
-        const path = request.path ?? "/v1/messages";
-        const streamedBody = request.body instanceof ReadableStream;
-        const response = await client.request({
-          method: method.toLowerCase() as Lowercase<UpstreamMethod>,
-          path,
-          body: hasBody ? request.body : undefined,
-          stream: request.stream,
-          headers,
-          signal: request.signal,
-          // A body read as it arrives cannot be sent twice.
-          ...(streamedBody ? { maxRetries: 0 } : {}),
-        }).asResponse();
-        return { response, retries: retried(attempts.get(response.headers) ?? 0) };
-      } catch (error) {
-        if (error instanceof APIUserAbortError) throw error;
-        if (request.rawErrors) {
-          const raw = rawFailure(error, original, errorBytes, redact);
-          if (raw) return { response: raw.response, retries: retried(attempts.get(raw.seen) ?? 0) };
-        }
-        const failed = upstreamFailure(error, original, redact);
-        if (!failed) throw error;
-        const result = failed(attempts);
-        return { ...result, retries: retried(result.retries) };
-      } finally {
-        lastAttempt.delete(call);
-      }
-    },
+    send: (request) => sendRequest(client, ledger, redact, options, request),
   };
+}
+
+/** What one upstream remembers of the SDK's attempts, shared by its fetch and its `send`. */
+interface AttemptLedger {
+  /**
+   * The SDK numbers its attempts in `x-stainless-retry-count`; remember it per response so the
+   * route can report retries. Keyed by the Headers object, which APIError also carries.
+   */
+  attempts: WeakMap<Headers, number>;
+  /** Headers as the upstream sent them, for responses whose retry-after was clamped. */
+  original: WeakMap<Headers, Headers>;
+  /** Error bodies as the upstream sent them (for `rawErrors`), keyed like `attempts`. */
+  errorBytes: WeakMap<Headers, Uint8Array<ArrayBuffer>>;
+  /**
+   * The last attempt of each call in flight, by the call's id (`CALL_HEADER`): an attempt that
+   * gets no response (a timeout, a connection error, garbage instead of HTTP) has no headers to
+   * key `attempts` by, and its retries were reported as 0.
+   */
+  lastAttempt: Map<string, number>;
+  /** Calls sent so far: the last call's id. */
+  calls: number;
+}
+
+/** The limits {@link countingFetch} applies to each attempt's answer. */
+interface AttemptLimits {
+  maxRetries: number;
+  /** Longest wait between attempts (ms) that an answer's retry-after may ask for. */
+  maxWaitMs: number;
+  /** Time limit for reading an error body (ms). */
+  errorBodyLimitMs: number;
+}
+
+/**
+ * The fetch the SDK is given: `baseFetch` with each attempt counted in `ledger`, the server's key
+ * redacted from the answer's headers, retry-after clamped and error bodies read in advance.
+ */
+function countingFetch(
+  baseFetch: typeof fetch,
+  ledger: AttemptLedger,
+  redact: Redactor,
+  limits: AttemptLimits,
+): typeof fetch {
+  return async (input, init) => {
+    // The SDK passes a Headers object: read it as it is rather than copying it (a copy per
+    // request showed in the gateway bench's profile).
+    const sent = init?.headers instanceof Headers ? init.headers : new Headers(init?.headers);
+    const attempt = Number(sent.get("x-stainless-retry-count") ?? 0) || 0;
+    const call = sent.get(CALL_HEADER);
+    if (call !== null) {
+      sent.delete(CALL_HEADER); // sluice's own bookkeeping: never sent upstream
+      ledger.lastAttempt.set(call, attempt);
+      if (!(init?.headers instanceof Headers)) init = { ...init, headers: sent };
+    }
+    let response = redactHeaders(await baseFetch(input, init), redact);
+    // Only an attempt that may be followed by another has its wait clamped; the last answer
+    // reaches the client with the upstream's own retry-after.
+    if (!response.ok && attempt < limits.maxRetries) {
+      const clamped = clampRetryAfter(response, limits.maxWaitMs);
+      if (clamped !== response) ledger.original.set(clamped.headers, response.headers);
+      response = clamped;
+    }
+    if (!response.ok && response.body) {
+      response = await bufferErrorBody(response, response.body, limits.errorBodyLimitMs, ledger);
+    }
+    ledger.attempts.set(response.headers, attempt);
+    return response;
+  };
+}
+
+/**
+ * `response` with its error `body` read within `limitMs` (no body if that failed), its
+ * upstream headers and body bytes noted in `ledger` under the new response's headers.
+ */
+async function bufferErrorBody(
+  response: Response,
+  body: ReadableStream<Uint8Array>,
+  limitMs: number,
+  ledger: AttemptLedger,
+): Promise<Response> {
+  const bytes = await readBody(body, limitMs).catch(() => null);
+  const buffered = new Response(bytes, {
+    status: response.status,
+    statusText: response.statusText,
+    headers: response.headers,
+  });
+  const upstreamHeaders = ledger.original.get(response.headers);
+  if (upstreamHeaders) ledger.original.set(buffered.headers, upstreamHeaders);
+  if (bytes) ledger.errorBytes.set(buffered.headers, bytes);
+  return buffered;
+}
+
+/** {@link Upstream.send}: one request through the SDK's client, its failures made answers. */
+async function sendRequest(
+  client: Anthropic,
+  ledger: AttemptLedger,
+  redact: Redactor,
+  options: UpstreamOptions,
+  request: UpstreamRequest,
+): Promise<UpstreamResult> {
+  const method = request.method ?? "POST";
+  const hasBody = request.body !== null && method !== "GET" && method !== "DELETE";
+  const headers = requestHeaders(request, options, hasBody);
+  const call = String(++ledger.calls);
+  headers[CALL_HEADER] = call;
+  // Retries as counted by the attempts sent, whatever became of them.
+  const retried = (fallback: number) => Math.max(fallback, ledger.lastAttempt.get(call) ?? 0);
+  try {
+    const path = request.path ?? "/v1/messages";
+    const streamedBody = request.body instanceof ReadableStream;
+    const response = await client.request({
+      method: method.toLowerCase() as Lowercase<UpstreamMethod>,
+      path,
+      body: hasBody ? request.body : undefined,
+      stream: request.stream,
+      headers,
+      signal: request.signal,
+      // A body read as it arrives cannot be sent twice.
+      ...(streamedBody ? { maxRetries: 0 } : {}),
+    }).asResponse();
+    return { response, retries: retried(ledger.attempts.get(response.headers) ?? 0) };
+  } catch (error) {
+    if (error instanceof APIUserAbortError) throw error;
+    if (request.rawErrors) {
+      const raw = rawFailure(error, ledger.original, ledger.errorBytes, redact);
+      if (raw) {
+        return { response: raw.response, retries: retried(ledger.attempts.get(raw.seen) ?? 0) };
+      }
+    }
+    const failed = upstreamFailure(error, ledger.original, redact);
+    if (!failed) throw error;
+    const result = failed(ledger.attempts);
+    return { ...result, retries: retried(result.retries) };
+  } finally {
+    ledger.lastAttempt.delete(call);
+  }
+}
+
+/**
+ * The headers sluice adds to the SDK's for `request` (null removes one of the SDK's): the
+ * caller's, its API version and betas, replay's fixture, the key's style.
+ */
+function requestHeaders(
+  request: UpstreamRequest,
+  options: UpstreamOptions,
+  hasBody: boolean,
+): Record<string, string | null> {
+  const headers: Record<string, string | null> = {
+    "content-type": hasBody ? "application/json" : null,
+    ...request.headers,
+  };
+  if (request.anthropicVersion) headers["anthropic-version"] = request.anthropicVersion;
+  if (request.anthropicBeta) headers["anthropic-beta"] = request.anthropicBeta;
+  if (options.mode === "replay" && request.fixture) {
+    headers["x-sluice-fixture"] = request.fixture;
+  }
+  if (request.authStyle === "x-api-key") {
+    headers["x-api-key"] = options.apiKey;
+    headers["authorization"] = null;
+  }
+  return headers;
 }
 
 /** The header that names a call to `countingFetch`; removed before anything is sent. */

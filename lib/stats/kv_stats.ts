@@ -124,123 +124,144 @@ export interface KvStats extends StatsSink, StatsSource {
  * ```
  */
 export function createKvStats(options: KvStatsOptions): KvStats {
-  const modelLabel = modelLabeller(options.knownModels);
-  const kv = options.kv;
-  const clock = options.clock ?? systemClock;
-  const logger = options.logger ?? silentLogger;
-  const commit = options.commit ?? defaultCommit;
-  const writeIntervalMs = options.writeIntervalMs ?? 0;
-  const pending = new PendingStats({
-    instance: options.instanceId ?? crypto.randomUUID(),
-    recentLimit: options.recentLimit ?? 200,
-    recentTtlMs: Math.ceil(options.recentTtlMs ?? 24 * 60 * 60_000),
-  });
-  let writeFailures = 0;
-  let inflight: Promise<void> | null = null;
-  // The timer of the next write when `writeIntervalMs` > 0.
-  let waitTimer: ReturnType<typeof setTimeout> | undefined;
-
-  async function drain() {
-    while (true) {
-      const items = pending.take(clock.now());
-      if (items.length === 0) return;
-      for (let i = 0; i < items.length; i += MAX_MUTATIONS) {
-        const chunk = items.slice(i, i + MAX_MUTATIONS);
-        try {
-          await commit(kv, chunk.map((item) => item.mutation));
-        } catch (error) {
-          writeFailures++;
-          logger.warn("stats write failed; kept for the next attempt", { error: String(error) });
-          for (const item of items.slice(i)) item.undo();
-          return; // try again with the next record or flush, not in a tight loop
-        }
-      }
-    }
-  }
-
-  function writeNow(): Promise<void> {
-    // Nobody awaits a scheduled write: whatever goes wrong is counted and logged, never thrown.
-    inflight ??= drain().catch((error) => {
-      writeFailures++;
-      logger.warn("stats write failed", { error: String(error) });
-    }).finally(() => (inflight = null));
-    return inflight;
-  }
-
-  /**
-   * A write for what was just recorded: right away, or with every record of the next
-   * `writeIntervalMs`. Batching by time is what keeps stats cheap under load: one commit of a few
-   * dozen merged mutations a second instead of one per request (the gateway bench measured the
-   * per-request commits delaying other streams' deltas; see docs/performance.md).
-   */
-  function schedule(): void {
-    if (writeIntervalMs <= 0) writeNow();
-    else waitTimer ??= setTimeout(writeWaiting, writeIntervalMs);
-  }
-
-  /** Starts the write that was waiting for its interval now. */
-  function writeWaiting(): Promise<void> {
-    if (waitTimer !== undefined) clearTimeout(waitTimer);
-    waitTimer = undefined;
-    return writeNow();
-  }
-
-  /** Writes whatever is waiting and resolves when every write so far is over. */
-  async function writeAll(): Promise<void> {
-    while (inflight) await inflight;
-    await writeWaiting();
-  }
-
+  const sink: SinkState = {
+    modelLabel: modelLabeller(options.knownModels),
+    kv: options.kv,
+    clock: options.clock ?? systemClock,
+    logger: options.logger ?? silentLogger,
+    commit: options.commit ?? defaultCommit,
+    writeIntervalMs: options.writeIntervalMs ?? 0,
+    pending: new PendingStats({
+      instance: options.instanceId ?? crypto.randomUUID(),
+      recentLimit: options.recentLimit ?? 200,
+      recentTtlMs: Math.ceil(options.recentTtlMs ?? 24 * 60 * 60_000),
+    }),
+    writeFailures: 0,
+    inflight: null,
+    waitTimer: undefined,
+  };
+  const kv = sink.kv;
   return {
     get writeFailures() {
-      return writeFailures;
+      return sink.writeFailures;
     },
     record(summary) {
-      // One macrotask later, so a response's last bytes reach the socket before the stats work
-      // runs (the gateway bench measured the last delta ~1 ms later without it). A timer here,
-      // not in the app, so that apps without a KV sink (and their tests) start no timer at all.
-      return new Promise<void>((resolve) => setTimeout(resolve, 0)).then(() => {
-        try {
-          pending.add(boundLabels(summary, modelLabel));
-        } catch (error) {
-          writeFailures++;
-          logger.warn("stats record failed", { error: String(error) });
-          return;
-        }
-        // Not awaited: the write goes out with the others of its interval; `flush` waits for it.
-        schedule();
-      });
+      return record(sink, summary);
     },
     async flush() {
       // Summaries travel through already-resolved promise chains before `record` sees them; one
       // macrotask lets every such chain run first. Then wait for the writes.
       await new Promise<void>((resolve) => setTimeout(resolve, 0));
-      await writeAll();
+      await writeAll(sink);
     },
     async rows() {
-      await writeAll();
+      await writeAll(sink);
       return await rowsIn(kv, ALL_SELECTOR);
     },
     async keyTotals(keyId) {
-      await writeAll();
+      await writeAll(sink);
       const totals = await readKeyCounters(kv, [...KEY_COUNTERS_PREFIX, keyId]);
       return totals.get(keyId) ?? { requests: 0, cost_usd: 0, by_model: {} };
     },
     async recent(limit) {
-      await writeAll();
+      await writeAll(sink);
       const entries: RecentEntry[] = [];
       const iter = kv.list<RecentEntry>({ prefix: RECENT_PREFIX }, { reverse: true, limit });
       for await (const entry of iter) entries.push(entry.value);
       return entries;
     },
     async report() {
-      await writeAll();
-      return await readReport(kv, clock.now(), {
-        write_failures: writeFailures,
-        pending_writes: pending.size,
+      await writeAll(sink);
+      return await readReport(kv, sink.clock.now(), {
+        write_failures: sink.writeFailures,
+        pending_writes: sink.pending.size,
       });
     },
   };
+}
+
+/** What one KV sink keeps: its settings, the records not yet written and its write. */
+interface SinkState {
+  modelLabel: ReturnType<typeof modelLabeller>;
+  kv: Deno.Kv;
+  clock: Clock;
+  logger: Logger;
+  commit: (kv: Deno.Kv, mutations: Deno.KvMutation[]) => Promise<void>;
+  writeIntervalMs: number;
+  pending: PendingStats;
+  writeFailures: number;
+  inflight: Promise<void> | null;
+  // The timer of the next write when `writeIntervalMs` > 0.
+  waitTimer: ReturnType<typeof setTimeout> | undefined;
+}
+
+/** {@link KvStats.record}. */
+function record(sink: SinkState, summary: RequestSummary): Promise<void> {
+  // One macrotask later, so a response's last bytes reach the socket before the stats work
+  // runs (the gateway bench measured the last delta ~1 ms later without it). A timer here,
+  // not in the app, so that apps without a KV sink (and their tests) start no timer at all.
+  return new Promise<void>((resolve) => setTimeout(resolve, 0)).then(() => {
+    try {
+      sink.pending.add(boundLabels(summary, sink.modelLabel));
+    } catch (error) {
+      sink.writeFailures++;
+      sink.logger.warn("stats record failed", { error: String(error) });
+      return;
+    }
+    // Not awaited: the write goes out with the others of its interval; `flush` waits for it.
+    schedule(sink);
+  });
+}
+
+async function drain(sink: SinkState) {
+  while (true) {
+    const items = sink.pending.take(sink.clock.now());
+    if (items.length === 0) return;
+    for (let i = 0; i < items.length; i += MAX_MUTATIONS) {
+      const chunk = items.slice(i, i + MAX_MUTATIONS);
+      try {
+        await sink.commit(sink.kv, chunk.map((item) => item.mutation));
+      } catch (error) {
+        sink.writeFailures++;
+        sink.logger.warn("stats write failed; kept for the next attempt", { error: String(error) });
+        for (const item of items.slice(i)) item.undo();
+        return; // try again with the next record or flush, not in a tight loop
+      }
+    }
+  }
+}
+
+function writeNow(sink: SinkState): Promise<void> {
+  // Nobody awaits a scheduled write: whatever goes wrong is counted and logged, never thrown.
+  sink.inflight ??= drain(sink).catch((error) => {
+    sink.writeFailures++;
+    sink.logger.warn("stats write failed", { error: String(error) });
+  }).finally(() => (sink.inflight = null));
+  return sink.inflight;
+}
+
+/**
+ * A write for what was just recorded: right away, or with every record of the next
+ * `writeIntervalMs`. Batching by time is what keeps stats cheap under load: one commit of a few
+ * dozen merged mutations a second instead of one per request (the gateway bench measured the
+ * per-request commits delaying other streams' deltas; see docs/performance.md).
+ */
+function schedule(sink: SinkState): void {
+  if (sink.writeIntervalMs <= 0) writeNow(sink);
+  else sink.waitTimer ??= setTimeout(() => writeWaiting(sink), sink.writeIntervalMs);
+}
+
+/** Starts the write that was waiting for its interval now. */
+function writeWaiting(sink: SinkState): Promise<void> {
+  if (sink.waitTimer !== undefined) clearTimeout(sink.waitTimer);
+  sink.waitTimer = undefined;
+  return writeNow(sink);
+}
+
+/** Writes whatever is waiting and resolves when every write so far is over. */
+async function writeAll(sink: SinkState): Promise<void> {
+  while (sink.inflight) await sink.inflight;
+  await writeWaiting(sink);
 }
 
 async function defaultCommit(kv: Deno.Kv, mutations: Deno.KvMutation[]): Promise<void> {

@@ -49,44 +49,76 @@ const HISTOGRAMS: { name: LatencyName; metric: string; help: string }[] = [
 
 const TOKEN_TYPES = ["input", "output", "cache_creation_input", "cache_read_input"];
 
+/** Rows of one label set. */
+interface Series {
+  labels: SeriesLabels;
+  rows: Row[];
+}
+
 /** Renders all-time rows (and this instance's failed writes) as Prometheus text. */
 export function renderPrometheus(rows: Row[], options: { writeFailures?: number } = {}): string {
-  const bySeries = new Map<string, { labels: SeriesLabels; rows: Row[] }>();
+  const series = seriesOf(rows);
+  const out: string[] = [];
+  countFamilies(out, series);
+  labelledCountFamilies(out, series);
+  costFamilies(out, rows);
+  histogramFamilies(out, series);
+  family(
+    out,
+    "sluice_stats_write_failures_total",
+    "counter",
+    "Stats writes to Deno KV that failed in this instance (they are retried).",
+  );
+  out.push(`sluice_stats_write_failures_total ${options.writeFailures ?? 0}`);
+  return out.join("\n") + "\n";
+}
+
+/** The rows grouped by label set, in the order of their label text. */
+function seriesOf(rows: Row[]): Series[] {
+  const bySeries = new Map<string, Series>();
   for (const row of rows) {
     const id = JSON.stringify(row.labels);
     const group = bySeries.get(id) ?? { labels: row.labels, rows: [] };
     group.rows.push(row);
     bySeries.set(id, group);
   }
-  const series = [...bySeries.values()].sort((a, b) =>
+  return [...bySeries.values()].sort((a, b) =>
     labelText(a.labels).localeCompare(labelText(b.labels))
   );
-  const out: string[] = [];
-  const family = (name: string, type: string, help: string) => {
-    out.push(`# HELP ${name} ${escapeHelp(help)}`, `# TYPE ${name} ${type}`);
-  };
-  const sumOf = (group: Row[], test: (metric: Row["metric"]) => boolean) =>
-    group.filter((row) => test(row.metric)).reduce((sum, row) => sum + row.value, 0);
+}
 
-  family("sluice_requests_total", "counter", "Requests that reached a model endpoint.");
+function family(out: string[], name: string, type: string, help: string): void {
+  out.push(`# HELP ${name} ${escapeHelp(help)}`, `# TYPE ${name} ${type}`);
+}
+
+function sumOf(group: Row[], test: (metric: Row["metric"]) => boolean): number {
+  return group.filter((row) => test(row.metric)).reduce((sum, row) => sum + row.value, 0);
+}
+
+/** Requests, retries and tokens by type. */
+function countFamilies(out: string[], series: Series[]): void {
+  family(out, "sluice_requests_total", "counter", "Requests that reached a model endpoint.");
   for (const { labels, rows } of series) {
     out.push(sample("sluice_requests_total", labels, {}, sumOf(rows, (m) => m[0] === "requests")));
   }
 
-  family("sluice_retries_total", "counter", "Upstream retries made for requests.");
+  family(out, "sluice_retries_total", "counter", "Upstream retries made for requests.");
   for (const { labels, rows } of series) {
     out.push(sample("sluice_retries_total", labels, {}, sumOf(rows, (m) => m[0] === "retries")));
   }
 
-  family("sluice_tokens_total", "counter", "Tokens used, by type (cumulative usage rule).");
+  family(out, "sluice_tokens_total", "counter", "Tokens used, by type (cumulative usage rule).");
   for (const { labels, rows } of series) {
     for (const type of TOKEN_TYPES) {
       const n = sumOf(rows, (m) => m[0] === "tokens" && m[1] === type);
       out.push(sample("sluice_tokens_total", labels, { type }, n));
     }
   }
+}
 
-  family("sluice_stream_events_total", "counter", "Server-sent events seen, by event name.");
+/** Stream events by name and responses by status code: labels only the rows name. */
+function labelledCountFamilies(out: string[], series: Series[]): void {
+  family(out, "sluice_stream_events_total", "counter", "Server-sent events seen, by event name.");
   for (const { labels, rows } of series) {
     const names = new Set(rows.filter((r) => r.metric[0] === "events").map((r) => r.metric[1]));
     for (const event of [...names].map(String).sort()) {
@@ -95,7 +127,7 @@ export function renderPrometheus(rows: Row[], options: { writeFailures?: number 
     }
   }
 
-  family("sluice_responses_total", "counter", "Responses, by HTTP status code.");
+  family(out, "sluice_responses_total", "counter", "Responses, by HTTP status code.");
   for (const { labels, rows } of series) {
     const codes = new Set(rows.filter((r) => r.metric[0] === "status").map((r) => r.metric[1]));
     for (const code of [...codes].map(String).sort()) {
@@ -103,7 +135,10 @@ export function renderPrometheus(rows: Row[], options: { writeFailures?: number 
       out.push(sample("sluice_responses_total", labels, { code }, n));
     }
   }
+}
 
+/** Cost and unpriced requests, by model. */
+function costFamilies(out: string[], rows: Row[]): void {
   // Cost has the model label only: `sum by (model)` is what a bill is read by, and per-series
   // cost would multiply the series for no question anyone asks.
   const byModel = new Map<string, { pico: number; unpriced: number }>();
@@ -116,6 +151,7 @@ export function renderPrometheus(rows: Row[], options: { writeFailures?: number 
   }
   const models = [...byModel.keys()].sort();
   family(
+    out,
     "sluice_cost_usd_total",
     "counter",
     "What requests cost in USD, from their usage and the price table (lib/stats/prices.json).",
@@ -125,6 +161,7 @@ export function renderPrometheus(rows: Row[], options: { writeFailures?: number 
     out.push(`sluice_cost_usd_total{model="${escapeLabel(model)}"} ${formatNumber(usd)}`);
   }
   family(
+    out,
     "sluice_unpriced_requests_total",
     "counter",
     "Requests that used tokens of a model with no price (not in sluice_cost_usd_total).",
@@ -133,23 +170,18 @@ export function renderPrometheus(rows: Row[], options: { writeFailures?: number 
     const n = byModel.get(model)!.unpriced;
     out.push(`sluice_unpriced_requests_total{model="${escapeLabel(model)}"} ${n}`);
   }
+}
 
+/** The latency histograms, one series per label set that has any sample. */
+function histogramFamilies(out: string[], series: Series[]): void {
   for (const { name, metric, help } of HISTOGRAMS) {
-    family(metric, "histogram", help);
+    family(out, metric, "histogram", help);
     for (const { labels, rows } of series) {
       const histogram = histogramOf(rows, name);
       if (histogram.count === 0) continue;
       out.push(...histogramSamples(metric, labels, histogram));
     }
   }
-
-  family(
-    "sluice_stats_write_failures_total",
-    "counter",
-    "Stats writes to Deno KV that failed in this instance (they are retried).",
-  );
-  out.push(`sluice_stats_write_failures_total ${options.writeFailures ?? 0}`);
-  return out.join("\n") + "\n";
 }
 
 function histogramSamples(metric: string, labels: SeriesLabels, histogram: Histogram): string[] {

@@ -139,130 +139,189 @@ export function tapStream(
   onHookError: (error: unknown) => void = () => {},
   options: TapOptions = {},
 ): ReadableStream<Uint8Array> {
-  const reader = chunkReader(upstream, options.readBufferBytes ?? 4096);
-  const boundary = createBoundaryTracker();
-  const idleMs = options.idleTimeoutMs ?? 0;
-  const keepAliveMs = options.keepAliveMs ?? 0;
-  const keepAlive = options.keepAlive ?? KEEP_ALIVE_COMMENT;
-  const timed = idleMs > 0 || keepAliveMs > 0;
-  let finished = false;
-  let unwatchCut = () => {};
-  const safely = (fn: () => void) => {
-    try {
-      fn();
-    } catch (error) {
-      onHookError(error);
-    }
-  };
+  const tap = new Tap(
+    chunkReader(upstream, options.readBufferBytes ?? 4096),
+    hooks,
+    onHookError,
+    options,
+  );
+  return new ReadableStream<Uint8Array>({
+    start: (controller) => tap.start(controller),
+    pull: () => tap.pull(),
+    cancel: (reason) => tap.cancel(reason),
+  }, { highWaterMark: 0 });
+}
+
+/**
+ * One tapped stream's state, driven by its `ReadableStream`'s start, pull and cancel. A class
+ * rather than closures over locals so that the per-chunk path (`pull`, `#forward`) allocates
+ * nothing of its own: no closure per chunk or per timer.
+ */
+class Tap {
+  readonly #reader: ChunkReader;
+  readonly #hooks: TapHooks;
+  readonly #onHookError: (error: unknown) => void;
+  readonly #boundary = createBoundaryTracker();
+  readonly #idleMs: number;
+  readonly #keepAliveMs: number;
+  readonly #keepAlive: Uint8Array;
+  readonly #timed: boolean;
+  readonly #cut: AbortSignal | undefined;
+  #controller!: ReadableStreamDefaultController<Uint8Array>;
+  #finished = false;
+  #unwatchCut = () => {};
   // Keep-alives and the idle deadline share one timer per stream, armed when a wait begins and
   // no timer is armed, re-armed only when it fires early. (A timer set and cleared on every read
   // was 2.6 µs of sluice's 6 µs of CPU per event, measured in-process; see docs/performance.md.) The
   // timer acts by itself (enqueues a keep-alive, or cancels the read and ends the stream) while
   // the pull awaits its read: racing every read against a timeout promise cost ~1 KB of garbage
   // per event (see docs/performance.md).
-  let waiting = false;
-  let waitStart = 0;
-  let lastSent = 0;
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const stopTimer = () => {
-    if (timer !== undefined) clearTimeout(timer);
-    timer = undefined;
-  };
-  const fail = (controller: ReadableStreamDefaultController<Uint8Array>, error: unknown) => {
-    finished = true;
-    stopTimer();
-    unwatchCut();
-    let last: Uint8Array | undefined;
-    safely(() => {
-      last = hooks.onError(error, { atEventBoundary: boundary.atBoundary() });
-    });
-    if (last) controller.enqueue(last);
-    controller.close();
-  };
-  /** Gives up on the upstream: its read is cancelled and the stream ends with `onError`'s words. */
-  const abandon = (controller: ReadableStreamDefaultController<Uint8Array>, error: unknown) => {
-    if (finished) return;
-    reader.cancel(error).catch(() => {});
-    fail(controller, error);
-  };
-  const arm = (controller: ReadableStreamDefaultController<Uint8Array>) => {
-    let due = Infinity;
-    if (idleMs > 0) due = waitStart + idleMs;
-    if (keepAliveMs > 0) due = Math.min(due, lastSent + keepAliveMs);
-    timer = setTimeout(() => {
-      timer = undefined;
-      if (finished || !waiting) return; // between reads: the next wait arms it again
-      const now = performance.now();
-      if (idleMs > 0 && now - waitStart >= idleMs) {
-        abandon(controller, new UpstreamIdleError(idleMs));
-        return;
-      }
-      if (keepAliveMs > 0 && now - lastSent >= keepAliveMs) {
-        // Inside an event a comment would corrupt it; wait for the event to end instead.
-        if (boundary.atBoundary()) controller.enqueue(keepAlive);
-        lastSent = now;
-      }
-      arm(controller);
-    }, Math.max(0, due - performance.now()));
-  };
+  #waiting = false;
+  #waitStart = 0;
+  #lastSent = 0;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  readonly #onTimer = () => this.#fire();
 
-  const cut = options.cut;
-  return new ReadableStream<Uint8Array>({
-    start(controller) {
-      if (!cut) return;
-      if (cut.aborted) {
-        queueMicrotask(() => abandon(controller, cut.reason));
-        return;
-      }
-      const listener = () => abandon(controller, cut.reason);
-      cut.addEventListener("abort", listener, { once: true });
-      unwatchCut = () => cut.removeEventListener("abort", listener);
-    },
-    async pull(controller) {
-      if (finished) return;
-      if (timed) {
-        waiting = true;
-        waitStart = lastSent = performance.now();
-        // A timer left from an earlier wait fires before this wait's deadlines and re-arms itself.
-        if (timer === undefined) arm(controller);
-      }
-      let result: ReadableStreamReadResult<Uint8Array>;
-      try {
-        result = await reader.read();
-      } catch (error) {
-        waiting = false;
-        if (!finished) fail(controller, error);
-        return;
-      }
-      waiting = false;
-      // The timer or the cut may have ended the stream (and cancelled this read) meanwhile.
-      if (finished) return;
-      if (result.done) {
-        finished = true;
-        stopTimer();
-        unwatchCut();
-        let last: Uint8Array | undefined | void;
-        safely(() => {
-          last = hooks.onClose({ atEventBoundary: boundary.atBoundary() });
-        });
-        if (last) controller.enqueue(last);
-        controller.close();
-        return;
-      }
-      const chunk = result.value;
-      controller.enqueue(chunk);
-      boundary.see(chunk);
-      safely(() => hooks.onChunk(chunk));
-    },
-    cancel(reason) {
-      if (finished) return;
-      finished = true;
-      stopTimer();
-      unwatchCut();
-      safely(() => hooks.onCancel(reason));
-      return reader.cancel(reason).catch(() => {});
-    },
-  }, { highWaterMark: 0 });
+  constructor(
+    reader: ChunkReader,
+    hooks: TapHooks,
+    onHookError: (error: unknown) => void,
+    options: TapOptions,
+  ) {
+    this.#reader = reader;
+    this.#hooks = hooks;
+    this.#onHookError = onHookError;
+    this.#idleMs = options.idleTimeoutMs ?? 0;
+    this.#keepAliveMs = options.keepAliveMs ?? 0;
+    this.#keepAlive = options.keepAlive ?? KEEP_ALIVE_COMMENT;
+    this.#timed = this.#idleMs > 0 || this.#keepAliveMs > 0;
+    this.#cut = options.cut;
+  }
+
+  /** Keeps the controller and watches the cut. */
+  start(controller: ReadableStreamDefaultController<Uint8Array>): void {
+    this.#controller = controller;
+    const cut = this.#cut;
+    if (!cut) return;
+    if (cut.aborted) {
+      queueMicrotask(() => this.#abandon(cut.reason));
+      return;
+    }
+    const listener = () => this.#abandon(cut.reason);
+    cut.addEventListener("abort", listener, { once: true });
+    this.#unwatchCut = () => cut.removeEventListener("abort", listener);
+  }
+
+  /** Reads one chunk from the upstream and forwards it, or ends the stream. */
+  async pull(): Promise<void> {
+    if (this.#finished) return;
+    if (this.#timed) {
+      this.#waiting = true;
+      this.#waitStart = this.#lastSent = performance.now();
+      // A timer left from an earlier wait fires before this wait's deadlines and re-arms itself.
+      if (this.#timer === undefined) this.#arm();
+    }
+    let result: ReadableStreamReadResult<Uint8Array>;
+    try {
+      result = await this.#reader.read();
+    } catch (error) {
+      this.#waiting = false;
+      if (!this.#finished) this.#fail(error);
+      return;
+    }
+    this.#waiting = false;
+    // The timer or the cut may have ended the stream (and cancelled this read) meanwhile.
+    if (this.#finished) return;
+    if (result.done) this.#close();
+    else this.#forward(result.value);
+  }
+
+  /** The client went away. */
+  cancel(reason: unknown): Promise<void> | undefined {
+    if (this.#finished) return;
+    this.#finish();
+    try {
+      this.#hooks.onCancel(reason);
+    } catch (error) {
+      this.#onHookError(error);
+    }
+    return this.#reader.cancel(reason).catch(() => {});
+  }
+
+  /** Hands `chunk` to the client first, then to the hooks (the per-chunk path). */
+  #forward(chunk: Uint8Array): void {
+    this.#controller.enqueue(chunk);
+    this.#boundary.see(chunk);
+    try {
+      this.#hooks.onChunk(chunk);
+    } catch (error) {
+      this.#onHookError(error);
+    }
+  }
+
+  /** The upstream ended cleanly: `onClose`'s last bytes, if any, then the end. */
+  #close(): void {
+    this.#finish();
+    let last: Uint8Array | undefined | void;
+    try {
+      last = this.#hooks.onClose({ atEventBoundary: this.#boundary.atBoundary() });
+    } catch (error) {
+      this.#onHookError(error);
+    }
+    if (last) this.#controller.enqueue(last);
+    this.#controller.close();
+  }
+
+  /** Reading failed: `onError`'s last words, if any, then the end. */
+  #fail(error: unknown): void {
+    this.#finish();
+    let last: Uint8Array | undefined;
+    try {
+      last = this.#hooks.onError(error, { atEventBoundary: this.#boundary.atBoundary() });
+    } catch (hookError) {
+      this.#onHookError(hookError);
+    }
+    if (last) this.#controller.enqueue(last);
+    this.#controller.close();
+  }
+
+  /** Gives up on the upstream: its read is cancelled and the stream ends with `onError`'s words. */
+  #abandon(error: unknown): void {
+    if (this.#finished) return;
+    this.#reader.cancel(error).catch(() => {});
+    this.#fail(error);
+  }
+
+  /** Marks the stream ended: no more timer, no more cut. */
+  #finish(): void {
+    this.#finished = true;
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = undefined;
+    this.#unwatchCut();
+  }
+
+  #arm(): void {
+    let due = Infinity;
+    if (this.#idleMs > 0) due = this.#waitStart + this.#idleMs;
+    if (this.#keepAliveMs > 0) due = Math.min(due, this.#lastSent + this.#keepAliveMs);
+    this.#timer = setTimeout(this.#onTimer, Math.max(0, due - performance.now()));
+  }
+
+  #fire(): void {
+    this.#timer = undefined;
+    if (this.#finished || !this.#waiting) return; // between reads: the next wait arms it again
+    const now = performance.now();
+    if (this.#idleMs > 0 && now - this.#waitStart >= this.#idleMs) {
+      this.#abandon(new UpstreamIdleError(this.#idleMs));
+      return;
+    }
+    if (this.#keepAliveMs > 0 && now - this.#lastSent >= this.#keepAliveMs) {
+      // Inside an event a comment would corrupt it; wait for the event to end instead.
+      if (this.#boundary.atBoundary()) this.#controller.enqueue(this.#keepAlive);
+      this.#lastSent = now;
+    }
+    this.#arm();
+  }
 }
 
 /**

@@ -66,93 +66,35 @@ export async function runChat(options: RunChatOptions): Promise<number> {
     io.write(s.error(`cannot start a conversation at ${options.url}: ${describe(error)}`) + "\n");
     return 1;
   }
-  const local: { role: "user" | "assistant"; content: string }[] = [];
+  const session: ChatSession = { conversationId, local: [] };
 
   io.write(
     `${s.claude("sluice chat")} ${s.dim(`· ${options.url}`)}\n` +
       s.dim("Type a message. Ctrl-C stops an answer; quit, exit or Ctrl-D leaves.") + "\n\n",
   );
 
-  let current: AbortController | null = null;
-  let interruptsAtPrompt = 0;
-  let wake: (() => void) | null = null;
-  const now = options.now ?? (() => performance.now());
-  let lastInterrupt = -Infinity;
-  let lastStop = -Infinity;
-  const stop = io.onInterrupt(() => {
-    // One Ctrl-C can arrive twice: the terminal signals the whole foreground group, and
-    // `deno task` also forwards it to its child. Signals this close together are one key press.
-    const at = now();
-    if (at - lastInterrupt < DOUBLE_SIGNAL_MS || at - lastStop < AFTER_STOP_MS) return;
-    lastInterrupt = at;
-    if (current) {
-      lastStop = at;
-      current.abort();
-      return;
-    }
-    // At the prompt: a first Ctrl-C explains, a second one in a row leaves.
-    interruptsAtPrompt++;
-    if (interruptsAtPrompt >= 2) {
-      wake?.();
-      return;
-    }
-    io.write(`\n${s.dim("(Ctrl-C again, quit or Ctrl-D to leave)")}\n${s.you("You:")} `);
-  });
+  const prompt: PromptState = { current: null, interruptsAtPrompt: 0, wake: null };
+  const stop = io.onInterrupt(interruptHandler(options, s, prompt));
 
   try {
     for (;;) {
       io.write(`${s.you("You:")} `);
       const line = await Promise.race([
         io.readLine(),
-        new Promise<null>((resolve) => (wake = () => resolve(null))),
+        new Promise<null>((resolve) => (prompt.wake = () => resolve(null))),
       ]);
-      wake = null;
+      prompt.wake = null;
       if (line === null || isQuit(line)) {
         io.write(`${line === null ? "\n" : ""}Goodbye!\n`);
         return 0;
       }
-      interruptsAtPrompt = 0;
+      prompt.interruptsAtPrompt = 0;
       const message = line.trim();
       if (message === "") continue;
 
-      current = new AbortController();
+      const current = prompt.current = new AbortController();
       try {
-        const request = conversationId
-          ? { message, conversation_id: conversationId, model: options.model }
-          : {
-            messages: [...local, { role: "user", content: message }],
-            model: options.model,
-            system: options.system,
-          };
-        let answer = "";
-        const done = await answerOnce(options, s, client, request, current.signal, (text) => {
-          answer += text;
-        }).catch(async (error) => {
-          // The server forgot the conversation (expired): start a new one and ask again, once.
-          if (error instanceof ChatApiError && error.status === 404 && conversationId) {
-            io.write(s.dim("(the conversation expired; starting a new one)") + "\n");
-            conversationId = await createConversation(client, { system: options.system });
-            if (conversationId) {
-              return await answerOnce(
-                options,
-                s,
-                client,
-                {
-                  message,
-                  conversation_id: conversationId,
-                  model: options.model,
-                },
-                current!.signal,
-                (text) => (answer += text),
-              );
-            }
-          }
-          throw error;
-        });
-        if (!conversationId) {
-          local.push({ role: "user", content: message }, { role: "assistant", content: answer });
-        }
-        io.write(`${s.dim(statsText(done))}\n\n`);
+        await exchange(options, s, client, session, message, current.signal);
       } catch (error) {
         if (current.signal.aborted) {
           io.write(`${s.dim("[stopped]")}\n\n`);
@@ -160,12 +102,101 @@ export async function runChat(options: RunChatOptions): Promise<number> {
           io.write(`${s.error(`[error] ${describe(error)}`)}\n\n`);
         }
       } finally {
-        current = null;
+        prompt.current = null;
       }
     }
   } finally {
     stop();
   }
+}
+
+/** The history of a chat: the server's conversation, or (without one) the turns kept here. */
+interface ChatSession {
+  conversationId: string | null;
+  local: { role: "user" | "assistant"; content: string }[];
+}
+
+/** What a Ctrl-C acts on: the answer being streamed, else the prompt waiting for a line. */
+interface PromptState {
+  current: AbortController | null;
+  interruptsAtPrompt: number;
+  /** Ends the wait for a line (a second Ctrl-C at the prompt leaves). */
+  wake: (() => void) | null;
+}
+
+/** Ctrl-C: stops the answer being streamed; at the prompt, explains, then leaves. */
+function interruptHandler(options: RunChatOptions, s: Styles, prompt: PromptState): () => void {
+  const { io } = options;
+  const now = options.now ?? (() => performance.now());
+  let lastInterrupt = -Infinity;
+  let lastStop = -Infinity;
+  return () => {
+    // One Ctrl-C can arrive twice: the terminal signals the whole foreground group, and
+    // `deno task` also forwards it to its child. Signals this close together are one key press.
+    const at = now();
+    if (at - lastInterrupt < DOUBLE_SIGNAL_MS || at - lastStop < AFTER_STOP_MS) return;
+    lastInterrupt = at;
+    if (prompt.current) {
+      lastStop = at;
+      prompt.current.abort();
+      return;
+    }
+    // At the prompt: a first Ctrl-C explains, a second one in a row leaves.
+    prompt.interruptsAtPrompt++;
+    if (prompt.interruptsAtPrompt >= 2) {
+      prompt.wake?.();
+      return;
+    }
+    io.write(`\n${s.dim("(Ctrl-C again, quit or Ctrl-D to leave)")}\n${s.you("You:")} `);
+  };
+}
+
+/** Sends one message and streams its answer, then its stats; the history keeps the exchange. */
+async function exchange(
+  options: RunChatOptions,
+  s: Styles,
+  client: ChatClientOptions,
+  session: ChatSession,
+  message: string,
+  signal: AbortSignal,
+): Promise<void> {
+  const { io } = options;
+  const request = session.conversationId
+    ? { message, conversation_id: session.conversationId, model: options.model }
+    : {
+      messages: [...session.local, { role: "user", content: message }],
+      model: options.model,
+      system: options.system,
+    };
+  let answer = "";
+  const done = await answerOnce(options, s, client, request, signal, (text) => {
+    answer += text;
+  }).catch(async (error) => {
+    // The server forgot the conversation (expired): start a new one and ask again, once.
+    if (error instanceof ChatApiError && error.status === 404 && session.conversationId) {
+      io.write(s.dim("(the conversation expired; starting a new one)") + "\n");
+      session.conversationId = await createConversation(client, { system: options.system });
+      if (session.conversationId) {
+        return await answerOnce(
+          options,
+          s,
+          client,
+          {
+            message,
+            conversation_id: session.conversationId,
+            model: options.model,
+          },
+          signal,
+          (text) => (answer += text),
+        );
+      }
+    }
+    throw error;
+  });
+  if (!session.conversationId) {
+    session.local.push({ role: "user", content: message }, { role: "assistant", content: answer });
+  }
+  io.write(`${s.dim(statsText(done))}\n\n`);
 }
 
 /**
