@@ -3,6 +3,8 @@
  * lazily rather than at import time so that importing the app costs nothing and needs no read
  * permission until the page is asked for.
  */
+import type { StaticFile } from "../http/static_files.ts";
+import { createFileReader } from "../http/static_files.ts";
 
 /** The files of the page, by name. */
 export const pageAssetNames = [
@@ -17,31 +19,9 @@ export const pageAssetNames = [
   "vendor.css",
 ] as const;
 
-const TYPES: Record<string, string> = {
-  html: "text/html; charset=utf-8",
-  js: "text/javascript; charset=utf-8",
-  css: "text/css; charset=utf-8",
-};
-
 /** One file of the page. */
-export interface PageAsset {
-  body: Uint8Array<ArrayBuffer>;
-  contentType: string;
-}
-
-const cache = new Map<string, Promise<PageAsset>>();
+export type PageAsset = StaticFile;
 
 /** Reads a page file (one of {@link pageAssetNames}). */
-export function pageAsset(name: (typeof pageAssetNames)[number]): Promise<PageAsset> {
-  let asset = cache.get(name);
-  if (!asset) {
-    asset = Deno.readFile(new URL(`./${name}`, import.meta.url)).then((body) => ({
-      body,
-      contentType: TYPES[name.split(".").pop()!],
-    }));
-    // A failed read is not cached, so a transient error does not stick.
-    asset.catch(() => cache.delete(name));
-    cache.set(name, asset);
-  }
-  return asset;
-}
+export const pageAsset: (name: (typeof pageAssetNames)[number]) => Promise<PageAsset> =
+  createFileReader(new URL("./", import.meta.url));
