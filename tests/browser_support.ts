@@ -16,8 +16,7 @@ import type { AppDeps } from "../lib/app.ts";
 import { silentLogger } from "../lib/log.ts";
 import { createReplayFetch } from "../lib/replay/replay.ts";
 import { memorySink } from "../lib/stats/request_summary.ts";
-import { createUpstream } from "../lib/proxy/upstream.ts";
-import { testConfig } from "./helpers.ts";
+import { recordingUpstream, testConfig } from "./helpers.ts";
 import { answerFixtures } from "./answer_fixtures.ts";
 export { HOSTILE_ANSWER, MARKDOWN_ANSWER, NUMBERED_ANSWER } from "./answer_fixtures.ts";
 
@@ -44,16 +43,7 @@ export async function startPageServer(options: {
     logger: silentLogger,
     stats,
     kv,
-    upstream: createUpstream({
-      mode: "replay",
-      apiKey: "replay",
-      baseURL: "http://replay.test",
-      maxRetries: 0,
-      fetch: async (input, init) => {
-        sent.push(await new Request(input, init).json());
-        return replay(input, init);
-      },
-    }),
+    upstream: recordingUpstream(replay, sent),
   };
   const app = createApp(deps);
   const fetch = async (request: Request) => await app.fetch(request);

@@ -21,8 +21,7 @@ import { silentLogger } from "../lib/log.ts";
 import type { Pace } from "../lib/replay/pace.ts";
 import { createReplayFetch } from "../lib/replay/replay.ts";
 import { memorySink } from "../lib/stats/request_summary.ts";
-import { createUpstream } from "../lib/proxy/upstream.ts";
-import { testConfig } from "./helpers.ts";
+import { recordingUpstream, testConfig } from "./helpers.ts";
 import { answerFixtures, MARKDOWN_ANSWER, NUMBERED_ANSWER } from "./answer_fixtures.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -44,16 +43,7 @@ async function sluice(pace: Pace, sleep?: (ms: number, signal?: AbortSignal) => 
     logger: silentLogger,
     stats,
     kv,
-    upstream: createUpstream({
-      mode: "replay",
-      apiKey: "replay",
-      baseURL: "http://replay.test",
-      maxRetries: 0,
-      fetch: async (input, init) => {
-        sent.push(await new Request(input, init).json());
-        return replay(input, init);
-      },
-    }),
+    upstream: recordingUpstream(replay, sent),
   });
   return { app, kv, stats, sent };
 }

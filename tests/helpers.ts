@@ -226,6 +226,20 @@ export function testConfig(env: Record<string, string> = {}): Config {
   return parseConfig({ SLUICE_LOG_LEVEL: "silent", ...env });
 }
 
+/** A replay upstream that also keeps the body of every request it is sent, in `sent`. */
+export function recordingUpstream(replay: typeof fetch, sent: unknown[]): Upstream {
+  return createUpstream({
+    mode: "replay",
+    apiKey: "replay",
+    baseURL: "http://replay.test",
+    maxRetries: 0,
+    fetch: async (input, init) => {
+      sent.push(await new Request(input, init).json());
+      return replay(input, init);
+    },
+  });
+}
+
 /** An upstream that replays the project's fixtures at once (no pacing). */
 export async function instantReplayUpstream(): Promise<Upstream> {
   return createUpstream({
