@@ -25,6 +25,7 @@ import Anthropic from "@anthropic-ai/sdk";
 import { Hono } from "hono";
 import { streamSSE } from "hono/streaming";
 import { createApp } from "../lib/app.ts";
+import { kvSpendStore } from "../lib/stats/budgets.ts";
 import { parseConfig } from "../lib/config.ts";
 import { openKv } from "../lib/kv.ts";
 import { createLogger } from "../lib/log.ts";
@@ -71,7 +72,17 @@ async function sluice(upstreamUrl: string, production: boolean): Promise<Handler
   const stats = Deno.env.get("BENCH_NO_STATS")
     ? undefined
     : createKvStats({ kv, logger, writeIntervalMs: config.statsWriteMs });
-  const app = createApp({ config, upstream, logger, kv, stats, lifecycle: createLifecycle() });
+  // Batched as main.ts batches it (lib/serve.ts); an older lib/ (`@before`) ignores the option.
+  const spend = kvSpendStore(kv, { flushMs: config.statsWriteMs });
+  const app = createApp({
+    config,
+    upstream,
+    logger,
+    kv,
+    stats,
+    spend,
+    lifecycle: createLifecycle(),
+  });
   return (request, info) => app.fetch(request, info);
 }
 

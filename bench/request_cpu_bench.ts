@@ -8,6 +8,7 @@
  */
 import process from "node:process";
 import { createApp } from "../lib/app.ts";
+import { kvSpendStore } from "../lib/stats/budgets.ts";
 import { parseConfig } from "../lib/config.ts";
 import { openKv } from "../lib/kv.ts";
 import { createLogger } from "../lib/log.ts";
@@ -57,7 +58,17 @@ const logger = createLogger({ level: "silent" });
 const stats = Deno.env.get("BENCH_NO_STATS")
   ? undefined
   : createKvStats({ kv, logger, writeIntervalMs: config.statsWriteMs });
-const app = createApp({ config, upstream, logger, kv, stats, lifecycle: createLifecycle() });
+// Spend batched as main.ts batches it (lib/serve.ts).
+const spend = kvSpendStore(kv, { flushMs: config.statsWriteMs });
+const app = createApp({
+  config,
+  upstream,
+  logger,
+  kv,
+  stats,
+  spend,
+  lifecycle: createLifecycle(),
+});
 const body = JSON.stringify({
   model: "claude-bench",
   max_tokens: 1024,

@@ -14,6 +14,7 @@
  *   deno run --allow-net=127.0.0.1 --allow-env --allow-read bench/request_stages_bench.ts [requests]
  */
 import { createApp } from "../lib/app.ts";
+import { kvSpendStore } from "../lib/stats/budgets.ts";
 import type { Clock } from "../lib/clock.ts";
 import { parseConfig } from "../lib/config.ts";
 import { createLogger } from "../lib/log.ts";
@@ -91,6 +92,8 @@ const app = createApp({
   logger,
   kv,
   stats,
+  // Batched as main.ts batches it (lib/serve.ts).
+  spend: kvSpendStore(kv, { flushMs: config.statsWriteMs }),
   lifecycle: createLifecycle(),
   clock: stampingClock,
 });

@@ -9,6 +9,7 @@ import { createUpstreamFromConfig } from "./proxy/upstream_from_config.ts";
 import { openKvOrFault } from "./kv.ts";
 import { checkDefaultModel } from "./proxy/model_check.ts";
 import { createKvStats } from "./stats/kv_stats.ts";
+import { kvSpendStore } from "./stats/budgets.ts";
 import { createLifecycle, installShutdown, type ShutdownHandle } from "./http/shutdown.ts";
 
 /** Options for {@link serveSluice}. */
@@ -54,8 +55,16 @@ export async function serveSluice(
       knownModels: [config.defaultModel],
     })
     : undefined;
+  // Spend per key is summed in memory and written with the stats' interval (flushed at shutdown).
+  const spend = kv
+    ? kvSpendStore(kv, {
+      flushMs: config.statsWriteMs,
+      onError: (error) =>
+        logger.warn("spend write failed; kept for the next", { error: String(error) }),
+    })
+    : undefined;
   const lifecycle = createLifecycle();
-  const app = createApp({ config, upstream, logger, kv, kvFault, stats, lifecycle });
+  const app = createApp({ config, upstream, logger, kv, kvFault, stats, spend, lifecycle });
 
   let listening!: (port: number) => void;
   const bound = new Promise<number>((resolve) => (listening = resolve));
@@ -87,7 +96,10 @@ export async function serveSluice(
     signals: options.signals,
     exit: options.exit,
     close: async () => {
-      await stats?.flush();
+      const spent = spend?.flush().catch((error) =>
+        logger.warn("spend write failed at shutdown", { error: String(error) })
+      );
+      await Promise.all([stats?.flush(), spent]);
       kv?.close();
     },
   });

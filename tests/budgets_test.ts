@@ -8,7 +8,14 @@ import { manualClock } from "../lib/clock.ts";
 import { ConfigError, parseConfig } from "../lib/config.ts";
 import { silentLogger } from "../lib/log.ts";
 import { createKvStats } from "../lib/stats/kv_stats.ts";
-import { liveApp, readFixture, startFakeUpstream, startFixtureUpstream } from "./helpers.ts";
+import { kvSpendStore } from "../lib/stats/budgets.ts";
+import {
+  liveApp,
+  readFixture,
+  startFakeUpstream,
+  startFixtureUpstream,
+  startMain,
+} from "./helpers.ts";
 
 const KEY = "gw-budget-key";
 // One prompt-cache answer on claude-opus-5-5 costs $0.29304 (worked out in cost_test.ts).
@@ -205,4 +212,90 @@ Deno.test("a bad SLUICE_KEY_BUDGETS stops start-up with a message naming it", ()
   }
   const ok = parseConfig({ SLUICE_KEY_BUDGETS: '{"0123456789abcdef": {"monthly_usd": 20}}' });
   assert.deepEqual(ok.keyBudgets, { "0123456789abcdef": { monthly_usd: 20 } });
+});
+
+Deno.test("batched spend is exact for its own isolate at once, reaches KV at the flush, and survives a failed write", async (t) => {
+  const dir = await Deno.makeTempDir({ prefix: "sluice-spend-" });
+  const kvA = await Deno.openKv(`${dir}/kv.sqlite3`);
+  const kvB = await Deno.openKv(`${dir}/kv.sqlite3`);
+  let failNext = false;
+  // KV whose next commit fails, as a full disk or a lost connection would.
+  const flaky = new Proxy(kvA, {
+    get(target, name) {
+      if (name !== "atomic") return Reflect.get(target, name).bind(target);
+      return () => {
+        const atomic = target.atomic();
+        const commit = atomic.commit.bind(atomic);
+        atomic.commit = () => {
+          if (!failNext) return commit();
+          failNext = false;
+          return Promise.reject(new Error("disk I/O error"));
+        };
+        return atomic;
+      };
+    },
+  });
+  const usd = (pico: number) => pico / 1e12;
+  // A flush interval no test run reaches: only the explicit flushes write.
+  const a = kvSpendStore(flaky, { flushMs: 3_600_000 });
+  const b = kvSpendStore(kvB);
+  try {
+    await t.step("the isolate that spent sees it before any write", async () => {
+      await a.add("k1", 2e12, T0);
+      await a.add("k1", 1e12, T0);
+      assert.equal((await a.spend("k1", T0)).daily.spent_usd, usd(3e12));
+      assert.equal((await b.spend("k1", T0)).daily.spent_usd, 0, "not written yet");
+    });
+    await t.step("another isolate sees it once flushed, and nothing is counted twice", async () => {
+      await a.flush();
+      assert.equal((await b.spend("k1", T0)).monthly.spent_usd, usd(3e12));
+      assert.equal((await a.spend("k1", T0)).monthly.spent_usd, usd(3e12));
+    });
+    await t.step("a failed write keeps its sums for the next flush", async () => {
+      await a.add("k1", 4e12, T0);
+      failNext = true;
+      await assert.rejects(() => a.flush(), /disk I\/O error/);
+      assert.equal((await a.spend("k1", T0)).daily.spent_usd, usd(7e12), "still counted here");
+      assert.equal((await b.spend("k1", T0)).daily.spent_usd, usd(3e12));
+      await a.flush();
+      assert.equal((await b.spend("k1", T0)).daily.spent_usd, usd(7e12));
+      assert.equal((await a.spend("k1", T0)).daily.spent_usd, usd(7e12));
+    });
+  } finally {
+    kvA.close();
+    kvB.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("main.ts writes the spend it batched when it shuts down, so a restart still counts it", async () => {
+  const upstream = startFixtureUpstream();
+  const dir = await Deno.makeTempDir({ prefix: "sluice-spend-main-" });
+  const sluice = await startMain({
+    ANTHROPIC_API_KEY: "sk-ant-test-spend",
+    ANTHROPIC_BASE_URL: upstream.url,
+    SLUICE_API_KEYS: KEY,
+    SLUICE_KV_PATH: `${dir}/kv.sqlite3`,
+    // Longer than the test: only the shutdown's flush can write the spend.
+    SLUICE_STATS_WRITE_MS: "60000",
+    SLUICE_LOG_LEVEL: "info", // startMain reads the "listening on" line
+  });
+  try {
+    const answer = await fetch(`${sluice.url}/v1/messages`, ask());
+    assert.equal(answer.status, 200, await answer.text());
+    const status = await sluice.stop();
+    assert.equal(status.code, 0);
+    const kv = await Deno.openKv(`${dir}/kv.sqlite3`);
+    try {
+      const keyId = await keyIdOf(KEY);
+      const spend = await kvSpendStore(kv).spend(keyId, Date.now());
+      assert.equal(spend.daily.spent_usd, ANSWER_USD);
+    } finally {
+      kv.close();
+    }
+  } finally {
+    await sluice.stop();
+    await upstream.close();
+    await Deno.remove(dir, { recursive: true });
+  }
 });

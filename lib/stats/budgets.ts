@@ -119,34 +119,113 @@ export function periodsOf(at: number): {
   };
 }
 
-/** A {@link SpendStore} over Deno KV. */
-export function kvSpendStore(kv: Deno.Kv): SpendStore {
+/** Options for {@link kvSpendStore}. */
+export interface KvSpendOptions {
+  /**
+   * Gather the sums of this long (ms) and write them in one atomic commit; 0 (the default)
+   * writes each request's at once. `main.ts` passes `SLUICE_STATS_WRITE_MS`: a KV write per
+   * request was the largest single item of a request's CPU after the stream itself.
+   */
+  flushMs?: number;
+  /** Told of a failed batched write (its sums are kept for the next one). */
+  onError?: (error: unknown) => void;
+}
+
+/** A {@link SpendStore} over Deno KV, whose batched sums `flush` writes (shutdown calls it). */
+export interface KvSpendStore extends SpendStore {
+  flush(): Promise<void>;
+}
+
+/** Most sums in one atomic commit (KV allows 1,000 mutations). */
+const MAX_SUMS_PER_COMMIT = 500;
+
+/**
+ * A {@link SpendStore} over Deno KV. With `flushMs`, an isolate's own spend not yet written is
+ * added to what it reads, so its own caps are exact; another isolate sees it up to `flushMs` later.
+ */
+export function kvSpendStore(kv: Deno.Kv, options: KvSpendOptions = {}): KvSpendStore {
+  const flushMs = options.flushMs ?? 0;
+  // Sums to write next, and every sum not yet in KV (those plus the ones being written), by key.
+  const pending = new Map<string, Sum>();
+  const unwritten = new Map<string, bigint>();
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const keep = ({ id, key, pico }: Sum) => {
+    const entry = pending.get(id);
+    if (entry) entry.pico += pico;
+    else pending.set(id, { id, key, pico });
+  };
+  const written = ({ id, pico }: Sum) => {
+    const left = (unwritten.get(id) ?? 0n) - pico;
+    if (left === 0n) unwritten.delete(id);
+    else unwritten.set(id, left);
+  };
+  async function flush() {
+    clearTimeout(timer);
+    timer = undefined;
+    const batch = [...pending.values()];
+    pending.clear();
+    for (let i = 0; i < batch.length; i += MAX_SUMS_PER_COMMIT) {
+      const part = batch.slice(i, i + MAX_SUMS_PER_COMMIT);
+      try {
+        await commitSums(kv, part);
+      } catch (error) {
+        batch.slice(i).forEach(keep); // for the next flush
+        throw error;
+      }
+      part.forEach(written);
+    }
+  }
   return {
-    async add(keyId, picoUsd, at) {
+    flush,
+    add(keyId, picoUsd, at) {
       const value = BigInt(Math.max(0, Math.round(picoUsd)));
-      if (value === 0n) return;
+      if (value === 0n) return Promise.resolve();
       const { day, month } = periodsOf(at);
-      const result = await kv.atomic()
-        .sum([...PREFIX, keyId, "day", day], value)
-        .sum([...PREFIX, keyId, "month", month], value)
-        .commit();
-      if (!result.ok) throw new Error("KV atomic commit was not applied");
+      const sums = [
+        sum([...PREFIX, keyId, "day", day], value),
+        sum([...PREFIX, keyId, "month", month], value),
+      ];
+      if (flushMs <= 0) return commitSums(kv, sums);
+      for (const one of sums) {
+        keep({ ...one });
+        unwritten.set(one.id, (unwritten.get(one.id) ?? 0n) + one.pico);
+      }
+      timer ??= setTimeout(() => flush().catch((error) => options.onError?.(error)), flushMs);
+      return Promise.resolve();
     },
     async spend(keyId, at, budget) {
       const p = periodsOf(at);
-      const [dayEntry, monthEntry] = await kv.getMany<Deno.KvU64[]>([
-        [...PREFIX, keyId, "day", p.day],
-        [...PREFIX, keyId, "month", p.month],
-      ]);
-      const usd = (entry: Deno.KvEntryMaybe<Deno.KvU64>) =>
-        entry.value ? Number(entry.value.value) / PICO_PER_USD : 0;
+      const keys = [[...PREFIX, keyId, "day", p.day], [...PREFIX, keyId, "month", p.month]];
+      const [dayEntry, monthEntry] = await kv.getMany<Deno.KvU64[]>(keys);
+      const usd = (entry: Deno.KvEntryMaybe<Deno.KvU64>, key: Deno.KvKey) =>
+        Number((entry.value?.value ?? 0n) + (unwritten.get(JSON.stringify(key)) ?? 0n)) /
+        PICO_PER_USD;
       return {
         key_id: keyId,
-        daily: periodSpend(p.day, usd(dayEntry), budget?.daily_usd, p.dayEnds),
-        monthly: periodSpend(p.month, usd(monthEntry), budget?.monthly_usd, p.monthEnds),
+        daily: periodSpend(p.day, usd(dayEntry, keys[0]), budget?.daily_usd, p.dayEnds),
+        monthly: periodSpend(p.month, usd(monthEntry, keys[1]), budget?.monthly_usd, p.monthEnds),
       };
     },
   };
+}
+
+/** One counter's addition; `id` names the key in maps. */
+interface Sum {
+  id: string;
+  key: Deno.KvKey;
+  pico: bigint;
+}
+
+function sum(key: Deno.KvKey, pico: bigint): Sum {
+  return { id: JSON.stringify(key), key, pico };
+}
+
+/** Adds each sum to its KV counter, all or none. */
+async function commitSums(kv: Deno.Kv, sums: Sum[]) {
+  const atomic = kv.atomic();
+  for (const { key, pico } of sums) atomic.sum(key, pico);
+  const result = await atomic.commit();
+  if (!result.ok) throw new Error("KV atomic commit was not applied");
 }
 
 function periodSpend(
