@@ -54,6 +54,8 @@ export interface ConnectionGuardOptions {
 export interface GuardedServer {
   /** The public address. */
   readonly addr: Deno.NetAddr;
+  /** The inner server's private loopback address. */
+  readonly inner: Deno.NetAddr;
   /** Connections open through the front now. */
   connections(): number;
   /**
@@ -100,6 +102,7 @@ export function serveGuarded(
   options.onListen?.(listener.addr);
   return {
     addr: listener.addr,
+    inner: inner.addr,
     connections: () => table.size(),
     finished,
     shutdown() {
@@ -190,13 +193,14 @@ function createConnectionTable(options: ConnectionGuardOptions) {
     size: () => addresses.size(),
     stopped: () => stopped,
     /**
-     * Shutdown begins: no more connections, and those part-way through a request head close now.
-     * The inner server closes the idle ones and each running one after its answer (the front
-     * follows: closing it here could lose the answer's last bytes, still on their way through).
+     * Shutdown begins: no more connections; those part-way through a request head close now, and
+     * the server behind is told that no more requests come on the idle ones (their sending side
+     * is closed), so it closes them after whatever it still writes: closing them here could lose
+     * an answer's last bytes, still on their way through. Running ones close after their answer.
      */
     stop() {
       stopped = true;
-      for (const front of byPort.values()) if (front.awaitingHead) states.end(front);
+      for (const front of byPort.values()) states.drain(front);
     },
     /** Waits for the connections to end by themselves, at most `ms`. */
     async settle(ms: number) {
@@ -250,6 +254,11 @@ function createFrontStates(
     front.awaitingHead = false;
     arm(front, end);
   };
+  /** Shutdown: ends `front` if it waits for a head, tells the server no more come if idle. */
+  const drain = (front: Front) => {
+    if (front.awaitingHead) end(front);
+    else if (front.inFlight === 0) front.inner?.closeWrite().catch(() => end(front));
+  };
   return {
     end,
     idle,
@@ -264,8 +273,11 @@ function createFrontStates(
       clearTimeout(front.timer);
     },
     done(front: Front) {
-      if (--front.inFlight === 0 && !front.ending) idle(front);
+      if (--front.inFlight > 0 || front.ending) return;
+      if (stopped()) drain(front);
+      else idle(front);
     },
+    drain,
   };
 }
 
@@ -292,7 +304,7 @@ function createAddressCounts(
               "(429, SLUICE_MAX_CONNECTIONS_PER_ADDRESS)",
           );
         }
-        track(answerAndClose(client, tooMany(max), drain(client)));
+        track(answerAndClose(client, tooMany(max), discardInput(client)));
         return false;
       }
       open.set(hostname, count + 1);
@@ -393,7 +405,7 @@ async function answerAndClose(
 }
 
 /** Reads and drops what `conn` sends until it ends or is closed. */
-async function drain(conn: Deno.Conn): Promise<void> {
+async function discardInput(conn: Deno.Conn): Promise<void> {
   const buffer = new Uint8Array(1024);
   try {
     while ((await conn.read(buffer)) !== null) { /* dropped */ }
