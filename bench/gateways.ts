@@ -165,7 +165,10 @@ const serve = (request: Request, info: Deno.ServeHandlerInfo<Deno.NetAddr>) => {
 };
 const onListen = ({ port }: Deno.NetAddr) => console.log(JSON.stringify({ port }));
 if (gateway === "sluice-guarded") {
-  const config = parseConfig({});
+  const config = parseConfig({
+    SLUICE_HEADER_TIMEOUT_MS: "10000",
+    SLUICE_MAX_CONNECTIONS_PER_ADDRESS: "256",
+  });
   serveGuarded({
     hostname: "127.0.0.1",
     port: 0,

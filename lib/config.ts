@@ -40,8 +40,8 @@ const envSchema = z.object({
   SLUICE_MAX_BODY_BYTES: int(1).default(32 * 1024 * 1024),
   SLUICE_BODY_TIMEOUT_MS: int(0).default(30_000),
   // The connection guard (lib/http/connection_guard.ts) runs when either is above 0.
-  SLUICE_HEADER_TIMEOUT_MS: int(0).default(10_000),
-  SLUICE_MAX_CONNECTIONS_PER_ADDRESS: int(0).default(256),
+  SLUICE_HEADER_TIMEOUT_MS: int(0).default(0),
+  SLUICE_MAX_CONNECTIONS_PER_ADDRESS: int(0).default(0),
   // The API takes files up to 500 MB; uploads stream through, so this costs no memory.
   SLUICE_MAX_FILE_BYTES: int(1).default(500 * 1024 * 1024),
   SLUICE_CORS_ORIGINS: csv.default([]),
