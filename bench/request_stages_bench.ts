@@ -5,7 +5,7 @@
  * flight and every gap is time on that request's path). Per request it stamps:
  *
  * client sent → sluice's first middleware (`startedAt`) → the route hands the request to the
- * upstream client (middleware, body read and parse done) → the SDK calls `fetch` (its request
+ * upstream client (middleware, body read and parse done) → the client calls `fetch` (its request
  * built) → the upstream's headers back →
  * `app.fetch` returned the Response → the client has the headers → the client has the first text
  * delta; and the same through the floor (`fetch` + `new Response(r.body)`) for comparison.
@@ -76,7 +76,7 @@ const upstream = createUpstream({
     return response;
   },
 });
-// Stamps when the route hands the request to the upstream client (before the SDK's own work).
+// Stamps when the route hands the request to the upstream client (before its own work).
 const send = upstream.send.bind(upstream);
 upstream.send = (request) => {
   stamps.sendCalled = now();
@@ -145,7 +145,7 @@ async function one(port: number) {
     "client → first middleware": stamps.startedAt - sent,
     "first middleware → route calls upstream": (stamps.sendCalled ?? stamps.upstreamCalled) -
       stamps.startedAt,
-    "route calls upstream → SDK calls fetch": stamps.upstreamCalled -
+    "route calls upstream → client calls fetch": stamps.upstreamCalled -
       (stamps.sendCalled ?? stamps.upstreamCalled),
     "upstream fetch → its headers": stamps.upstreamHeaders - stamps.upstreamCalled,
     "its headers → Response returned": stamps.responded - stamps.upstreamHeaders,

@@ -11,12 +11,8 @@ import { memorySink, type RequestSummary } from "../lib/stats/request_summary.ts
 import { createKvStats } from "../lib/stats/kv_stats.ts";
 import { decodeAll } from "../lib/stream/sse.ts";
 import { KEEP_ALIVE_COMMENT, tapStream } from "../lib/stream/tap.ts";
-import {
-  clampRetryAfter,
-  createUpstream,
-  requestedWaitMs,
-  type UpstreamOptions,
-} from "../lib/proxy/upstream.ts";
+import { createUpstream, type UpstreamOptions } from "../lib/proxy/upstream.ts";
+import { requestedWaitMs, retryWaitMs, shouldRetry } from "../lib/proxy/retry_policy.ts";
 import { readFixture, sdkOracle, splitEvery, streamOf, testConfig } from "./helpers.ts";
 
 const enc = (s: string) => new TextEncoder().encode(s);
@@ -247,20 +243,38 @@ Deno.test("the wait the upstream asks for is read like the SDK reads it and lowe
   assert.equal(requestedWaitMs(h({ "retry-after": "soon" })), undefined);
   assert.equal(requestedWaitMs(h({})), undefined);
 
-  const long = new Response("{}", { status: 429, headers: { "retry-after": "3600", "x-a": "b" } });
-  const clamped = clampRetryAfter(long, 500);
-  assert.equal(clamped.status, 429);
-  assert.equal(requestedWaitMs(clamped.headers), 500);
-  assert.equal(clamped.headers.get("x-a"), "b");
-  const short = new Response("{}", { status: 429, headers: { "retry-after": "1" } });
-  assert.equal(clampRetryAfter(short, 5000), short, "a short wait is left alone");
+  const wait = (headers: Headers | undefined, retriesSoFar: number, random = () => 0.5) =>
+    retryWaitMs({ headers, retriesSoFar, maxWaitMs: 500, random });
+  assert.equal(wait(h({ "retry-after": "3600" }), 0), 500, "a long wait is lowered to the cap");
+  assert.equal(wait(h({ "retry-after-ms": "40" }), 1), 40, "a short one is kept");
+  // Without a request, the SDK's backoff: 0.5 s doubling, at most 8 s, less up to 25% jitter.
+  assert.equal(wait(undefined, 0, () => 0), 500);
+  assert.equal(wait(undefined, 2, () => 0), 2000);
+  assert.equal(wait(undefined, 9, () => 0), 8000);
+  assert.equal(wait(h({ "retry-after": "0" }), 1, () => 0.999), 1000 * (1 - 0.999 * 0.25));
 });
 
-Deno.test("a retry-after beyond the cap makes the SDK wait only the cap, and the client still sees the upstream's value", async () => {
-  // Observe the waits the SDK asks the timer for (its sleep uses the global setTimeout).
+Deno.test("which failures are retried follows the SDK: x-should-retry first, then 408, 409, 429 and 5xx", () => {
+  const answer = (status: number, shouldRetryHeader?: string) =>
+    new Response(null, {
+      status,
+      headers: shouldRetryHeader ? { "x-should-retry": shouldRetryHeader } : {},
+    });
+  for (const status of [408, 409, 429, 500, 502, 503, 529]) {
+    assert.equal(shouldRetry(answer(status)), true, String(status));
+  }
+  for (const status of [400, 401, 403, 404, 413, 422]) {
+    assert.equal(shouldRetry(answer(status)), false, String(status));
+  }
+  assert.equal(shouldRetry(answer(400, "true")), true, "the upstream asks for a retry");
+  assert.equal(shouldRetry(answer(529, "false")), false, "the upstream forbids one");
+});
+
+Deno.test("a retry-after beyond the cap makes sluice wait only the cap, and the client still sees the upstream's value", async () => {
+  // Observe the waits sluice asks the timer for (its sleep uses the global setTimeout).
   const realSetTimeout = globalThis.setTimeout;
   const waits: number[] = [];
-  // The per-attempt limit (the SDK's timer, and sluice's for reading error bodies) and the
+  // The per-attempt limit (the attempt's timer, and the one for reading error bodies) and the
   // request body's read deadline are told apart by their sizes and left alone.
   const requestTimeoutMs = 987_654;
   const bodyDeadlineMs = testConfig().bodyTimeoutMs;
