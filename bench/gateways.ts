@@ -7,6 +7,9 @@
  *   BENCH_KV_PATH names).
  * - `sluice-prod`: the same in the production configuration (gateway keys, rate and concurrency
  *   limits, stats).
+ * - `sluice-guarded`: `sluice` behind the connection guard (lib/http/connection_guard.ts, the
+ *   TCP front for the header deadline and the cap on connections per address), as main.ts
+ *   serves it with the guard's settings on; `sluice` itself is `Deno.serve` alone.
  * - `passthrough`: the floor, a proxy that copies the upstream's bytes and parses nothing.
  * - `sdk-hono`: the usual alternative, a Hono route that wraps the SDK's `MessageStream`
  *   (`client.messages.stream`) and re-sends each event with Hono's `streamSSE`.
@@ -30,6 +33,7 @@ import { parseConfig } from "../lib/config.ts";
 import { openKv } from "../lib/kv.ts";
 import { createLogger } from "../lib/log.ts";
 import { createLifecycle } from "../lib/http/shutdown.ts";
+import { serveGuarded } from "../lib/http/connection_guard.ts";
 import { createKvStats } from "../lib/stats/kv_stats.ts";
 import { createUpstreamFromConfig } from "../lib/proxy/upstream_from_config.ts";
 
@@ -138,7 +142,7 @@ function sdkHono(upstreamUrl: string): Handler {
 }
 
 const [gateway, upstreamUrl] = Deno.args;
-const handler = gateway === "sluice" || gateway === "sluice-prod"
+const handler = gateway === "sluice" || gateway === "sluice-prod" || gateway === "sluice-guarded"
   ? await sluice(upstreamUrl, gateway === "sluice-prod")
   : gateway === "passthrough"
   ? passthrough(upstreamUrl)
@@ -149,7 +153,7 @@ const handler = gateway === "sluice" || gateway === "sluice-prod"
   : undefined;
 if (!handler || !upstreamUrl) {
   console.error(
-    "usage: gateways.ts sluice|sluice-prod|passthrough|js-copy|sdk-hono <upstream URL>",
+    "usage: gateways.ts sluice|sluice-prod|sluice-guarded|passthrough|js-copy|sdk-hono <upstream URL>",
   );
   Deno.exit(2);
 }
@@ -157,11 +161,7 @@ if (!handler || !upstreamUrl) {
 // Exit on SIGTERM (the bench's stop), so `--cpu-prof` writes its profile.
 Deno.addSignalListener("SIGTERM", () => Deno.exit(0));
 
-Deno.serve({
-  hostname: "127.0.0.1",
-  port: 0,
-  onListen: ({ port }) => console.log(JSON.stringify({ port })),
-}, (request, info) => {
+const serve = (request: Request, info: Deno.ServeHandlerInfo<Deno.NetAddr>) => {
   if (new URL(request.url).pathname === "/__bench/usage") {
     const cpu = process.cpuUsage();
     const memory = Deno.memoryUsage();
@@ -173,4 +173,21 @@ Deno.serve({
     return Response.json(usage);
   }
   return handler(request, info);
-});
+};
+const onListen = ({ port }: Deno.NetAddr) => console.log(JSON.stringify({ port }));
+if (gateway === "sluice-guarded") {
+  const config = parseConfig({
+    SLUICE_HEADER_TIMEOUT_MS: "10000",
+    SLUICE_MAX_CONNECTIONS_PER_ADDRESS: "256",
+  });
+  serveGuarded({
+    hostname: "127.0.0.1",
+    port: 0,
+    headerTimeoutMs: config.headerTimeoutMs,
+    maxConnectionsPerAddress: config.maxConnectionsPerAddress,
+    logger: createLogger({ level: "silent" }),
+    onListen,
+  }, serve);
+} else {
+  Deno.serve({ hostname: "127.0.0.1", port: 0, onListen }, serve);
+}

@@ -4,7 +4,8 @@
  *
  * Paths, each in its own process (bench/gateways.ts), against one fake upstream
  * (bench/fake_upstream.ts): `direct`, `floor` (Deno `fetch` + `new Response(r.body)`), `js-copy`
- * (every chunk through a JavaScript stream), `sluice` (as main.ts wires it, no gateway keys),
+ * (every chunk through a JavaScript stream), `sluice` (as main.ts wires it, no gateway keys,
+ * `Deno.serve` alone), `sluice-guarded` (the same behind the connection guard's TCP front),
  * `sluice-prod` (gateway keys, rate and concurrency limits, stats), `sluice-history` (the same on
  * a copy of a KV file holding a month of stats and conversations, bench/kv_history.ts) and
  * `sdk-hono` (the SDK's MessageStream re-sent with Hono's streamSSE). Every sluice path writes
@@ -33,6 +34,7 @@ export const REQUEST_PATHS = [
   "floor",
   "js-copy",
   "sluice",
+  "sluice-guarded",
   "sluice-prod",
   "sluice-history",
   "sdk-hono",
@@ -50,6 +52,7 @@ const GATEWAY: Record<Exclude<typeof REQUEST_PATHS[number], "direct">, string> =
   floor: "passthrough",
   "js-copy": "js-copy",
   sluice: "sluice",
+  "sluice-guarded": "sluice-guarded",
   "sluice-prod": "sluice-prod",
   "sluice-history": "sluice-prod",
   "sdk-hono": "sdk-hono",

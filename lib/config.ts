@@ -39,6 +39,9 @@ const envSchema = z.object({
   SLUICE_MAX_SSE_EVENT_CHARS: int(1024).default(8 * 1024 * 1024),
   SLUICE_MAX_BODY_BYTES: int(1).default(32 * 1024 * 1024),
   SLUICE_BODY_TIMEOUT_MS: int(0).default(30_000),
+  // The connection guard (lib/http/connection_guard.ts) runs when either is above 0.
+  SLUICE_HEADER_TIMEOUT_MS: int(0).default(0),
+  SLUICE_MAX_CONNECTIONS_PER_ADDRESS: int(0).default(0),
   // The API takes files up to 500 MB; uploads stream through, so this costs no memory.
   SLUICE_MAX_FILE_BYTES: int(1).default(500 * 1024 * 1024),
   SLUICE_CORS_ORIGINS: csv.default([]),
@@ -104,6 +107,13 @@ export interface Config {
   maxBodyBytes: number;
   /** Longest silence while a request body is read (ms; then 408 and the connection closed). */
   bodyTimeoutMs: number;
+  /**
+   * Longest a request head may take from its first byte, and an idle connection may stay open
+   * (ms; then 408, or a silent close when idle; 0: no limit). Enforced by the connection guard.
+   */
+  headerTimeoutMs: number;
+  /** Connections one client address may hold open at once, per isolate (0: no limit). */
+  maxConnectionsPerAddress: number;
   /** Largest upload (`POST /v1/files`), streamed through. */
   maxFileBytes: number;
   /** Origins allowed by CORS ("*" for any); empty: no CORS headers. */
@@ -215,6 +225,8 @@ export function parseConfig(
     maxSseEventChars: e.SLUICE_MAX_SSE_EVENT_CHARS,
     maxBodyBytes: e.SLUICE_MAX_BODY_BYTES,
     bodyTimeoutMs: e.SLUICE_BODY_TIMEOUT_MS,
+    headerTimeoutMs: e.SLUICE_HEADER_TIMEOUT_MS,
+    maxConnectionsPerAddress: e.SLUICE_MAX_CONNECTIONS_PER_ADDRESS,
     maxFileBytes: e.SLUICE_MAX_FILE_BYTES,
     corsOrigins: e.SLUICE_CORS_ORIGINS,
     rateLimitRpm: e.SLUICE_RATE_LIMIT_RPM,

@@ -99,6 +99,27 @@ export function errorResponse(
   return jsonError(status, errorBody(type, message, options.requestId), options);
 }
 
+/**
+ * A whole HTTP/1.1 error response as bytes, for the connection guard, which answers on a raw
+ * socket before (or instead of) any request reaching the app: the API's error shape, JSON, and
+ * `connection: close` (the guard closes the connection after it).
+ */
+export function rawErrorResponse(
+  status: number,
+  reason: string,
+  type: AnthropicErrorType,
+  message: string,
+): Uint8Array {
+  const body = new TextEncoder().encode(JSON.stringify(errorBody(type, message)));
+  const head = `HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\n` +
+    `content-length: ${body.length}\r\nconnection: close\r\n\r\n`;
+  const encodedHead = new TextEncoder().encode(head);
+  const bytes = new Uint8Array(encodedHead.length + body.length);
+  bytes.set(encodedHead);
+  bytes.set(body, encodedHead.length);
+  return bytes;
+}
+
 /** Formats one SSE `error` event, as the API sends it mid-stream. */
 export function sseErrorEvent(type: string, message: string): string {
   return `event: error\ndata: ${JSON.stringify({ type: "error", error: { type, message } })}\n\n`;

@@ -11,6 +11,7 @@ import { checkDefaultModel } from "./proxy/model_check.ts";
 import { createKvStats } from "./stats/kv_stats.ts";
 import { kvSpendStore } from "./stats/budgets.ts";
 import { createLifecycle, installShutdown, type ShutdownHandle } from "./http/shutdown.ts";
+import { serveGuarded } from "./http/connection_guard.ts";
 
 /** Options for {@link serveSluice}. */
 export interface ServeOptions {
@@ -69,17 +70,12 @@ export async function serveSluice(
   let listening!: (port: number) => void;
   const bound = new Promise<number>((resolve) => (listening = resolve));
   // `app.fetch` gets Deno.serve's handler info as Hono's `c.env`; the loopback-only rule reads
-  // the caller's address from it.
-  const server = Deno.serve({
-    port: options.port ?? config.port,
-    hostname: config.hostname,
-    reusePort: options.reusePort,
-    onListen: ({ hostname, port }) => {
-      listening(port);
-      options.onListen?.(port);
-      if (announce) announceNow(hostname, port);
-    },
-  }, app.fetch);
+  // the caller's address from it (the connection guard passes the real client's on).
+  const server = listen(config, options, logger, app.fetch, ({ hostname, port }) => {
+    listening(port);
+    options.onListen?.(port);
+    if (announce) announceNow(hostname, port);
+  });
   function announceNow(hostname: string, port: number) {
     startupLines(config, logger, hostname, port, options.workers ?? 1);
     if (config.upstream === "live") {
@@ -105,6 +101,50 @@ export async function serveSluice(
   });
   const port = await bound;
   return { shutdown, port, announce: () => announceNow(server.addr.hostname, port) };
+}
+
+/**
+ * Whether the connection guard (header deadline, connections per address) fronts the server:
+ * when either setting is on, except on Deno Deploy, which owns the connections itself.
+ */
+export function guardWanted(config: Config): boolean {
+  return !config.onDeploy && (config.headerTimeoutMs > 0 || config.maxConnectionsPerAddress > 0);
+}
+
+/**
+ * Listens on the configured address: behind the connection guard when wanted, else (or when
+ * the guard cannot listen: logged) with `Deno.serve` alone.
+ */
+function listen(
+  config: Config,
+  options: ServeOptions,
+  logger: Logger,
+  handler: Deno.ServeHandler<Deno.NetAddr>,
+  onListen: (addr: Deno.NetAddr) => void,
+): { shutdown(): Promise<void>; finished: Promise<void>; addr: Deno.NetAddr } {
+  const port = options.port ?? config.port;
+  const { hostname } = config;
+  if (guardWanted(config)) {
+    try {
+      return serveGuarded({
+        hostname,
+        port,
+        reusePort: options.reusePort,
+        headerTimeoutMs: config.headerTimeoutMs,
+        maxConnectionsPerAddress: config.maxConnectionsPerAddress,
+        logger,
+        onListen,
+      }, handler);
+    } catch (error) {
+      // A port in use fails `Deno.serve` the same way: say so once, from there.
+      if (error instanceof Deno.errors.AddrInUse) throw error;
+      logger.warn(
+        `connection guard off (${String(error)}): serving without the header deadline ` +
+          "and the connection cap",
+      );
+    }
+  }
+  return Deno.serve({ port, hostname, reusePort: options.reusePort, onListen }, handler);
 }
 
 function startupLines(
