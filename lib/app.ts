@@ -148,21 +148,15 @@ function createRouteDeps(deps: AppDeps, clock: Clock, logger: Logger): RouteDeps
     draining: () => deps.lifecycle?.draining ?? false,
     lifecycle: deps.lifecycle,
     record(summary) {
-      // Off the response path (lib/stats/recorder.ts), and one macrotask later: a summary is
-      // ready in the same turn as the stream's last chunk, and pricing, redacting, the log line
-      // and the spend count ran before Deno could write that chunk (~120 µs of a short answer's
-      // latency in bench/request_stages_bench.ts). Upstream values (a request id, an error type,
-      // event names) may echo the server's key: redacted before anything keeps them.
+      // Off the response path (lib/stats/recorder.ts). The KV sink also waits a macrotask before
+      // its work, so the last bytes reach the socket first (a timer here failed Deno 2.5's leak
+      // checks in tests that end with their response). Upstream values (a request id, an error
+      // type, event names) may echo the server's key: redacted before anything keeps them.
       // (Not inside `?.(…)`: it must run without a lifecycle too.)
-      const work = recorder(nextMacrotask(summary).then((s) => redact.value(s)));
+      const work = recorder(summary.then((s) => redact.value(s)));
       deps.lifecycle?.track(work);
     },
   };
-}
-
-/** `value` once a macrotask has run: after the I/O the current turn queued (a socket write). */
-function nextMacrotask<T>(value: Promise<T>): Promise<T> {
-  return value.then((v) => new Promise<T>((resolve) => setTimeout(() => resolve(v), 0)));
 }
 
 /**
