@@ -78,11 +78,18 @@ export function errorBody(type: string, message: string, requestId?: string): An
 /** Where an error response goes besides its body: its request id and extra headers. */
 export interface ErrorResponseOptions {
   requestId?: string;
-  headers?: Record<string, string>;
+  headers?: HeadersInit;
 }
 
-/** A JSON error response with `body`, labelled and carrying the request id. */
-function jsonError(status: number, body: unknown, options: ErrorResponseOptions): Response {
+/**
+ * A JSON error response with a ready-made error `body` (Anthropic's shape, OpenAI's, or an
+ * upstream's own), labelled and carrying the request id.
+ */
+export function errorBodyResponse(
+  status: number,
+  body: unknown,
+  options: ErrorResponseOptions,
+): Response {
   const headers = new Headers(options.headers);
   headers.set("content-type", "application/json");
   if (options.requestId) headers.set("request-id", options.requestId);
@@ -96,7 +103,7 @@ export function errorResponse(
   message: string,
   options: ErrorResponseOptions = {},
 ): Response {
-  return jsonError(status, errorBody(type, message, options.requestId), options);
+  return errorBodyResponse(status, errorBody(type, message, options.requestId), options);
 }
 
 /**
@@ -165,7 +172,7 @@ export function openaiErrorResponse(
   message: string,
   options: ErrorResponseOptions = {},
 ): Response {
-  return jsonError(status, openaiErrorBody(type, message), options);
+  return errorBodyResponse(status, openaiErrorBody(type, message), options);
 }
 
 /** Formats one mid-stream error as OpenAI streams carry it: a `data:` line with `error`. */

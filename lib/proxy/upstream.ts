@@ -18,8 +18,6 @@ import { createRedactor, type Redactor } from "../redact.ts";
 import { retryWaitMs, shouldRetry, sleep } from "./retry_policy.ts";
 import { errorAnswer, type NoAnswer, noAnswerResponse } from "./upstream_errors.ts";
 
-export { requestedWaitMs } from "./retry_policy.ts";
-
 /** One request to the upstream. */
 export interface UpstreamRequest {
   /**

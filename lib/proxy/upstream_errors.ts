@@ -3,7 +3,7 @@
  * none (a timeout, a failed connection), and an upstream HTTP error passed on in Anthropic's error
  * shape (or raw, for endpoints whose clients parse another shape), the server's key redacted.
  */
-import { errorBody, errorTypeForStatus } from "../errors.ts";
+import { errorBody, errorBodyResponse, errorResponse, errorTypeForStatus } from "../errors.ts";
 import type { Redactor } from "../redact.ts";
 import { readBody } from "../stream/tap.ts";
 import { clientHeaders } from "./pass_headers.ts";
@@ -17,8 +17,8 @@ export type NoAnswer = "timeout" | "connection";
  */
 export function noAnswerResponse(why: NoAnswer): Response {
   return why === "timeout"
-    ? jsonResponse(504, errorBody("timeout_error", "the upstream API did not answer in time"))
-    : jsonResponse(502, errorBody("api_error", "could not connect to the upstream API"));
+    ? errorResponse(504, "timeout_error", "the upstream API did not answer in time")
+    : errorResponse(502, "api_error", "could not connect to the upstream API");
 }
 
 /** Options for {@link errorAnswer}. */
@@ -54,7 +54,7 @@ export async function errorAnswer(
       ? `upstream answered ${status}: ${options.redact.text(JSON.stringify(parsed)).slice(0, 300)}`
       : `upstream answered ${status} without a JSON error body`,
   );
-  return jsonResponse(status, body, headers);
+  return errorBodyResponse(status, body, { headers });
 }
 
 function parseJson(bytes: Uint8Array): unknown {
@@ -70,9 +70,4 @@ function isErrorShape(body: unknown): boolean {
   const b = body as { type?: unknown; error?: { type?: unknown; message?: unknown } } | null;
   return !!b && typeof b === "object" && b.type === "error" && typeof b.error === "object" &&
     b.error !== null && typeof b.error.type === "string" && typeof b.error.message === "string";
-}
-
-function jsonResponse(status: number, body: unknown, headers = new Headers()): Response {
-  headers.set("content-type", "application/json");
-  return new Response(JSON.stringify(body), { status, headers });
 }
