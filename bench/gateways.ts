@@ -27,15 +27,11 @@ import process from "node:process";
 import Anthropic from "@anthropic-ai/sdk";
 import { Hono } from "hono";
 import { streamSSE } from "hono/streaming";
-import { createApp } from "../lib/app.ts";
-import { kvSpendStore } from "../lib/stats/budgets.ts";
 import { parseConfig } from "../lib/config.ts";
 import { openKv } from "../lib/kv.ts";
 import { createLogger } from "../lib/log.ts";
-import { createLifecycle } from "../lib/http/shutdown.ts";
-import { serveGuarded } from "../lib/http/connection_guard.ts";
-import { createKvStats } from "../lib/stats/kv_stats.ts";
 import { createUpstreamFromConfig } from "../lib/proxy/upstream_from_config.ts";
+import { benchApp } from "./sluice_app.ts";
 
 /** What `/__bench/usage` answers. */
 export interface ProxyUsage {
@@ -70,23 +66,8 @@ async function sluice(upstreamUrl: string, production: boolean): Promise<Handler
     // Experiments (e.g. keep-alives off): BENCH_SLUICE_ENV='{"SLUICE_KEEPALIVE_MS":"0"}'.
     ...JSON.parse(Deno.env.get("BENCH_SLUICE_ENV") ?? "{}"),
   });
-  const logger = createLogger({ level: "silent" });
   const upstream = await createUpstreamFromConfig(config);
-  const kv = await openKv(config);
-  const stats = Deno.env.get("BENCH_NO_STATS")
-    ? undefined
-    : createKvStats({ kv, logger, writeIntervalMs: config.statsWriteMs });
-  // Batched as main.ts batches it (lib/serve.ts); an older lib/ (`@before`) ignores the option.
-  const spend = kvSpendStore(kv, { flushMs: config.statsWriteMs });
-  const app = createApp({
-    config,
-    upstream,
-    logger,
-    kv,
-    stats,
-    spend,
-    lifecycle: createLifecycle(),
-  });
+  const { app } = benchApp({ config, upstream, kv: await openKv(config) });
   return (request, info) => app.fetch(request, info);
 }
 
@@ -180,6 +161,8 @@ if (gateway === "sluice-guarded") {
     SLUICE_HEADER_TIMEOUT_MS: "10000",
     SLUICE_MAX_CONNECTIONS_PER_ADDRESS: "256",
   });
+  // Imported here, not at the top: an older lib/ (`@before`) may not have the guard.
+  const { serveGuarded } = await import("../lib/http/connection_guard.ts");
   serveGuarded({
     hostname: "127.0.0.1",
     port: 0,

@@ -7,14 +7,10 @@
  * Run: deno run --allow-env --allow-read bench/request_cpu_bench.ts [requests]
  */
 import process from "node:process";
-import { createApp } from "../lib/app.ts";
-import { kvSpendStore } from "../lib/stats/budgets.ts";
 import { parseConfig } from "../lib/config.ts";
 import { openKv } from "../lib/kv.ts";
-import { createLogger } from "../lib/log.ts";
-import { createLifecycle } from "../lib/http/shutdown.ts";
-import { createKvStats } from "../lib/stats/kv_stats.ts";
 import { createUpstream } from "../lib/proxy/upstream.ts";
+import { benchApp } from "./sluice_app.ts";
 import { messageEnd, messageStart, sse } from "./streams.ts";
 
 const requests = Number(Deno.args[0] ?? 20_000);
@@ -54,21 +50,7 @@ const upstream = createUpstream({
     ),
 });
 const kv = await openKv(config);
-const logger = createLogger({ level: "silent" });
-const stats = Deno.env.get("BENCH_NO_STATS")
-  ? undefined
-  : createKvStats({ kv, logger, writeIntervalMs: config.statsWriteMs });
-// Spend batched as main.ts batches it (lib/serve.ts).
-const spend = kvSpendStore(kv, { flushMs: config.statsWriteMs });
-const app = createApp({
-  config,
-  upstream,
-  logger,
-  kv,
-  stats,
-  spend,
-  lifecycle: createLifecycle(),
-});
+const { app, stats } = benchApp({ config, upstream, kv });
 const body = JSON.stringify({
   model: "claude-bench",
   max_tokens: 1024,

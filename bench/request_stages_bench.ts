@@ -13,14 +13,10 @@
  * Prints the median of each gap, in µs. Run:
  *   deno run --allow-net=127.0.0.1 --allow-env --allow-read bench/request_stages_bench.ts [requests]
  */
-import { createApp } from "../lib/app.ts";
-import { kvSpendStore } from "../lib/stats/budgets.ts";
 import type { Clock } from "../lib/clock.ts";
 import { parseConfig } from "../lib/config.ts";
-import { createLogger } from "../lib/log.ts";
-import { createLifecycle } from "../lib/http/shutdown.ts";
-import { createKvStats } from "../lib/stats/kv_stats.ts";
 import { createUpstream } from "../lib/proxy/upstream.ts";
+import { benchApp } from "./sluice_app.ts";
 import { messageEnd, messageStart, sse } from "./streams.ts";
 import { percentile } from "./report.ts";
 
@@ -84,19 +80,7 @@ upstream.send = (request) => {
   return send(request);
 };
 const kv = await Deno.openKv(":memory:");
-const logger = createLogger({ level: "silent" });
-const stats = createKvStats({ kv, logger, writeIntervalMs: config.statsWriteMs });
-const app = createApp({
-  config,
-  upstream,
-  logger,
-  kv,
-  stats,
-  // Batched as main.ts batches it (lib/serve.ts).
-  spend: kvSpendStore(kv, { flushMs: config.statsWriteMs }),
-  lifecycle: createLifecycle(),
-  clock: stampingClock,
-});
+const { app, stats } = benchApp({ config, upstream, kv, stats: true, clock: stampingClock });
 const sluice = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async (
   request,
   info,
@@ -175,7 +159,7 @@ for (const stage of Object.keys(samples.sluice)) {
   const med = (name: string) => (percentile(samples[name][stage], 50) * 1000).toFixed(0);
   console.log(`${stage.padEnd(42)} ${med("sluice").padStart(8)} ${med("floor").padStart(8)}`);
 }
-await stats.flush();
+await stats?.flush();
 await sluice.shutdown();
 await floor.shutdown();
 await upstreamServer.shutdown();
