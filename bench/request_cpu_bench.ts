@@ -2,7 +2,7 @@
  * CPU per request, in-process: sluice wired as `main.ts` wires it in live mode (KV stats sink on an
  * in-memory KV, lifecycle), an upstream `fetch` that answers a short stream at once, and
  * `app.fetch` called one request after another. Prints µs of CPU (user + system) and wall time per
- * request. BENCH_NO_STATS=1 leaves the stats sink out.
+ * request. BENCH_NO_STATS=1 leaves the stats sink out; BENCH_SLUICE_ENV adds settings (JSON).
  *
  * Run: deno run --allow-env --allow-read bench/request_cpu_bench.ts [requests]
  */
@@ -37,6 +37,8 @@ const config = parseConfig({
   SLUICE_LOG_LEVEL: "silent",
   SLUICE_KV_PATH: ":memory:",
   HOSTNAME: "127.0.0.1",
+  // Experiments, as in bench/gateways.ts: BENCH_SLUICE_ENV='{"SLUICE_BODY_TIMEOUT_MS":"0"}'.
+  ...JSON.parse(Deno.env.get("BENCH_SLUICE_ENV") ?? "{}"),
 });
 const upstream = createUpstream({
   mode: "live",
@@ -62,7 +64,12 @@ async function one() {
   const response = await app.fetch(
     new Request("http://127.0.0.1/v1/messages", {
       method: "POST",
-      headers: { "content-type": "application/json", "anthropic-version": "2023-06-01" },
+      // With its length, as every request from the wire has it (a Request made in JS has none).
+      headers: {
+        "content-type": "application/json",
+        "anthropic-version": "2023-06-01",
+        "content-length": String(body.length),
+      },
       body,
     }),
   );

@@ -8,7 +8,7 @@ import { HTTPException } from "hono/http-exception";
 import { requestId } from "hono/request-id";
 import { bodyLimit } from "hono/body-limit";
 import { isUpload, streamingBodyLimit } from "./http/upload_limit.ts";
-import { bodyReadDeadline } from "./http/body_deadline.ts";
+import { bodyReadDeadline, EAGER_READ_MAX_BYTES } from "./http/body_deadline.ts";
 import { cors } from "hono/cors";
 import { secureHeaders } from "hono/secure-headers";
 import {
@@ -291,7 +291,10 @@ function mountHardening(app: Hono<AppEnv>, deps: AppDeps) {
   // First, so the body limits' own reads are under the deadline too. Not uploads: they stream
   // to the upstream untouched by JavaScript (a JS layer per chunk held ~57 MiB of garbage for a
   // 100 MB upload, tests/upload_memory_test.ts), and the upstream's own read deadline ends them.
-  const deadline = bodyReadDeadline({ idleMs: config.bodyTimeoutMs });
+  const deadline = bodyReadDeadline({
+    idleMs: config.bodyTimeoutMs,
+    eagerMaxBytes: Math.min(EAGER_READ_MAX_BYTES, config.maxBodyBytes),
+  });
   app.use((c, next) => (isUpload(c.req.method, c.req.path) ? next() : deadline(c, next)));
   const jsonLimit = bodyLimit({
     maxSize: config.maxBodyBytes,

@@ -16,6 +16,8 @@ export function forwardRoute(deps: RouteDeps): Hono<AppEnv> {
       clock: deps.clock,
       logger: deps.logger,
       request: c.req.raw,
+      // Read whole by the body deadline when it was small and of a declared length.
+      body: c.req.raw.bodyUsed ? await c.req.bytes() : undefined,
       startedAt: c.get("startedAt"),
       requestId: c.get("requestId"),
       keyId: c.get("keyId"),

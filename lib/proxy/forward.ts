@@ -30,8 +30,10 @@ export interface ForwardOptions {
   upstream: Upstream;
   clock: Clock;
   logger: Logger;
-  /** The caller's request (its body is read here, once). */
+  /** The caller's request (its body is read here, once, unless `body` is given). */
   request: Request;
+  /** The body, when the middleware already read it whole (lib/http/body_deadline.ts). */
+  body?: Uint8Array;
   /** Request arrival on `clock`. */
   startedAt: number;
   requestId: string;
@@ -88,7 +90,7 @@ export async function forward(options: ForwardOptions): Promise<Forwarded> {
     {
       method: method as UpstreamMethod,
       path,
-      body: await requestBody(request),
+      body: options.body ?? await requestBody(request),
       stream: false,
       headers: upstreamHeaders(request.headers),
       authStyle: options.authStyle,

@@ -1,0 +1,139 @@
+/**
+ * The body read deadline's two paths, through a real server (only bytes from the wire carry a
+ * `content-length`): a declared body read whole by the middleware and handed on from Hono's body
+ * cache, and a chunked one read through the watched stream. Either way the upstream gets the
+ * caller's bytes unchanged; a body that stops is answered 408, one that lies about its length 400.
+ */
+import assert from "node:assert/strict";
+import { liveApp, serveOnLoopback, startFakeUpstream } from "./helpers.ts";
+
+/** A body with odd spacing and key order, which a re-encode would not keep. */
+const BODY = '{ "max_tokens":16,"model" : "claude-sonnet-4-5",\n"messages":[{"role":"user",' +
+  '"content":"h\\u00e9llo"}],  "extra_field": {"kept": true} }';
+
+/** Sends `head` and then `parts` on a raw connection, `gapMs` apart; returns the whole answer. */
+async function sendRaw(
+  port: number,
+  head: string,
+  parts: string[],
+  gapMs: number,
+): Promise<string> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  const encoder = new TextEncoder();
+  try {
+    await conn.write(encoder.encode(head));
+    for (const part of parts) {
+      await new Promise((resolve) => setTimeout(resolve, gapMs));
+      await conn.write(encoder.encode(part));
+    }
+    const decoder = new TextDecoder();
+    const buffer = new Uint8Array(8192);
+    let text = "";
+    while (!/\r\n\r\n[\s\S]*\}\s*$/.test(text)) {
+      const n = await conn.read(buffer);
+      if (n === null) break;
+      text += decoder.decode(buffer.subarray(0, n));
+    }
+    return text;
+  } finally {
+    conn.close();
+  }
+}
+
+Deno.test("the upstream gets a caller's body byte for byte, whether it declares its length or is chunked", async (t) => {
+  const fake = startFakeUpstream(() =>
+    Response.json({ id: "msg_1", type: "message", role: "assistant", content: [] })
+  );
+  const server = serveOnLoopback(liveApp(fake.url));
+  try {
+    for (const path of ["/v1/messages", "/v1/messages/count_tokens"]) {
+      await t.step(`${path}, with a content-length`, async () => {
+        const response = await fetch(`${server.url}${path}`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: BODY,
+        });
+        assert.equal(response.status, 200);
+        await response.arrayBuffer();
+        assert.equal(fake.requests.at(-1)!.path, path);
+        assert.equal(fake.requests.at(-1)!.body, BODY);
+      });
+      await t.step(`${path}, chunked`, async () => {
+        const bytes = new TextEncoder().encode(BODY);
+        const response = await fetch(`${server.url}${path}`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: new ReadableStream({
+            start(controller) {
+              controller.enqueue(bytes.subarray(0, 7));
+              controller.enqueue(bytes.subarray(7));
+              controller.close();
+            },
+          }),
+        });
+        assert.equal(response.status, 200);
+        await response.arrayBuffer();
+        assert.equal(fake.requests.at(-1)!.body, BODY);
+      });
+    }
+  } finally {
+    await server.close();
+    await fake.close();
+  }
+});
+
+Deno.test("a declared body that keeps arriving is never cut, though it takes longer than the deadline", async () => {
+  const fake = startFakeUpstream(() =>
+    Response.json({ id: "msg_1", type: "message", role: "assistant", content: [] })
+  );
+  // Each pause (50 ms) well inside the 300 ms deadline; all twelve together twice past it.
+  const server = serveOnLoopback(liveApp(fake.url, { SLUICE_BODY_TIMEOUT_MS: "300" }));
+  const port = Number(new URL(server.url).port);
+  try {
+    const size = Math.ceil(BODY.length / 12);
+    const parts = Array.from({ length: 12 }, (_, i) => BODY.slice(i * size, (i + 1) * size));
+    const answer = await sendRaw(
+      port,
+      `POST /v1/messages HTTP/1.1\r\nhost: sluice.test\r\ncontent-type: application/json\r\n` +
+        `content-length: ${new TextEncoder().encode(BODY).length}\r\nconnection: close\r\n\r\n`,
+      parts,
+      50,
+    );
+    assert.match(answer, /^HTTP\/1\.1 200/);
+    assert.equal(fake.requests.at(-1)!.body, BODY);
+  } finally {
+    await server.close();
+    await fake.close();
+  }
+});
+
+Deno.test("a body that ends before its declared length is refused 400 and never sent upstream", async () => {
+  const fake = startFakeUpstream(() => Response.json({}));
+  const server = serveOnLoopback(liveApp(fake.url));
+  const port = Number(new URL(server.url).port);
+  try {
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+    // Ten bytes short, then the write side closed: the server sees the body end early.
+    await conn.write(new TextEncoder().encode(
+      `POST /v1/messages HTTP/1.1\r\nhost: sluice.test\r\ncontent-type: application/json\r\n` +
+        `content-length: ${BODY.length + 10}\r\n\r\n${BODY}`,
+    ));
+    await conn.closeWrite();
+    const decoder = new TextDecoder();
+    const buffer = new Uint8Array(8192);
+    let answer = "";
+    for (;;) {
+      const n = await conn.read(buffer);
+      if (n === null) break;
+      answer += decoder.decode(buffer.subarray(0, n));
+    }
+    conn.close();
+    assert.match(answer, /^HTTP\/1\.1 400/);
+    assert.match(answer, /"type":"invalid_request_error"/);
+    assert.match(answer, /did not match its content-length/);
+    assert.equal(fake.requests.length, 0);
+  } finally {
+    await server.close();
+    await fake.close();
+  }
+});
