@@ -128,6 +128,8 @@ function createRouteDeps(deps: AppDeps, clock: Clock, logger: Logger): RouteDeps
     stats: deps.stats,
     spend,
     requestLog: (summary) => logRequest(logger, summary),
+    // Upstream values (a request id, an error type, event names) may echo the server's key.
+    scrub: (summary) => redact.value(summary),
   });
   return {
     config: deps.config,
@@ -148,12 +150,9 @@ function createRouteDeps(deps: AppDeps, clock: Clock, logger: Logger): RouteDeps
     draining: () => deps.lifecycle?.draining ?? false,
     lifecycle: deps.lifecycle,
     record(summary) {
-      // Off the response path (lib/stats/recorder.ts). The KV sink also waits a macrotask before
-      // its work, so the last bytes reach the socket first (a timer here failed Deno 2.5's leak
-      // checks in tests that end with their response). Upstream values (a request id, an error
-      // type, event names) may echo the server's key: redacted before anything keeps them.
+      // Off the response path (lib/stats/recorder.ts: after the last bytes, with the KV sink).
       // (Not inside `?.(…)`: it must run without a lifecycle too.)
-      const work = recorder(summary.then((s) => redact.value(s)));
+      const work = recorder(summary);
       deps.lifecycle?.track(work);
     },
   };

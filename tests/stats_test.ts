@@ -640,3 +640,32 @@ Deno.test("an admin key alone closes the stats endpoints but not the model endpo
     kv.close();
   }
 });
+
+Deno.test("with the KV sink, a request is priced, logged and counted only after its response's last bytes were handed on", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const lines: string[] = [];
+  const logger = createLogger({ level: "info", write: (_level, line) => lines.push(line) });
+  const stats = createKvStats({ kv, logger });
+  const app = await replayApp({ stats, logger });
+  try {
+    const response = await app.request("/v1/messages", {
+      method: "POST",
+      headers: { "content-type": "application/json", "x-sluice-fixture": "three-words" },
+      body: JSON.stringify({
+        model: "claude-haiku-4-5",
+        max_tokens: 64,
+        stream: true,
+        messages: [{ role: "user", content: "hi" }],
+      }),
+    });
+    const body = await response.text();
+    assert.match(body, /event: message_stop/);
+    // The whole stream is the client's, and none of the recording has run yet.
+    assert.equal(lines.filter((line) => / request /.test(line)).length, 0);
+    await stats.flush();
+    assert.equal(lines.filter((line) => / request /.test(line)).length, 1);
+    assert.equal((await stats.report()).requests.streaming, 1);
+  } finally {
+    kv.close();
+  }
+});

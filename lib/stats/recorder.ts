@@ -19,6 +19,8 @@ export interface RecorderOptions {
   spend?: SpendStore;
   /** Writes the one line per request (lib/stats/request_log.ts); none when absent. */
   requestLog?: (summary: RequestSummary) => void;
+  /** Cleans a summary before anything keeps it (the app redacts the server's key). */
+  scrub?: (summary: RequestSummary) => RequestSummary;
 }
 
 /** Builds the function that takes a request's summary once it is over. */
@@ -26,18 +28,25 @@ export function createRecorder(
   options: RecorderOptions,
 ): (summary: Promise<RequestSummary>) => Promise<void> {
   const { prices, logger, stats, spend, requestLog } = options;
+  const scrub = options.scrub ?? ((summary: RequestSummary) => summary);
+  // All of it after the response's last bytes when the sink can defer (the KV sink can).
+  const defer = stats?.defer?.bind(stats) ?? ((work: () => Promise<void>) => work());
   return (pending) =>
-    pending.then(async (raw) => {
-      const summary = withCost(raw, prices);
-      try {
-        requestLog?.(summary);
-      } catch (error) {
-        logger.warn("request log failed", { error: String(error) });
-      }
-      const spent = summary.costUsd && summary.keyId && spend
-        ? spend.add(summary.keyId, Math.round(summary.costUsd * 1e12), summary.startedAt)
-          .catch((error) => logger.warn("spend record failed", { error: String(error) }))
-        : undefined;
-      await Promise.all([stats?.record(summary), spent]);
-    }).catch((error) => logger.warn("stats record failed", { error: String(error) }));
+    pending.then((raw) => defer(() => recordNow(raw))).catch((error) =>
+      logger.warn("stats record failed", { error: String(error) })
+    );
+
+  async function recordNow(raw: RequestSummary) {
+    const summary = withCost(scrub(raw), prices);
+    try {
+      requestLog?.(summary);
+    } catch (error) {
+      logger.warn("request log failed", { error: String(error) });
+    }
+    const spent = summary.costUsd && summary.keyId && spend
+      ? spend.add(summary.keyId, Math.round(summary.costUsd * 1e12), summary.startedAt)
+        .catch((error) => logger.warn("spend record failed", { error: String(error) }))
+      : undefined;
+    await Promise.all([stats?.record(summary), spent]);
+  }
 }

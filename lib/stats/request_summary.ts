@@ -101,6 +101,12 @@ export function tokenUsage(usage: unknown): TokenUsage {
 /** Where finished requests go. `record` must not throw into the response path; see kv_stats.ts. */
 export interface StatsSink {
   record(summary: RequestSummary): void | Promise<void>;
+  /**
+   * Runs `work` (a finished request's recording: pricing, spend, the log line, `record`) off the
+   * response path, after the response's last bytes reach the socket. A sink without it has the
+   * recording run at once (in-memory sinks, tests); the KV sink waits one macrotask.
+   */
+  defer?(work: () => Promise<void>): Promise<void>;
 }
 
 /** A sink that keeps summaries in memory (tests, and the default when no KV is given). */
