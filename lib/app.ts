@@ -8,7 +8,7 @@ import { HTTPException } from "hono/http-exception";
 import { requestId } from "hono/request-id";
 import { bodyLimit } from "hono/body-limit";
 import { isUpload, streamingBodyLimit } from "./http/upload_limit.ts";
-import { bodyReadDeadline, EAGER_READ_MAX_BYTES } from "./http/body_deadline.ts";
+import { bodyReadDeadline, EAGER_READ_MAX_BYTES, readWhole } from "./http/body_deadline.ts";
 import { cors } from "hono/cors";
 import { secureHeaders } from "hono/secure-headers";
 import {
@@ -311,7 +311,12 @@ function mountHardening(app: Hono<AppEnv>, deps: AppDeps) {
     maxBytes: config.maxFileBytes,
     variable: "SLUICE_MAX_FILE_BYTES",
   });
-  app.use((c, next) => (isUpload(c.req.method, c.req.path) ? fileLimit : jsonLimit)(c, next));
+  app.use((c, next) => {
+    if (isUpload(c.req.method, c.req.path)) return fileLimit(c, next);
+    // A body the deadline read whole was no larger than the limit (and Hono's bodyLimit would
+    // build the body stream only to find it read).
+    return readWhole(c) ? next() : jsonLimit(c, next);
+  });
   if (deps.lifecycle) app.use(lifecycleMiddleware(deps.lifecycle));
 }
 

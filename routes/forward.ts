@@ -4,6 +4,7 @@
  * sluice handles itself, so a new API endpoint works through sluice without a release.
  */
 import { Hono } from "hono";
+import { readWhole } from "../lib/http/body_deadline.ts";
 import type { AppEnv, RouteDeps } from "../lib/app_env.ts";
 import { forward } from "../lib/proxy/forward.ts";
 
@@ -17,7 +18,7 @@ export function forwardRoute(deps: RouteDeps): Hono<AppEnv> {
       logger: deps.logger,
       request: c.req.raw,
       // Read whole by the body deadline when it was small and of a declared length.
-      body: c.req.raw.bodyUsed ? await c.req.bytes() : undefined,
+      body: readWhole(c) ? await c.req.bytes() : undefined,
       startedAt: c.get("startedAt"),
       requestId: c.get("requestId"),
       keyId: c.get("keyId"),

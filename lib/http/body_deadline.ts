@@ -26,34 +26,41 @@ export interface BodyReadDeadlineOptions {
 
 /**
  * The largest declared body read whole by the middleware itself (bytes); a larger one, or one of
- * unknown length, is read through a watched stream as the route reads it.
+ * unknown length, is read through a watched stream as the route reads it. A body read whole must
+ * arrive within one deadline (at the 30 s default, 256 KiB at 9 KB/s); a larger one may take as
+ * long as it likes while it keeps arriving.
  */
-export const EAGER_READ_MAX_BYTES: number = 1024 * 1024;
+export const EAGER_READ_MAX_BYTES: number = 256 * 1024;
 
 /**
  * Middleware: bodies read through it fail with a 408 after `idleMs` of silence.
  *
  * A body that declares its length (every SDK's JSON body does) and is at most
- * {@link EAGER_READ_MAX_BYTES} is read here, whole, under one re-armed timer, and handed to the
- * routes through Hono's body cache (`c.req.arrayBuffer()`, `text()`, `json()`); `c.req.raw` keeps
- * the request's headers, its body consumed. Other bodies are wrapped in a stream that times each
- * read. (The wrapper, a new `Request` around it and a timer per chunk on every request were
- * 70-140 µs of CPU per request in `bench/request_cpu_bench.ts`, a quarter of sluice's.)
+ * {@link EAGER_READ_MAX_BYTES} is read here with `arrayBuffer()`, whole, against one timer, and
+ * handed to the routes through Hono's body cache (`c.req.arrayBuffer()`, `text()`, `json()`; see
+ * {@link readWhole}); `c.req.raw` keeps the request's headers, its body consumed. Its body stream
+ * is never touched: on a request from the wire, `request.body` alone builds a JavaScript stream,
+ * and reading through it cost ~35 µs more per request than `arrayBuffer()` in
+ * `bench/request_stages_bench.ts`. Other bodies are wrapped in a stream that times each read.
+ * (That wrapper, a new `Request` around it and a timer per chunk on every request were 70-140 µs
+ * of CPU per request in `bench/request_cpu_bench.ts`, a quarter of sluice's.)
  */
 export function bodyReadDeadline(options: BodyReadDeadlineOptions): MiddlewareHandler {
   const variable = options.variable ?? "SLUICE_BODY_TIMEOUT_MS";
   const eagerMax = options.eagerMaxBytes ?? EAGER_READ_MAX_BYTES;
-  const timeout = () =>
+  const timeout = (whole = false) =>
     new SluiceError(
       408,
       "timeout_error",
-      `the request body stopped arriving: nothing for ${options.idleMs} ms (${variable})`,
+      whole
+        ? `the request body did not arrive within ${options.idleMs} ms (${variable})`
+        : `the request body stopped arriving: nothing for ${options.idleMs} ms (${variable})`,
       // The rest of the body may never come: the connection cannot be used again.
       { connection: "close" },
     );
   /** The 408, written before the connection is dropped. */
-  const dropAnswer = async (c: Context) => {
-    const error = timeout();
+  const dropAnswer = async (c: Context, whole?: boolean) => {
+    const error = timeout(whole);
     const answer = errorResponse(error.status, error.type, error.message, {
       requestId: c.get("requestId"),
       headers: error.headers,
@@ -64,17 +71,19 @@ export function bodyReadDeadline(options: BodyReadDeadlineOptions): MiddlewareHa
     return dropped;
   };
   return async (c, next) => {
+    if (options.idleMs <= 0) return await next();
     const raw = c.req.raw;
-    if (!raw.body || options.idleMs <= 0) return await next();
     const length = declaredLength(raw.headers);
+    if (length === 0) return await next();
     if (length !== undefined && length <= eagerMax) {
-      const bytes = await readDeclared(raw.body, length, options.idleMs);
-      if (bytes === "silent") return await dropAnswer(c);
+      const bytes = await readDeclared(raw, options.idleMs);
+      if (bytes === "late") return await dropAnswer(c, true);
       // What every body reader of HonoRequest looks up first. A promise, as Hono keeps it (its
       // readers call `.then` on a cached body), though its type says a plain ArrayBuffer.
-      (c.req.bodyCache as Record<string, unknown>).arrayBuffer = Promise.resolve(bytes.buffer);
+      (c.req.bodyCache as Record<string, unknown>).arrayBuffer = Promise.resolve(bytes);
       return await next();
     }
+    if (!raw.body) return await next();
     let timedOut = false;
     const reader = raw.body.getReader();
     const body = new ReadableStream<Uint8Array>({
@@ -116,45 +125,27 @@ function declaredLength(headers: Headers): number | undefined {
 }
 
 /**
- * Reads a body of `length` bytes whole, or `"silent"` once nothing came for `idleMs`. One timer
- * for the whole read: when it fires early (bytes came meanwhile) it is armed again for the rest.
+ * Reads `request`'s body whole, or `"late"` when it is not whole within `ms`. The read still
+ * pending then is left alone (see the stream path above). `arrayBuffer()` fails when the body
+ * ends before its `content-length` (a 400: the client is gone or lied).
  */
-async function readDeclared(
-  body: ReadableStream<Uint8Array>,
-  length: number,
-  idleMs: number,
-): Promise<Uint8Array<ArrayBuffer> | "silent"> {
-  const reader = body.getReader();
-  const bytes = new Uint8Array(length);
-  let filled = 0;
-  let lastRead = performance.now();
+async function readDeclared(request: Request, ms: number): Promise<ArrayBuffer | "late"> {
   let timer: ReturnType<typeof setTimeout> | undefined;
-  let silent!: (value: "silent") => void;
-  const silence = new Promise<"silent">((resolve) => (silent = resolve));
-  const check = () => {
-    const quiet = performance.now() - lastRead;
-    if (quiet >= idleMs) silent("silent");
-    else timer = setTimeout(check, idleMs - quiet);
-  };
-  timer = setTimeout(check, idleMs);
+  const late = new Promise<"late">((resolve) => (timer = setTimeout(() => resolve("late"), ms)));
+  const read = request.arrayBuffer();
+  read.catch(() => {}); // once late, its failure reaches nobody
   try {
-    for (;;) {
-      const result = await Promise.race([reader.read(), silence]).catch(() => {
-        throw unreadable();
-      });
-      // The read still pending is left alone (see the stream path above).
-      if (result === "silent") return "silent";
-      if (result.done) break;
-      if (filled + result.value.byteLength > length) throw unreadable();
-      bytes.set(result.value, filled);
-      filled += result.value.byteLength;
-      lastRead = performance.now();
-    }
+    return await Promise.race([read, late]);
+  } catch {
+    throw unreadable();
   } finally {
     clearTimeout(timer);
   }
-  if (filled !== length) throw unreadable();
-  return bytes;
+}
+
+/** Whether {@link bodyReadDeadline} read this request's body whole (it is in Hono's body cache). */
+export function readWhole(c: Context): boolean {
+  return c.req.bodyCache.arrayBuffer !== undefined;
 }
 
 /** A body that failed as it was read, or did not match its `content-length`. */
