@@ -8,7 +8,8 @@
  * upstream client (middleware, body read and parse done) → the client calls `fetch` (its request
  * built) → the upstream's headers back →
  * `app.fetch` returned the Response → the client has the headers → the client has the first text
- * delta; and the same through the floor (`fetch` + `new Response(r.body)`) for comparison.
+ * delta; and the same through the floor (`fetch` + `new Response(r.body)`) and the js-copy yardstick
+ * (the floor with every chunk through a pull-based JavaScript stream) for comparison.
  *
  * Prints the median of each gap, in µs. Run:
  *   deno run --allow-net=127.0.0.1 --allow-env --allow-read bench/request_stages_bench.ts [requests]
@@ -106,6 +107,34 @@ const floor = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} },
   return out;
 });
 
+// The js-copy yardstick: the floor, but every chunk goes through a pull-based JavaScript stream,
+// as in any gateway that reads the bytes (bench/gateways.ts's `js-copy`).
+const jsCopy = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async (
+  request,
+) => {
+  stamps.startedAt = now();
+  const body = await request.arrayBuffer();
+  stamps.upstreamCalled = now();
+  const response = await fetch(`${upstreamUrl}/v1/messages`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body,
+  });
+  stamps.upstreamHeaders = now();
+  const reader = response.body!.getReader();
+  const copy = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      const { value, done } = await reader.read();
+      if (done) controller.close();
+      else controller.enqueue(value);
+    },
+    cancel: (reason) => reader.cancel(reason),
+  }, { highWaterMark: 0 });
+  const out = new Response(copy, { status: response.status, headers: response.headers });
+  stamps.responded = now();
+  return out;
+});
+
 const body = JSON.stringify({
   model: "claude-bench",
   max_tokens: 16,
@@ -142,25 +171,29 @@ async function one(port: number) {
   };
 }
 
-for (const port of [sluice.addr.port, floor.addr.port]) {
-  for (let i = 0; i < 200; i++) await one(port); // warm-up
+const servers = { sluice, floor, "js-copy": jsCopy };
+for (const { addr } of Object.values(servers)) {
+  for (let i = 0; i < 200; i++) await one(addr.port); // warm-up
 }
-const samples: Record<string, Record<string, number[]>> = { sluice: {}, floor: {} };
+const samples: Record<string, Record<string, number[]>> = {};
 for (let i = 0; i < requests; i++) {
-  for (const [name, port] of [["sluice", sluice.addr.port], ["floor", floor.addr.port]] as const) {
-    for (const [stage, ms] of Object.entries(await one(port))) {
+  for (const [name, { addr }] of Object.entries(servers)) {
+    for (const [stage, ms] of Object.entries(await one(addr.port))) {
+      samples[name] ??= {};
       (samples[name][stage] ??= []).push(ms);
     }
   }
 }
 console.log(`${requests} requests each, interleaved; median µs per stage`);
-console.log(`${"stage".padEnd(42)} ${"sluice".padStart(8)} ${"floor".padStart(8)}`);
+const names = Object.keys(servers);
+console.log(`${"stage".padEnd(42)} ${names.map((name) => name.padStart(8)).join(" ")}`);
 for (const stage of Object.keys(samples.sluice)) {
   const med = (name: string) => (percentile(samples[name][stage], 50) * 1000).toFixed(0);
-  console.log(`${stage.padEnd(42)} ${med("sluice").padStart(8)} ${med("floor").padStart(8)}`);
+  console.log(`${stage.padEnd(42)} ${names.map((name) => med(name).padStart(8)).join(" ")}`);
 }
 await stats?.flush();
 await sluice.shutdown();
 await floor.shutdown();
+await jsCopy.shutdown();
 await upstreamServer.shutdown();
 kv.close();
