@@ -108,6 +108,45 @@ Deno.test("the tap forwards every chunk unchanged and in order, then tells its h
   assert.equal(closed, true);
 });
 
+Deno.test("a long stream keeps every byte in order as the tap moves to its BYOB reader, byte stream or not", async (t) => {
+  // 300 chunks: far past the chunks read before the tap switches readers (BYOB_AFTER_CHUNKS).
+  const text = Array.from({ length: 300 }, (_, i) => `event: e\ndata: {"i":${i}}\n\n`).join("");
+  const chunks = splitEvery(enc(text), 7);
+  const byteStream = () => {
+    let i = 0;
+    return new ReadableStream({
+      type: "bytes",
+      pull(controller: ReadableByteStreamController) {
+        if (i < chunks.length) controller.enqueue(chunks[i++].slice());
+        else {
+          controller.close();
+          controller.byobRequest?.respond(0); // a BYOB read waiting is told the stream ended
+        }
+      },
+    });
+  };
+  for (
+    const [name, make] of [["a byte stream", byteStream], [
+      "a default stream",
+      () => streamOf(chunks),
+    ]] as const
+  ) {
+    await t.step(name, async () => {
+      let seen = "";
+      const decoder = new TextDecoder();
+      const tapped = tapStream(make(), {
+        onChunk: (chunk) => (seen += decoder.decode(chunk, { stream: true })),
+        onClose: () => {},
+        onCancel: () => assert.fail("not cancelled"),
+        onError: (error) => assert.fail(`no error: ${error}`),
+      });
+      const received = await new Response(tapped).text();
+      assert.equal(received, text);
+      assert.equal(seen, text);
+    });
+  }
+});
+
 Deno.test("bytes onClose returns follow the upstream's last byte, then the stream ends", async (t) => {
   for (
     const [name, upstream, boundary] of [
