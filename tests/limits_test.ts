@@ -443,7 +443,7 @@ Deno.test("CORS answers the configured origins only, preflights included", async
   });
 });
 
-Deno.test("secure headers are on every response, and the page keeps its own CSP", async () => {
+Deno.test("secure headers are on every response (the whole set on documents, three on API answers), and the page keeps its own CSP", async () => {
   const { upstream, releaseAll } = await heldUpstream();
   const app = createApp({ config: testConfig(), upstream, logger: silentLogger });
   const page = await app.request("/");
@@ -454,7 +454,11 @@ Deno.test("secure headers are on every response, and the page keeps its own CSP"
   assert.match(page.headers.get("content-security-policy")!, /default-src 'none'/);
   await page.body?.cancel();
   const api = await app.request(post("k"));
+  // An API answer: the three that matter when a browser loads it, not the document set.
   assert.equal(api.headers.get("x-content-type-options"), "nosniff");
+  assert.match(api.headers.get("strict-transport-security")!, /max-age=/);
+  assert.equal(api.headers.get("cross-origin-resource-policy"), "same-origin");
+  assert.equal(api.headers.get("x-frame-options"), null);
   assert.match(api.headers.get("content-type")!, /text\/event-stream/);
   releaseAll();
   await api.arrayBuffer();
