@@ -12,7 +12,7 @@ import type { Logger } from "../log.ts";
 import type { RequestSummary } from "../stats/request_summary.ts";
 import { tokenUsage } from "../stats/request_summary.ts";
 import { createSseDecoder, type SseEvent } from "../stream/sse.ts";
-import { readBody, tapStream, UpstreamIdleError } from "../stream/tap.ts";
+import { readBody, readBodyWithin, tapStream, UpstreamIdleError } from "../stream/tap.ts";
 import type { CallFailure, JsonCall, StreamCall } from "./messages_call.ts";
 import type { StreamPolicy, Upstream, UpstreamRequest } from "./upstream.ts";
 import { type Waiting, watchWaiting } from "./waiting.ts";
@@ -129,8 +129,14 @@ export async function readWholeAnswer(
   let answer: WholeAnswer;
   try {
     // A whole body sluice hands over as one piece: an echoed key is removed first.
+    // Whole within the idle timeout: a non-streamed answer's body follows its headers at once.
     const body = upstream.redact.bytes(
-      await readBody(response.body, options.idleTimeoutMs, controller.signal),
+      await readBodyWithin(
+        response,
+        options.idleTimeoutMs,
+        controller.signal,
+        () => controller.abort(),
+      ),
     );
     answer = { status: response.status, body, parsed: safeParse(body) };
   } catch (error) {
@@ -375,7 +381,9 @@ export function unreadBody(error: unknown, requestId?: string): {
       status: 504,
       body: errorBody(
         "timeout_error",
-        `the upstream sent nothing for ${error.idleMs} ms while sending its answer`,
+        error.whole
+          ? `the upstream did not send its whole answer within ${error.idleMs} ms`
+          : `the upstream sent nothing for ${error.idleMs} ms while sending its answer`,
         requestId,
       ),
     };

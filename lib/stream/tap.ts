@@ -113,10 +113,17 @@ export const KEEP_ALIVE_COMMENT: Uint8Array = new TextEncoder().encode(": keep-a
 /** The upstream sent nothing for longer than the idle timeout. */
 export class UpstreamIdleError extends Error {
   readonly idleMs: number;
-  constructor(idleMs: number) {
-    super(`the upstream sent nothing for ${idleMs} ms`);
+  /** The limit was on the whole body ({@link readBodyWithin}), not on a silence. */
+  readonly whole: boolean;
+  constructor(idleMs: number, whole = false) {
+    super(
+      whole
+        ? `the upstream did not send its whole body within ${idleMs} ms`
+        : `the upstream sent nothing for ${idleMs} ms`,
+    );
     this.name = "UpstreamIdleError";
     this.idleMs = idleMs;
+    this.whole = whole;
   }
 }
 
@@ -372,4 +379,51 @@ export async function readBody(
   for await (const chunk of tapped) chunks.push(chunk);
   if (failure !== undefined) throw failure;
   return concatBytes(chunks);
+}
+
+/**
+ * Reads `response`'s whole body with `arrayBuffer()`, giving up when it is not whole within
+ * `withinMs` (0: never; `cancel` is then called to stop the read) or when `signal` aborts (its
+ * reason is thrown). For bodies that come at once after their headers, such as a non-streamed
+ * message: the limit is on the whole body, not on a silence. `readBody`'s tap was ~50 µs more
+ * per request for such a body on loopback; `arrayBuffer()` on an untouched fetch body never
+ * builds a JavaScript stream.
+ */
+export async function readBodyWithin(
+  response: Response,
+  withinMs: number,
+  signal?: AbortSignal,
+  cancel?: () => void,
+): Promise<Uint8Array<ArrayBuffer>> {
+  if (signal?.aborted) throw signal.reason;
+  if (!response.body) return new Uint8Array(0);
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let onAbort: (() => void) | undefined;
+  const read = response.arrayBuffer();
+  read.catch(() => {}); // once given up on, its failure reaches nobody
+  const stops: Promise<never>[] = [];
+  if (withinMs > 0) {
+    stops.push(
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => {
+          reject(new UpstreamIdleError(withinMs, true)); // first: the race ends with this
+          cancel?.();
+        }, withinMs);
+      }),
+    );
+  }
+  if (signal) {
+    stops.push(
+      new Promise<never>((_, reject) => {
+        onAbort = () => reject(signal.reason);
+        signal.addEventListener("abort", onAbort, { once: true });
+      }),
+    );
+  }
+  try {
+    return new Uint8Array(await Promise.race([read, ...stops]));
+  } finally {
+    clearTimeout(timer);
+    if (onAbort) signal!.removeEventListener("abort", onAbort);
+  }
 }
