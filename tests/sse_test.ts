@@ -108,8 +108,8 @@ Deno.test("the tap forwards every chunk unchanged and in order, then tells its h
   assert.equal(closed, true);
 });
 
-Deno.test("a long stream keeps every byte in order as the tap moves to its BYOB reader, byte stream or not", async (t) => {
-  // 300 chunks: far past the chunks read before the tap switches readers (BYOB_AFTER_CHUNKS).
+Deno.test("a long stream keeps every byte in order through the tap's one reused buffer, byte stream or not", async (t) => {
+  // 300 chunks through one BYOB buffer: a chunk not copied out would be overwritten.
   const text = Array.from({ length: 300 }, (_, i) => `event: e\ndata: {"i":${i}}\n\n`).join("");
   const chunks = splitEvery(enc(text), 7);
   const byteStream = () => {

@@ -64,46 +64,32 @@ interface ChunkReader {
   cancel(reason?: unknown): Promise<void>;
 }
 
-/** How many chunks are read with the default reader before a byte stream switches to BYOB. */
-const BYOB_AFTER_CHUNKS = 16;
-
 /**
- * Reads `stream` chunk by chunk: its first {@link BYOB_AFTER_CHUNKS} chunks with its default
- * reader, then, when it is a byte stream (fetch bodies are), with a BYOB reader into one buffer of
- * `size` bytes. Setting up a BYOB reader on a fetch body was the largest single item of a short
- * request's CPU (4.7% of it in `bench/request_cpu_bench.ts`, ~25 µs a request); for a long stream
- * the one buffer pays (a fresh 4 KiB buffer per read, zeroed and counted as external memory by
- * the GC, was ~4% of the gateway's main-thread time in the bench's profile).
+ * Reads `stream` chunk by chunk: with a BYOB reader and fresh buffers of `size` bytes when it is
+ * a byte stream (fetch bodies are), else with its default reader. BYOB from the first chunk: its
+ * set-up looks costly in-process (4.7% of `bench/request_cpu_bench.ts`, whose upstream body is
+ * not a fetch body), but on a real fetch body the default reader's first chunks cost more: 12%
+ * more CPU per stream at 10 and 100 clients in `deno task bench:request` (two runs, 2026-12-03).
  */
 function chunkReader(stream: ReadableStream<Uint8Array>, size: number): ChunkReader {
-  let plain: ReadableStreamDefaultReader<Uint8Array> | undefined = stream.getReader();
-  let byob: ReadableStreamBYOBReader | undefined;
-  let buffer: Uint8Array = new Uint8Array(0);
-  let reads = 0;
-  const fromByob = (result: ReadableStreamReadResult<Uint8Array>) => {
-    if (result.value) buffer = new Uint8Array(result.value.buffer); // handed back to us
-    if (result.done) return { done: true as const, value: undefined };
-    return { done: false as const, value: result.value.slice() };
-  };
+  let byob: ReadableStreamBYOBReader;
+  try {
+    byob = stream.getReader({ mode: "byob" });
+  } catch {
+    return stream.getReader();
+  }
+  // One buffer per stream, read into again and again; what a read filled is copied out at its
+  // exact size for the client. (A fresh 4 KiB buffer per read, zeroed and counted as external
+  // memory by the GC, was ~4% of the gateway's main-thread time in the bench's profile.)
+  let buffer = new Uint8Array(size);
   return {
-    read() {
-      if (byob) return byob.read(buffer).then(fromByob);
-      if (++reads > BYOB_AFTER_CHUNKS && plain) {
-        // Between reads (the tap reads one at a time), so nothing is lost: what the stream
-        // holds stays queued for the next reader.
-        plain.releaseLock();
-        try {
-          byob = stream.getReader({ mode: "byob" });
-          buffer = new Uint8Array(size);
-          return byob.read(buffer).then(fromByob);
-        } catch {
-          plain = stream.getReader(); // not a byte stream: the default reader to the end
-          reads = -Infinity;
-        }
-      }
-      return plain!.read();
-    },
-    cancel: (reason) => (byob ?? plain!).cancel(reason),
+    read: () =>
+      byob.read(buffer).then((result) => {
+        if (result.value) buffer = new Uint8Array(result.value.buffer); // handed back to us
+        if (result.done) return { done: true, value: undefined };
+        return { done: false, value: result.value.slice() };
+      }),
+    cancel: (reason) => byob.cancel(reason),
   };
 }
 
