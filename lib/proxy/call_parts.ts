@@ -12,7 +12,7 @@ import type { Logger } from "../log.ts";
 import type { RequestSummary } from "../stats/request_summary.ts";
 import { tokenUsage } from "../stats/request_summary.ts";
 import { createSseDecoder, type SseEvent } from "../stream/sse.ts";
-import { readBody, readBodyWithin, tapStream, UpstreamIdleError } from "../stream/tap.ts";
+import { readBodyWithin, tapStream, UpstreamIdleError } from "../stream/tap.ts";
 import type { CallFailure, JsonCall, StreamCall } from "./messages_call.ts";
 import type { StreamPolicy, Upstream, UpstreamRequest } from "./upstream.ts";
 import { type Waiting, watchWaiting } from "./waiting.ts";
@@ -370,7 +370,8 @@ function cutStreamFailure(
 
 /**
  * What the client gets when the upstream's headers came but its body did not (`error` from
- * {@link readBody}): a clear 5xx in Anthropic's shape, never a 500 or a truncated document.
+ * `readBody` or {@link readBodyWithin}): a clear 5xx in Anthropic's shape, never a 500 or a
+ * truncated document.
  */
 export function unreadBody(error: unknown, requestId?: string): {
   status: 504 | 502;
