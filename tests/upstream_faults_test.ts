@@ -511,6 +511,21 @@ Deno.test("a non-streamed answer that breaks off, stalls or is not JSON becomes 
       assert.equal(body.error.type, type);
       assert.match(body.error.message, pattern);
       assert.equal((await fake.summary()).outcome, "incomplete");
+      // A body given up on has its upstream request aborted, not left reading.
+      if (name === "silent") assert.equal(fake.signals.at(-1)!.aborted, true);
+    });
+  }
+  for (const [name, respond, status, type, pattern] of cases.slice(0, 2)) {
+    await t.step(`a forwarded call's JSON answer, ${name}`, async () => {
+      const fake = faultyApp(() => Promise.resolve(respond()), {
+        streamPolicy: { idleTimeoutMs: 30 },
+      });
+      const response = await fake.app.request("/v1/models");
+      assert.equal(response.status, status);
+      const body = await response.json();
+      assert.equal(body.error.type, type);
+      assert.match(body.error.message, pattern);
+      if (name === "silent") assert.equal(fake.signals.at(-1)!.aborted, true);
     });
   }
   await t.step("a whole answer still passes", async () => {

@@ -17,7 +17,7 @@ import type { Logger } from "../log.ts";
 import { errorTypeOf, safeParse, sendWatched, unreadBody, type Watched } from "./call_parts.ts";
 import { clientHeaders, upstreamHeaders } from "./pass_headers.ts";
 import { type RequestSummary, tokenUsage } from "../stats/request_summary.ts";
-import { readBody } from "../stream/tap.ts";
+import { readBodyWithin } from "../stream/tap.ts";
 import type { Upstream, UpstreamMethod } from "./upstream.ts";
 
 /** Request bodies up to this size are read whole, so the SDK can retry them (1 MiB). */
@@ -151,8 +151,15 @@ async function forwardWhole(
   const fields = answerFields(watched, options.requestId);
   const headers = clientHeaders(response.headers);
   try {
+    // A JSON answer (a model list, a token count, a batch) comes with its headers: whole within
+    // the idle timeout, read without a JavaScript stream (see readBodyWithin).
     let body = options.upstream.redact.bytes(
-      await readBody(response.body, options.upstream.streamPolicy.idleTimeoutMs, controller.signal),
+      await readBodyWithin(
+        response,
+        options.upstream.streamPolicy.idleTimeoutMs,
+        controller.signal,
+        () => controller.abort(),
+      ),
     );
     waiting.unwatch();
     if (options.upstreamBaseUrl && endpoint.includes("/v1/messages/batches")) {
