@@ -32,6 +32,7 @@ import { openKv } from "../lib/kv.ts";
 import { createLogger } from "../lib/log.ts";
 import { createUpstreamFromConfig } from "../lib/proxy/upstream_from_config.ts";
 import { benchApp } from "./sluice_app.ts";
+import { jsCopyBody } from "./js_copy.ts";
 
 /** What `/__bench/usage` answers. */
 export interface ProxyUsage {
@@ -93,15 +94,7 @@ function jsCopy(upstreamUrl: string): Handler {
   const forward = passthrough(upstreamUrl);
   return async (request, info) => {
     const response = await forward(request, info);
-    const reader = response.body!.getReader();
-    const body = new ReadableStream<Uint8Array>({
-      async pull(controller) {
-        const { value, done } = await reader.read();
-        if (done) controller.close();
-        else controller.enqueue(value);
-      },
-      cancel: (reason) => reader.cancel(reason),
-    }, { highWaterMark: 0 });
+    const body = jsCopyBody(response.body!);
     return new Response(body, { status: response.status, headers: response.headers });
   };
 }

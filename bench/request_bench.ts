@@ -191,7 +191,7 @@ async function startPaths(opts: Required<RequestBenchOptions>, dir: string) {
     if (before) {
       if (!opts.beforeDir) throw new Error(`${path} needs --before DIR`);
       await Deno.mkdir(`${opts.beforeDir}/bench`, { recursive: true });
-      for (const file of ["gateways.ts", "sluice_app.ts"]) {
+      for (const file of ["gateways.ts", "sluice_app.ts", "js_copy.ts"]) {
         await Deno.copyFile(
           new URL(`./${file}`, import.meta.url),
           `${opts.beforeDir}/bench/${file}`,

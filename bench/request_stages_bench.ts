@@ -18,6 +18,7 @@ import type { Clock } from "../lib/clock.ts";
 import { parseConfig } from "../lib/config.ts";
 import { createUpstream } from "../lib/proxy/upstream.ts";
 import { benchApp } from "./sluice_app.ts";
+import { jsCopyBody } from "./js_copy.ts";
 import { messageEnd, messageStart, sse } from "./streams.ts";
 import { percentile } from "./report.ts";
 
@@ -90,50 +91,31 @@ const sluice = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }
   stamps.responded = now();
   return response;
 });
-const floor = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async (
-  request,
-) => {
-  stamps.startedAt = now();
-  const body = await request.arrayBuffer();
-  stamps.upstreamCalled = now();
-  const response = await fetch(`${upstreamUrl}/v1/messages`, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body,
+/**
+ * A yardstick server: the floor (`fetch` + `new Response(r.body)`), or with `copy` the js-copy
+ * yardstick (every chunk through a pull-based JavaScript stream, bench/js_copy.ts).
+ */
+function yardstick(copy: boolean) {
+  return Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async (request) => {
+    stamps.startedAt = now();
+    const body = await request.arrayBuffer();
+    stamps.upstreamCalled = now();
+    const response = await fetch(`${upstreamUrl}/v1/messages`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body,
+    });
+    stamps.upstreamHeaders = now();
+    const out = new Response(copy ? jsCopyBody(response.body!) : response.body, {
+      status: response.status,
+      headers: response.headers,
+    });
+    stamps.responded = now();
+    return out;
   });
-  stamps.upstreamHeaders = now();
-  const out = new Response(response.body, { status: response.status, headers: response.headers });
-  stamps.responded = now();
-  return out;
-});
-
-// The js-copy yardstick: the floor, but every chunk goes through a pull-based JavaScript stream,
-// as in any gateway that reads the bytes (bench/gateways.ts's `js-copy`).
-const jsCopy = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async (
-  request,
-) => {
-  stamps.startedAt = now();
-  const body = await request.arrayBuffer();
-  stamps.upstreamCalled = now();
-  const response = await fetch(`${upstreamUrl}/v1/messages`, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body,
-  });
-  stamps.upstreamHeaders = now();
-  const reader = response.body!.getReader();
-  const copy = new ReadableStream<Uint8Array>({
-    async pull(controller) {
-      const { value, done } = await reader.read();
-      if (done) controller.close();
-      else controller.enqueue(value);
-    },
-    cancel: (reason) => reader.cancel(reason),
-  }, { highWaterMark: 0 });
-  const out = new Response(copy, { status: response.status, headers: response.headers });
-  stamps.responded = now();
-  return out;
-});
+}
+const floor = yardstick(false);
+const jsCopy = yardstick(true);
 
 const body = JSON.stringify({
   model: "claude-bench",
