@@ -39,5 +39,5 @@ export interface RouteDeps {
   /** Whether the process is shutting down (main.ts gives a lifecycle; tests may not). */
   draining(): boolean;
   /** Graceful shutdown, for streams that end themselves when it cuts them. */
-  lifecycle?: Pick<Lifecycle, "cut" | "adopt">;
+  lifecycle?: Pick<Lifecycle, "cut" | "adopt" | "track">;
 }

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { createApp } from "../lib/app.ts";
+import { createLifecycle } from "../lib/http/shutdown.ts";
 import type { ChatDone } from "../lib/chat/encoding.ts";
 import type { TerminalIO } from "../lib/cli/terminal/repl.ts";
 import { runChat } from "../lib/cli/terminal/repl.ts";
@@ -38,14 +39,22 @@ async function sluice(pace: Pace, sleep?: (ms: number, signal?: AbortSignal) => 
   const sent: { messages: { role: string; content: unknown }[] }[] = [];
   const kv = await Deno.openKv(":memory:");
   const stats = memorySink();
+  const lifecycle = createLifecycle();
   const app = createApp({
     config: testConfig(),
     logger: silentLogger,
     stats,
     kv,
     upstream: recordingUpstream(replay, sent),
+    lifecycle,
   });
-  return { app, kv, stats, sent };
+  // As a shutdown does: what the app still writes after the last response (a resumable stream's
+  // last commit) is waited for before KV closes.
+  const close = async () => {
+    await lifecycle.settle(10_000);
+    kv.close();
+  };
+  return { app, kv, stats, sent, close };
 }
 
 function done(overrides: Partial<ChatDone> = {}): ChatDone {
@@ -217,7 +226,7 @@ function stallingSleep(ms: number, signal?: AbortSignal): Promise<void> {
 }
 
 Deno.test("runChat streams answers, keeps the conversation and leaves on Ctrl-D", async () => {
-  const { app, kv, sent } = await sluice({ ttftMs: 0, tokensPerSecond: 1e9, speed: 0 });
+  const { app, sent, close } = await sluice({ ttftMs: 0, tokensPerSecond: 1e9, speed: 0 });
   try {
     const term = scriptedIO(["write a three word story", "", "another three word one", null]);
     const code = await runChat({
@@ -239,12 +248,12 @@ Deno.test("runChat streams answers, keeps the conversation and leaves on Ctrl-D"
     assert.deepEqual(sent[1].messages.map((m) => m.role), ["user", "assistant", "user"]);
     assert.equal(sent[1].messages[1].content, "Rain taps softly.");
   } finally {
-    kv.close();
+    await close();
   }
 });
 
 Deno.test("runChat: Ctrl-C stops the answer and the upstream, and the chat goes on", async (t) => {
-  const { app, kv, sent, stats } = await sluice(
+  const { app, sent, stats, close } = await sluice(
     { ttftMs: 0, tokensPerSecond: 1, speed: 1 },
     stallingSleep,
   );
@@ -291,12 +300,12 @@ Deno.test("runChat: Ctrl-C stops the answer and the upstream, and the chat goes 
       assert.equal(stats.records[0]?.outcome, "client_aborted");
     });
   } finally {
-    kv.close();
+    await close();
   }
 });
 
 Deno.test("runChat at the prompt: one Ctrl-C explains, a second leaves, a doubled signal counts once", async () => {
-  const { app, kv } = await sluice({ ttftMs: 0, tokensPerSecond: 1e9, speed: 0 });
+  const { app, close } = await sluice({ ttftMs: 0, tokensPerSecond: 1e9, speed: 0 });
   try {
     let now = 0;
     const term = scriptedIO([WAITING]);
@@ -317,7 +326,7 @@ Deno.test("runChat at the prompt: one Ctrl-C explains, a second leaves, a double
     assert.equal(await running, 0);
     assert.match(term.output(), /Goodbye!\n$/);
   } finally {
-    kv.close();
+    await close();
   }
 });
 
@@ -335,7 +344,7 @@ Deno.test("runChat says so and exits 1 when sluice cannot be reached", async () 
 });
 
 Deno.test("runChat: a Ctrl-C forwarded again after the stop prints no stray prompt", async () => {
-  const { app, kv } = await sluice({ ttftMs: 0, tokensPerSecond: 1, speed: 1 }, stallingSleep);
+  const { app, close } = await sluice({ ttftMs: 0, tokensPerSecond: 1, speed: 1 }, stallingSleep);
   try {
     let now = 0;
     let pressed = false;
@@ -368,7 +377,7 @@ Deno.test("runChat: a Ctrl-C forwarded again after the stop prints no stray prom
     term.pressCtrlC();
     assert.equal(await running, 0);
   } finally {
-    kv.close();
+    await close();
   }
 });
 
@@ -406,7 +415,7 @@ Deno.test("the answer printer writes each markdown block once, complete, when no
 });
 
 Deno.test("streamChat resumes a dropped answer from Last-Event-ID and hands each piece over once", async (t) => {
-  const { app, kv, stats } = await sluice({ ttftMs: 0, tokensPerSecond: 2000, speed: 1 });
+  const { app, stats, close } = await sluice({ ttftMs: 0, tokensPerSecond: 2000, speed: 1 });
   try {
     const cuts = { chat: 1, resume: 1 };
     const resumedAfter: string[] = [];
@@ -451,12 +460,12 @@ Deno.test("streamChat resumes a dropped answer from Last-Event-ID and hands each
       assert.equal(chats[0].outcome, "ok");
     });
   } finally {
-    kv.close();
+    await close();
   }
 });
 
 Deno.test("runChat in a terminal shows that it is reconnecting, then the rest of the answer", async () => {
-  const { app, kv, stats } = await sluice({ ttftMs: 0, tokensPerSecond: 2000, speed: 1 });
+  const { app, stats, close } = await sluice({ ttftMs: 0, tokensPerSecond: 2000, speed: 1 });
   try {
     const cut = cuttingFetch(app, 1500);
     const term = scriptedIO(["[fixture:numbered] please", null]);
@@ -478,7 +487,7 @@ Deno.test("runChat in a terminal shows that it is reconnecting, then the rest of
     );
     assert.equal(stats.records.filter((r) => r.endpoint === "/chat").length, 1);
   } finally {
-    kv.close();
+    await close();
   }
 });
 
@@ -570,7 +579,7 @@ function count(haystack: string, needle: string): number {
 
 Deno.test("deno task chat in a terminal: colour, streaming, Ctrl-C, history, quit", async (t) => {
   // A real pace, so answers take a while and Ctrl-C lands mid-answer.
-  const { app, kv, sent, stats } = await sluice({ ttftMs: 300, tokensPerSecond: 30, speed: 1 });
+  const { app, sent, stats, close } = await sluice({ ttftMs: 300, tokensPerSecond: 30, speed: 1 });
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, app.fetch);
   const pane = await startPane(
     { NO_COLOR: "", SLUICE_KEY: "" },
@@ -636,12 +645,12 @@ Deno.test("deno task chat in a terminal: colour, streaming, Ctrl-C, history, qui
   } finally {
     await pane.close();
     await server.shutdown();
-    kv.close();
+    await close();
   }
 });
 
 Deno.test("deno task chat renders a long markdown answer, wrapped at word boundaries", async (t) => {
-  const { app, kv } = await sluice({ ttftMs: 100, tokensPerSecond: 400, speed: 1 });
+  const { app, close } = await sluice({ ttftMs: 100, tokensPerSecond: 400, speed: 1 });
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, app.fetch);
   const columns = 60;
   const pane = await startPane(
@@ -689,12 +698,12 @@ Deno.test("deno task chat renders a long markdown answer, wrapped at word bounda
   } finally {
     await pane.close();
     await server.shutdown();
-    kv.close();
+    await close();
   }
 });
 
 Deno.test("deno task chat resumes an answer whose connection drops and shows it once", async () => {
-  const { app, kv } = await sluice({ ttftMs: 100, tokensPerSecond: 300, speed: 1 });
+  const { app, close } = await sluice({ ttftMs: 100, tokensPerSecond: 300, speed: 1 });
   const server = Deno.serve(
     { hostname: "127.0.0.1", port: 0, onListen: () => {} },
     cuttingFetch(app, 1500),
@@ -716,12 +725,12 @@ Deno.test("deno task chat resumes an answer whose connection drops and shows it 
   } finally {
     await pane.close();
     await server.shutdown();
-    kv.close();
+    await close();
   }
 });
 
 Deno.test("deno task chat streams a block taller than the screen without repeating its lines", async () => {
-  const { app, kv } = await sluice({ ttftMs: 100, tokensPerSecond: 300, speed: 1 });
+  const { app, close } = await sluice({ ttftMs: 100, tokensPerSecond: 300, speed: 1 });
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, app.fetch);
   // 8 rows: the 8-line code block cannot be redrawn in place, so its rows are appended.
   const pane = await startPane(
@@ -749,12 +758,12 @@ Deno.test("deno task chat streams a block taller than the screen without repeati
   } finally {
     await pane.close();
     await server.shutdown();
-    kv.close();
+    await close();
   }
 });
 
 Deno.test("deno task chat with NO_COLOR: no colour codes, and Ctrl-D leaves", async () => {
-  const { app, kv } = await sluice({ ttftMs: 0, tokensPerSecond: 1e9, speed: 0 });
+  const { app, close } = await sluice({ ttftMs: 0, tokensPerSecond: 1e9, speed: 0 });
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, app.fetch);
   const pane = await startPane(
     { NO_COLOR: "1" },
@@ -774,12 +783,12 @@ Deno.test("deno task chat with NO_COLOR: no colour codes, and Ctrl-D leaves", as
   } finally {
     await pane.close();
     await server.shutdown();
-    kv.close();
+    await close();
   }
 });
 
 Deno.test("the chat command with piped output writes no colour and ends at end of input", async () => {
-  const { app, kv } = await sluice({ ttftMs: 0, tokensPerSecond: 1e9, speed: 0 });
+  const { app, close } = await sluice({ ttftMs: 0, tokensPerSecond: 1e9, speed: 0 });
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, app.fetch);
   try {
     const child = new Deno.Command(Deno.execPath(), {
@@ -809,6 +818,6 @@ Deno.test("the chat command with piped output writes no colour and ends at end o
     assert.equal(out.includes("\b"), false);
   } finally {
     await server.shutdown();
-    kv.close();
+    await close();
   }
 });

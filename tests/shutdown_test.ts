@@ -6,7 +6,8 @@
 import assert from "node:assert/strict";
 import { createApp } from "../lib/app.ts";
 import { silentLogger } from "../lib/log.ts";
-import type { RequestSummary } from "../lib/stats/request_summary.ts";
+import { memorySink, type RequestSummary } from "../lib/stats/request_summary.ts";
+import { memorySpendStore } from "../lib/stats/budgets.ts";
 import { decodeAll } from "../lib/stream/sse.ts";
 import { createLifecycle, installShutdown, type Lifecycle } from "../lib/http/shutdown.ts";
 import { createUpstream } from "../lib/proxy/upstream.ts";
@@ -184,6 +185,102 @@ Deno.test("on shutdown, streams that finish within the grace period end normally
   } finally {
     handle.dispose();
     await server.finished;
+  }
+});
+
+/**
+ * `kv` with its commits held while `hold()` is on: what is written after a response ends can be
+ * caught before it reaches KV. `inFlight` counts commits begun and not yet done.
+ */
+function heldKv(kv: Deno.Kv) {
+  let gate: Promise<void> = Promise.resolve();
+  let release = () => {};
+  const counts = { inFlight: 0 };
+  const proxy = new Proxy(kv, {
+    get(target, name) {
+      if (name === "atomic") {
+        return () => {
+          const operation = target.atomic();
+          const commit = operation.commit.bind(operation);
+          operation.commit = async () => {
+            counts.inFlight++;
+            try {
+              await gate;
+              return await commit();
+            } finally {
+              counts.inFlight--;
+            }
+          };
+          return operation;
+        };
+      }
+      const value = Reflect.get(target, name);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+  return {
+    kv: proxy,
+    counts,
+    hold: () => void (gate = new Promise((resolve) => (release = resolve))),
+    release: () => release(),
+  };
+}
+
+Deno.test("shutdown waits for a resumable stream's last writes before it closes KV", async (t) => {
+  const fixture = await readFixture("three-words.sse");
+  const upstream = createUpstream({
+    mode: "live",
+    apiKey: "sk-ant-test",
+    baseURL: "http://upstream.test",
+    maxRetries: 0,
+    fetch: () =>
+      Promise.resolve(
+        new Response(fixture.slice(), { headers: { "content-type": "text/event-stream" } }),
+      ),
+  });
+  const cases = [
+    { path: "/v1/messages", init: request("http://sluice.test") },
+    {
+      path: "/chat",
+      init: new Request("http://sluice.test/chat", {
+        method: "POST",
+        headers: { "content-type": "application/json", accept: "text/event-stream" },
+        body: JSON.stringify({ message: "hi" }),
+      }),
+    },
+  ];
+  for (const { path, init } of cases) {
+    await t.step(path, async () => {
+      const memory = await Deno.openKv(":memory:");
+      const held = heldKv(memory);
+      const lifecycle = createLifecycle();
+      const app = createApp({
+        config: testConfig(),
+        upstream,
+        logger: silentLogger,
+        kv: held.kv,
+        // Stats and spend elsewhere: only the stream's own writes go to this KV.
+        stats: memorySink(),
+        spend: memorySpendStore(),
+        lifecycle,
+      });
+      try {
+        held.hold();
+        if (path === "/v1/messages") init.headers.set("x-sluice-resumable", "true");
+        const response = await app.fetch(init);
+        assert.ok(response.headers.get("x-sluice-stream-id"), "the stream is resumable");
+        await response.text(); // the client has all of it; the stream's writes are held
+        assert.ok(held.counts.inFlight > 0, "a write is still on its way");
+        // While the write is held, shutdown's wait for tracked work cannot end: it times out.
+        assert.equal(await lifecycle.settle(30), 1, "the stream's last write is waited for");
+        held.release();
+        assert.equal(await lifecycle.settle(10_000), 0);
+        assert.equal(held.counts.inFlight, 0, "and is done when the wait ends");
+      } finally {
+        held.release();
+        memory.close();
+      }
+    });
   }
 });
 

@@ -211,6 +211,7 @@ function resumableWriter(
       streams.live.delete(writer.id);
       streams.stops.delete(writer.id);
     },
+    track: (work) => deps.lifecycle?.track(work),
   });
   return writer;
 }

@@ -161,6 +161,11 @@ export interface StreamWriterOptions {
   meta: StreamMeta;
   /** Called once the final commit is done (the live registry forgets the writer). */
   onEnd?: () => void;
+  /**
+   * Given the commits still to come when the stream ends (`Lifecycle.track`): a graceful
+   * shutdown waits for them before it closes KV, so the stream's end is not lost with it.
+   */
+  track?: (work: Promise<unknown>) => void;
   /** Commits with the instance's other streams (default: a batcher of its own). */
   batcher?: CommitBatcher;
 }
@@ -211,7 +216,7 @@ export function createStreamWriter(options: StreamWriterOptions): StreamWriter {
       clearInterval(heartbeat);
       if (timer !== undefined) clearTimeout(timer);
       timer = undefined;
-      if (seq > 0) store.flush();
+      if (seq > 0) options.track?.(store.flush());
     },
     flushed() {
       // A resume on this instance wants everything pushed so far: a commit still waiting for its

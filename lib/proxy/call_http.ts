@@ -84,6 +84,7 @@ export function respondWithCall(
       settings: deps.config.resume,
       meta: options.resume.meta,
       onEnd: () => live.delete(writer.id),
+      track: (work) => deps.lifecycle?.track(work),
     });
     live.add(writer);
     call.headers.set("x-sluice-stream-id", writer.id);
