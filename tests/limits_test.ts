@@ -204,6 +204,51 @@ Deno.test("a key's streams in flight are capped, and a slot frees when a stream 
   });
 });
 
+Deno.test("a whole answer gives its slot back once it is made, before the client reads its body", async (t) => {
+  const message = new TextEncoder().encode(JSON.stringify({
+    id: "msg_1",
+    type: "message",
+    role: "assistant",
+    model: "claude-test",
+    content: [{ type: "text", text: "hi" }],
+    stop_reason: "end_turn",
+    usage: { input_tokens: 1, output_tokens: 1 },
+  }));
+  const upstream = createUpstream({
+    mode: "live",
+    apiKey: "sk-ant-test",
+    baseURL: "http://upstream.test",
+    maxRetries: 0,
+    fetch: () =>
+      Promise.resolve(
+        new Response(message.slice(), { headers: { "content-type": "application/json" } }),
+      ),
+  });
+  const app = createApp({
+    config: testConfig({ SLUICE_MAX_CONCURRENT_STREAMS: "1" }),
+    upstream,
+    logger: silentLogger,
+  });
+  const whole = (path: string) =>
+    new Request(`http://sluice.test${path}`, {
+      method: "POST",
+      headers: { "content-type": "application/json", "x-api-key": "k" },
+      body: path === "/chat"
+        ? JSON.stringify({ message: "hi", stream: false })
+        : JSON.stringify({ ...JSON.parse(body), stream: false }),
+    });
+  for (const path of ["/v1/messages", "/v1/messages/count_tokens", "/chat"]) {
+    await t.step(path, async () => {
+      // One slot: each answer is left unread while the next request comes.
+      const first = await app.request(whole(path));
+      const second = await app.request(whole(path));
+      assert.deepEqual([first.status, second.status], [200, 200]);
+      assert.equal((await first.json()).type, path === "/chat" ? "chat" : "message");
+      await second.arrayBuffer();
+    });
+  }
+});
+
 /** Slots come back asynchronously (a KV write): ask again a few times. */
 async function retryUntilAdmitted(
   send: () => Response | Promise<Response>,

@@ -6,6 +6,7 @@
  * stored history goes upstream before the new message, and the exchange is stored once the
  * answer is complete.
  */
+import { bufferedResponse } from "../http/response_end.ts";
 import type { RouteDeps } from "../app_env.ts";
 import type { ChatFormat } from "./encoding.ts";
 import { chatFormat } from "./encoding.ts";
@@ -247,7 +248,7 @@ async function wholeResponse(
 ): Promise<Response> {
   headers.set("content-type", CONTENT_TYPES.json);
   const message = call.status < 300 ? parseMessage(call.body) : null;
-  if (!message) return new Response(call.body, { status: call.status, headers });
+  if (!message) return bufferedResponse(call.body, { status: call.status, headers });
   const done = await chatDone(call, requestId, conversationId, null, deps.config.prices);
   if (storeExchange) {
     try {
@@ -257,7 +258,7 @@ async function wholeResponse(
       done.stored = false;
     }
   }
-  return new Response(JSON.stringify(chatJsonAnswer(message, done)), {
+  return bufferedResponse(JSON.stringify(chatJsonAnswer(message, done)), {
     status: call.status,
     headers,
   });

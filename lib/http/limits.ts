@@ -28,7 +28,7 @@ import type { Clock } from "../clock.ts";
 import { systemClock } from "../clock.ts";
 import { SluiceError } from "../errors.ts";
 import type { Logger } from "../log.ts";
-import { endOf } from "./response_end.ts";
+import { endOf, isBuffered } from "./response_end.ts";
 
 /** One isolate's share of a key's use. */
 export interface Share {
@@ -406,6 +406,7 @@ export function limitMiddleware(
     let handedOver = false;
     try {
       await next();
+      if (isBuffered(c.res)) return; // nothing left upstream: the slot goes back at once
       const body = c.res.body;
       if (body) {
         // A tapped call says when it is over; any other body is watched by a wrapping stream.

@@ -7,7 +7,7 @@ import type { Context } from "hono";
 import type { AppEnv, RouteDeps } from "../app_env.ts";
 import type { Call } from "./messages_call.ts";
 import { upstreamHeaders } from "./pass_headers.ts";
-import { markEnd } from "../http/response_end.ts";
+import { bufferedResponse, markEnd } from "../http/response_end.ts";
 import type { UpstreamRequest } from "./upstream.ts";
 import { createStreamWriter, type StreamMeta } from "../chat/resume.ts";
 import { SluiceError } from "../errors.ts";
@@ -70,7 +70,7 @@ export function respondWithCall(
 ): Response {
   deps.record(call.finished);
   if (call.kind === "json") {
-    return new Response(call.body, { status: call.status, headers: call.headers });
+    return bufferedResponse(call.body, { status: call.status, headers: call.headers });
   }
   let stream = call.stream;
   if (options.resume && deps.streams) {

@@ -11,6 +11,7 @@
  * than a truncated document). No accumulator: these calls produce no tokens and no time to first
  * token; each is recorded with its endpoint, status, outcome and time to its answer.
  */
+import { bufferedResponse } from "../http/response_end.ts";
 import type { Clock } from "../clock.ts";
 import { shutdownRefusal, SluiceError } from "../errors.ts";
 import type { Logger } from "../log.ts";
@@ -166,7 +167,7 @@ async function forwardWhole(
       body = pointResultsAtSluice(body, options.upstreamBaseUrl, url.origin);
     }
     return {
-      response: new Response(body, { status: response.status, headers }),
+      response: bufferedResponse(body, { status: response.status, headers }),
       finished: Promise.resolve(summary(answerFields(watched, options.requestId, body))),
     };
   } catch (error) {
