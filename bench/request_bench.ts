@@ -26,6 +26,7 @@ import { parseArgs } from "node:util";
 import type { ProxyUsage } from "./gateways.ts";
 import { writeHistory } from "./kv_history.ts";
 import { type Child, spawn } from "./processes.ts";
+import { peersInstalled, startPortkey } from "./peers.ts";
 import { markdownTable, percentile } from "./report.ts";
 
 /** The paths, in the order they run. */
@@ -41,9 +42,10 @@ export const REQUEST_PATHS = [
 ] as const;
 /**
  * A path of the request bench; a sluice path with `@before` runs the gateway from another
- * checkout (`--before DIR`, e.g. the commit before a change), in the same run.
+ * checkout (`--before DIR`, e.g. the commit before a change), in the same run; `portkey` is
+ * Portkey's gateway on Bun (bench/peers.ts), run by default when it is installed.
  */
-export type RequestPath = typeof REQUEST_PATHS[number] | `${SluicePath}@before`;
+export type RequestPath = typeof REQUEST_PATHS[number] | `${SluicePath}@before` | "portkey";
 type SluicePath = "sluice" | "sluice-prod" | "sluice-history";
 type Kind = "stream" | "json";
 
@@ -120,16 +122,26 @@ function requestBody(kind: Kind): string {
   });
 }
 
+/** A path as the clients reach it. */
+interface Target {
+  url: string;
+  /** Headers the path needs besides the API's (a peer's routing headers). */
+  headers?: Record<string, string>;
+  /** The gateway process's CPU time and RSS; none for direct. */
+  usage?: () => Promise<ProxyUsage>;
+}
+
 /** One request; its latency in ms (to the first text delta, or to the whole body), or an error. */
-async function one(url: string, kind: Kind, body: string): Promise<number | string> {
+async function one(target: Target, kind: Kind, body: string): Promise<number | string> {
   const sent = now();
   try {
-    const response = await fetch(`${url}/v1/messages`, {
+    const response = await fetch(`${target.url}/v1/messages`, {
       method: "POST",
       headers: {
         "content-type": "application/json",
         "x-api-key": "bench-key",
         "anthropic-version": "2023-06-01",
+        ...target.headers,
       },
       body,
     });
@@ -152,16 +164,17 @@ async function one(url: string, kind: Kind, body: string): Promise<number | stri
   }
 }
 
-async function usage(url: string): Promise<ProxyUsage> {
-  return await (await fetch(`${url}/__bench/usage`)).json();
+/** What a bench/gateways.ts process says of itself (`GET /__bench/usage`). */
+function gatewayUsage(url: string): () => Promise<ProxyUsage> {
+  return async () => await (await fetch(`${url}/__bench/usage`)).json();
 }
 
 /** `clients` clients, each sending `each` requests one after another. */
-async function batch(url: string, kind: Kind, clients: number, each: number) {
+async function batch(target: Target, kind: Kind, clients: number, each: number) {
   const body = requestBody(kind);
   const results = await Promise.all(Array.from({ length: clients }, async () => {
     const mine: (number | string)[] = [];
-    for (let i = 0; i < each; i++) mine.push(await one(url, kind, body));
+    for (let i = 0; i < each; i++) mine.push(await one(target, kind, body));
     return mine;
   }));
   return results.flat();
@@ -174,9 +187,15 @@ async function startPaths(opts: Required<RequestBenchOptions>, dir: string) {
     "--allow-net=127.0.0.1",
   ]);
   children.push(upstream);
-  const urls = { direct: upstream.url } as Record<RequestPath, string>;
+  const targets = { direct: { url: upstream.url } } as Record<RequestPath, Target>;
   for (const path of opts.paths) {
     if (path === "direct") continue;
+    if (path === "portkey") {
+      const peer = await startPortkey(upstream.url);
+      children.push(peer);
+      targets[path] = peer;
+      continue;
+    }
     const env: Record<string, string> = { ...opts.sluiceEnv };
     if (path.startsWith("sluice")) env.BENCH_KV_PATH = `${dir}/${path}.sqlite3`;
     if (path.startsWith("sluice-history")) {
@@ -208,9 +227,9 @@ async function startPaths(opts: Required<RequestBenchOptions>, dir: string) {
       ...opts.proxyFlags,
     ], env);
     children.push(child);
-    urls[path] = child.url;
+    targets[path] = { url: child.url, usage: gatewayUsage(child.url) };
   }
-  return { children, urls };
+  return { children, targets };
 }
 
 /** Runs the request bench and returns one result per path, load and kind. */
@@ -222,7 +241,7 @@ export async function runRequestBench(
     rounds: 3,
     sequential: 60,
     perClient: 20,
-    paths: [...REQUEST_PATHS],
+    paths: [...REQUEST_PATHS, ...(await peersInstalled() ? ["portkey" as const] : [])],
     historyPath: ".sluice/bench-history.sqlite3",
     beforeDir: "",
     proxyFlags: [],
@@ -231,11 +250,14 @@ export async function runRequestBench(
     ...options,
   };
   const dir = await Deno.makeTempDir({ prefix: "sluice-request-bench-" });
-  const { children, urls } = await startPaths(opts, dir);
+  if (!opts.paths.includes("portkey") && !(await peersInstalled())) {
+    opts.log("portkey: not installed, not measured (deno task bench:peers installs it)");
+  }
+  const { children, targets } = await startPaths(opts, dir);
   try {
     opts.log("warming up every path");
     for (const path of opts.paths) {
-      for (const kind of ["stream", "json"] as const) await batch(urls[path], kind, 20, 25);
+      for (const kind of ["stream", "json"] as const) await batch(targets[path], kind, 20, 25);
     }
     interface Pool {
       samples: number[];
@@ -250,11 +272,11 @@ export async function runRequestBench(
         for (const kind of ["stream", "json"] as const) {
           for (const path of opts.paths) {
             await sleep(100);
-            const gateway = path === "direct" ? undefined : urls[path];
-            const before = gateway ? await usage(gateway) : undefined;
+            const usage = targets[path].usage;
+            const before = usage ? await usage() : undefined;
             const each = load === 1 ? opts.sequential : opts.perClient;
-            const results = await batch(urls[path], kind, load, each);
-            const after = gateway ? await usage(gateway) : undefined;
+            const results = await batch(targets[path], kind, load, each);
+            const after = usage ? await usage() : undefined;
             const key = `${load}/${kind}/${path}`;
             const pool = pools.get(key) ??
               { samples: [], errors: [], cpuMicros: 0, requests: 0, rss: 0 };
@@ -406,6 +428,22 @@ export function requestVerdicts(results: RequestResult[]): string[] {
       lines.push(
         `CPU per request at ${busiest} clients, ${kind}: ${path} ${fmt(mine, 0)} µs, the floor ` +
           `${fmt(floor, 0)} µs, ${fmt(ratio)}x (target <= 2x: ${met(ratio <= 2)})`,
+      );
+    }
+  }
+  // The peers in the same run: sluice's added latency and CPU against each one's.
+  for (const peer of ["portkey"] as const) {
+    for (const load of [...new Set(results.map((r) => r.load))]) {
+      const theirs = get(peer, load, "stream");
+      const ours = get("sluice", load, "stream");
+      if (!theirs || !ours) continue;
+      const [a, b] = [added(results, ours), added(results, theirs)];
+      const cpu = [ours.cpuMicrosPerRequest ?? NaN, theirs.cpuMicrosPerRequest ?? NaN];
+      lines.push(
+        `${load === 1 ? "sequential" : `${load} clients`}, first text delta: sluice adds ` +
+          `${fmt(a.p50)} / ${fmt(a.p99)} ms (p50 / p99), ${peer} ${fmt(b.p50)} / ${fmt(b.p99)} ` +
+          `(target below: ${met(a.p50 < b.p50 && a.p99 < b.p99)}); CPU per stream ` +
+          `${fmt(cpu[0], 0)} against ${fmt(cpu[1], 0)} µs (target below: ${met(cpu[0] < cpu[1])})`,
       );
     }
   }
