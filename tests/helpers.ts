@@ -240,6 +240,18 @@ export function recordingUpstream(replay: typeof fetch, sent: unknown[]): Upstre
   });
 }
 
+/** A live upstream (no retries) that answers every call at once with `bytes` as `contentType`. */
+export function answeringUpstream(bytes: Uint8Array, contentType: string): Upstream {
+  return createUpstream({
+    mode: "live",
+    apiKey: "sk-ant-test",
+    baseURL: "http://upstream.test",
+    maxRetries: 0,
+    fetch: () =>
+      Promise.resolve(new Response(bytes.slice(), { headers: { "content-type": contentType } })),
+  });
+}
+
 /** An upstream that replays the project's fixtures at once (no pacing). */
 export async function instantReplayUpstream(): Promise<Upstream> {
   return createUpstream({

@@ -11,7 +11,7 @@ import { createLimiter, kvLimitStore } from "../lib/http/limits.ts";
 import { isLoopback } from "../lib/http/local_only.ts";
 import { silentLogger } from "../lib/log.ts";
 import { createUpstream } from "../lib/proxy/upstream.ts";
-import { readFixture, replayApp, testConfig } from "./helpers.ts";
+import { answeringUpstream, readFixture, replayApp, testConfig } from "./helpers.ts";
 
 const body = JSON.stringify({
   model: "claude-test",
@@ -214,16 +214,7 @@ Deno.test("a whole answer gives its slot back once it is made, before the client
     stop_reason: "end_turn",
     usage: { input_tokens: 1, output_tokens: 1 },
   }));
-  const upstream = createUpstream({
-    mode: "live",
-    apiKey: "sk-ant-test",
-    baseURL: "http://upstream.test",
-    maxRetries: 0,
-    fetch: () =>
-      Promise.resolve(
-        new Response(message.slice(), { headers: { "content-type": "application/json" } }),
-      ),
-  });
+  const upstream = answeringUpstream(message, "application/json");
   const app = createApp({
     config: testConfig({ SLUICE_MAX_CONCURRENT_STREAMS: "1" }),
     upstream,

@@ -11,7 +11,13 @@ import { memorySpendStore } from "../lib/stats/budgets.ts";
 import { decodeAll } from "../lib/stream/sse.ts";
 import { createLifecycle, installShutdown, type Lifecycle } from "../lib/http/shutdown.ts";
 import { createUpstream } from "../lib/proxy/upstream.ts";
-import { readFixture, startFakeUpstream, startMain, testConfig } from "./helpers.ts";
+import {
+  answeringUpstream,
+  readFixture,
+  startFakeUpstream,
+  startMain,
+  testConfig,
+} from "./helpers.ts";
 
 const request = (url: string) =>
   new Request(`${url}/v1/messages`, {
@@ -228,16 +234,7 @@ function heldKv(kv: Deno.Kv) {
 
 Deno.test("shutdown waits for a resumable stream's last writes before it closes KV", async (t) => {
   const fixture = await readFixture("three-words.sse");
-  const upstream = createUpstream({
-    mode: "live",
-    apiKey: "sk-ant-test",
-    baseURL: "http://upstream.test",
-    maxRetries: 0,
-    fetch: () =>
-      Promise.resolve(
-        new Response(fixture.slice(), { headers: { "content-type": "text/event-stream" } }),
-      ),
-  });
+  const upstream = answeringUpstream(fixture, "text/event-stream");
   const cases = [
     { path: "/v1/messages", init: request("http://sluice.test") },
     {
