@@ -216,7 +216,10 @@ export function createStreamWriter(options: StreamWriterOptions): StreamWriter {
       clearInterval(heartbeat);
       if (timer !== undefined) clearTimeout(timer);
       timer = undefined;
-      if (seq > 0) options.track?.(store.flush());
+      if (seq === 0) return;
+      // Flushed whether or not anyone tracks it (`track?.(flush())` would skip the flush).
+      const written = store.flush();
+      options.track?.(written);
     },
     flushed() {
       // A resume on this instance wants everything pushed so far: a commit still waiting for its
