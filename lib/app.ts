@@ -54,6 +54,9 @@ import { refusalSummary } from "./stats/refusal.ts";
 import { LiveStreams } from "./chat/resume.ts";
 import { createCommitBatcher } from "./chat/commit_batch.ts";
 
+/** sluice's own id of a request, on every answer (a caller may send its own: it is kept). */
+const REQUEST_ID_HEADER = "x-sluice-request-id";
+
 /** What the app is built from. */
 export interface AppDeps {
   config: Config;
@@ -110,8 +113,18 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   app.use(async (c, next) => {
     c.set("startedAt", clock.now());
     await next();
+    // Hono's requestId puts its header only on the answers Hono builds (`c.json`, `c.text`); the
+    // routes' own `Response`s (every proxied call, the errors) get it here, so every answer has it.
+    const id = c.get("requestId");
+    if (id && !c.res.headers.has(REQUEST_ID_HEADER)) {
+      try {
+        c.res.headers.set(REQUEST_ID_HEADER, id);
+      } catch {
+        // immutable headers (a response passed on as it came): it goes without
+      }
+    }
   });
-  app.use(requestId({ headerName: "x-sluice-request-id" }));
+  app.use(requestId({ headerName: REQUEST_ID_HEADER }));
   mountHardening(app, deps);
   mountRoutes(app, deps, routeDeps);
   mountErrorHandling(app, routeDeps);
@@ -296,7 +309,7 @@ function mountHardening(app: Hono<AppEnv>, deps: AppDeps) {
       ],
       exposeHeaders: [
         "request-id",
-        "x-sluice-request-id",
+        REQUEST_ID_HEADER,
         "x-sluice-stream-id",
         "retry-after",
         "retry-after-ms",

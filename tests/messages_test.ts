@@ -98,6 +98,45 @@ Deno.test("streamed fixtures reach the client byte for byte, with SSE headers", 
   }
 });
 
+Deno.test("every answer carries sluice's request id, the same one its own errors name", async (t) => {
+  const app = await replayApp();
+  const uuid = /^[0-9a-f-]{36}$/;
+  const cases: [string, Request | string, number][] = [
+    ["a streamed message", post(body({ stream: true })), 200],
+    ["a whole message", post(body()), 200],
+    [
+      "/chat",
+      new Request("http://sluice.test/chat", {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ message: "hi", stream: false }),
+      }),
+      200,
+    ],
+    ["health", "/health", 200],
+    ["malformed JSON (sluice's own 400)", post("{"), 400],
+    ["no route (sluice's own 404)", "/nothing-here", 404],
+  ];
+  const ids = new Set<string>();
+  for (const [name, request, status] of cases) {
+    await t.step(name, async () => {
+      const response = await app.request(request);
+      assert.equal(response.status, status);
+      const id = response.headers.get("x-sluice-request-id");
+      assert.match(id ?? "", uuid);
+      ids.add(id!);
+      const text = await response.text();
+      if (status >= 400) assert.equal(JSON.parse(text).request_id, id);
+    });
+  }
+  assert.equal(ids.size, cases.length, "one id per request");
+  await t.step("a caller's own id is kept", async () => {
+    const response = await app.request(post(body(), { "x-sluice-request-id": "trace-42" }));
+    await response.body?.cancel();
+    assert.equal(response.headers.get("x-sluice-request-id"), "trace-42");
+  });
+});
+
 Deno.test("a replayed cut connection ends like a dropped upstream: an api_error event, recorded as incomplete", async () => {
   const stats = memorySink();
   const app = await replayApp({ stats });
