@@ -134,7 +134,6 @@ export async function handleChat(
   if (writer && call.kind !== "stream") writer.end(); // nothing was pushed: nothing is written
 
   const headers = new Headers(call.headers);
-  headers.set("x-sluice-request-id", input.requestId);
   if (conversationId) headers.set("x-sluice-conversation-id", conversationId);
   if (call.kind === "stream") {
     return streamResponse(call, view, headers, format, input.keyId, writer, streams);
