@@ -236,12 +236,13 @@ async function startPaths(opts: Required<RequestBenchOptions>, dir: string) {
 export async function runRequestBench(
   options: RequestBenchOptions = {},
 ): Promise<RequestResult[]> {
+  const peers = await peersInstalled();
   const opts: Required<RequestBenchOptions> = {
     loads: [1, 10, 100],
     rounds: 3,
     sequential: 60,
     perClient: 20,
-    paths: [...REQUEST_PATHS, ...(await peersInstalled() ? ["portkey" as const] : [])],
+    paths: [...REQUEST_PATHS, ...(peers ? ["portkey" as const] : [])],
     historyPath: ".sluice/bench-history.sqlite3",
     beforeDir: "",
     proxyFlags: [],
@@ -250,7 +251,7 @@ export async function runRequestBench(
     ...options,
   };
   const dir = await Deno.makeTempDir({ prefix: "sluice-request-bench-" });
-  if (!opts.paths.includes("portkey") && !(await peersInstalled())) {
+  if (!peers) {
     opts.log("portkey: not installed, not measured (deno task bench:peers installs it)");
   }
   const { children, targets } = await startPaths(opts, dir);
