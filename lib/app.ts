@@ -8,7 +8,13 @@ import { HTTPException } from "hono/http-exception";
 import { requestId } from "hono/request-id";
 import { bodyLimit } from "hono/body-limit";
 import { isUpload, streamingBodyLimit } from "./http/upload_limit.ts";
-import { bodyReadDeadline, EAGER_READ_MAX_BYTES, readWhole } from "./http/body_deadline.ts";
+import {
+  bodyReadDeadline,
+  declaredLength,
+  EAGER_READ_MAX_BYTES,
+  readWhole,
+} from "./http/body_deadline.ts";
+import { BUFFER_BYTES } from "./proxy/forward.ts";
 import { cors } from "hono/cors";
 import { secureHeaders } from "hono/secure-headers";
 import {
@@ -318,14 +324,25 @@ function mountHardening(app: Hono<AppEnv>, deps: AppDeps) {
     }));
   }
   if (config.upstream === "live" && config.apiKeys.length === 0) app.use(loopbackOnly());
-  // First, so the body limits' own reads are under the deadline too. Not uploads: they stream
-  // to the upstream untouched by JavaScript (a JS layer per chunk held ~57 MiB of garbage for a
-  // 100 MB upload, tests/upload_memory_test.ts), and the upstream's own read deadline ends them.
+  // First, so the body limits' own reads are under the deadline too. Not large uploads: they
+  // stream to the upstream untouched by JavaScript (a JS layer per chunk held ~57 MiB of garbage
+  // for a 100 MB upload, tests/upload_memory_test.ts), and the upstream's own read deadline ends
+  // them. A small one is read whole before the upstream call (forward.ts, so it can be retried):
+  // it is read here, under the deadline, or a stalled one would hold its request for ever.
   const deadline = bodyReadDeadline({
     idleMs: config.bodyTimeoutMs,
     eagerMaxBytes: Math.min(EAGER_READ_MAX_BYTES, config.maxBodyBytes),
   });
-  app.use((c, next) => (isUpload(c.req.method, c.req.path) ? next() : deadline(c, next)));
+  const smallUpload = Math.min(BUFFER_BYTES, config.maxFileBytes);
+  const uploadDeadline = bodyReadDeadline({
+    idleMs: config.bodyTimeoutMs,
+    eagerMaxBytes: smallUpload,
+  });
+  app.use((c, next) => {
+    if (!isUpload(c.req.method, c.req.path)) return deadline(c, next);
+    const length = declaredLength(c.req.raw.headers);
+    return length !== undefined && length <= smallUpload ? uploadDeadline(c, next) : next();
+  });
   const jsonLimit = bodyLimit({
     maxSize: config.maxBodyBytes,
     onError: () => {

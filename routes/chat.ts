@@ -9,6 +9,7 @@ import { type ConversationStore, conversationStoreFor } from "../lib/chat/conver
 import { isStreamId, openResumedStream, parseEventId } from "../lib/chat/resume.ts";
 import { recordCut } from "../lib/chat/record_cut.ts";
 import { SluiceError } from "../lib/errors.ts";
+import { requestText } from "../lib/http/request_body.ts";
 import { disconnectPolicy, ON_DISCONNECT_HEADER } from "../lib/proxy/call_http.ts";
 import { kvUnavailable } from "../lib/kv.ts";
 
@@ -32,7 +33,7 @@ async function postChat(
   c: Context<AppEnv>,
 ): Promise<Response> {
   return await handleChat(deps, store, {
-    bodyText: await c.req.text(),
+    bodyText: await requestText(c),
     accept: c.req.header("accept"),
     withStats: statsRequested(c.req.query("stats")),
     keyId: c.get("keyId"),

@@ -17,6 +17,7 @@ import { CHAT_COMPLETIONS_PATH, startChatCompletionsCall } from "../lib/openai/c
 import { SluiceError } from "../lib/errors.ts";
 import { callContext, respondWithCall, upstreamRequestOf } from "../lib/proxy/call_http.ts";
 import { describeIssues } from "../lib/http/validate.ts";
+import { requestBytes } from "../lib/http/request_body.ts";
 
 /** The fields sluice reads; everything else passes through unread. */
 const chatCompletionsBody = z.looseObject({
@@ -28,7 +29,7 @@ const chatCompletionsBody = z.looseObject({
 export function chatCompletionsRoute(deps: RouteDeps): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
   app.post(CHAT_COMPLETIONS_PATH, async (c) => {
-    const raw = new Uint8Array(await c.req.arrayBuffer());
+    const raw = await requestBytes(c);
     const body = readBody(raw);
     const call = await startChatCompletionsCall({
       ...callContext(deps, c),

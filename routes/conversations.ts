@@ -17,6 +17,7 @@ import {
 import { SluiceError } from "../lib/errors.ts";
 import { kvUnavailable } from "../lib/kv.ts";
 import { describeIssues } from "../lib/http/validate.ts";
+import { requestText } from "../lib/http/request_body.ts";
 
 /** `POST /conversations` body: optional defaults for every `/chat` on the conversation. */
 const createBody = z.strictObject({
@@ -46,7 +47,7 @@ export function conversationsRoute(deps: RouteDeps): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
   app.post("/conversations", async (c) => {
     // Read as JSON whatever the content type, like /chat; an empty body is `{}`.
-    const value = parseJsonObject(await c.req.text(), '{"system":"Answer briefly."}', {
+    const value = parseJsonObject(await requestText(c), '{"system":"Answer briefly."}', {
       emptyIsObject: true,
     });
     const parsed = createBody.safeParse(value);

@@ -10,6 +10,7 @@
  */
 import type { Context, MiddlewareHandler } from "hono";
 import { errorResponse, SluiceError } from "../errors.ts";
+import { unreadable } from "./request_body.ts";
 
 /** Options for {@link bodyReadDeadline}. */
 export interface BodyReadDeadlineOptions {
@@ -118,7 +119,7 @@ export function bodyReadDeadline(options: BodyReadDeadlineOptions): MiddlewareHa
 }
 
 /** The body's `content-length`, when it is a plain decimal number and the body not chunked. */
-function declaredLength(headers: Headers): number | undefined {
+export function declaredLength(headers: Headers): number | undefined {
   if (headers.has("transfer-encoding")) return undefined;
   const value = headers.get("content-length");
   return value !== null && /^\d{1,15}$/.test(value) ? Number(value) : undefined;
@@ -146,15 +147,6 @@ async function readDeclared(request: Request, ms: number): Promise<ArrayBuffer |
 /** Whether {@link bodyReadDeadline} read this request's body whole (it is in Hono's body cache). */
 export function readWhole(c: Context): boolean {
   return c.req.bodyCache.arrayBuffer !== undefined;
-}
-
-/** A body that failed as it was read, or did not match its `content-length`. */
-function unreadable(): SluiceError {
-  return new SluiceError(
-    400,
-    "invalid_request_error",
-    "the request body could not be read whole (it did not match its content-length)",
-  );
 }
 
 /** How long the 408's bytes get to reach the socket before its connection is dropped (ms). */

@@ -5,6 +5,7 @@
 import type { Context, MiddlewareHandler } from "hono";
 import type { z } from "zod";
 import { SluiceError } from "../errors.ts";
+import { requestBytes } from "./request_body.ts";
 
 /** Formats zod issues as `field: problem; field: problem`. */
 export function describeIssues(issues: readonly z.core.$ZodIssue[]): string {
@@ -42,7 +43,7 @@ export async function readJsonBody<T extends z.ZodType>(
   c: Context,
   schema: T,
 ): Promise<{ raw: Uint8Array<ArrayBuffer>; body: z.infer<T> }> {
-  const raw = new Uint8Array(await c.req.arrayBuffer());
+  const raw = await requestBytes(c);
   let json: unknown;
   try {
     json = JSON.parse(decoder.decode(raw));

@@ -11,6 +11,7 @@
  * than a truncated document). No accumulator: these calls produce no tokens and no time to first
  * token; each is recorded with its endpoint, status, outcome and time to its answer.
  */
+import { readOrRefuse } from "../http/request_body.ts";
 import { bufferedResponse } from "../http/response_end.ts";
 import type { Clock } from "../clock.ts";
 import { shutdownRefusal, SluiceError } from "../errors.ts";
@@ -222,7 +223,7 @@ async function requestBody(
   if (!request.body || request.method === "GET" || request.method === "DELETE") return null;
   const length = Number(request.headers.get("content-length") ?? NaN);
   if (Number.isFinite(length) && length <= BUFFER_BYTES) {
-    return new Uint8Array(await request.arrayBuffer());
+    return new Uint8Array(await readOrRefuse(request.arrayBuffer()));
   }
   return request.body;
 }
