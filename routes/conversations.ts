@@ -75,7 +75,11 @@ export function conversationsRoute(deps: RouteDeps): Hono<AppEnv> {
   app.get("/conversations", async (c) => {
     const parsed = listQuery.safeParse(c.req.query());
     if (!parsed.success) {
-      throw new SluiceError(400, "invalid_request_error", describeIssues(parsed.error.issues));
+      throw new SluiceError(
+        400,
+        "invalid_request_error",
+        describeIssues(parsed.error.issues, "query"),
+      );
     }
     try {
       const page = await need().list(c.get("keyId"), parsed.data);

@@ -403,7 +403,11 @@ Deno.test("a key lists its own conversations, page by page, and nobody else's", 
         assert.equal(response.status, 400, query);
         const body = await response.json();
         assert.equal(body.error.type, "invalid_request_error", query);
+        // It names the query string, never a body the request did not have.
+        assert.doesNotMatch(body.error.message, /^body/, query);
       }
+      const unknown = await (await as("key-alice", "/conversations?x=1")).json();
+      assert.match(unknown.error.message, /^query: Unrecognized key: "x"/);
     });
 
     await t.step("without a gateway key, no list", async () => {

@@ -174,6 +174,9 @@ Deno.test("an unknown fixture name, by header or marker, is a 404 that lists the
       const body = await response.json();
       assert.equal(body.error.type, "not_found_error");
       assert.match(body.error.message, /"nope".*three-words/);
+      // As the API's error bodies do, it names its request.
+      assert.match(body.request_id, /^req_replay_/);
+      assert.equal(body.request_id, response.headers.get("request-id"));
     });
   }
 });
@@ -253,6 +256,41 @@ Deno.test("a cut recording asked for without streaming is a 502 api_error in Ant
   assert.equal(body.type, "error");
   assert.equal(body.error.type, "api_error");
   assert.match(body.error.message, /dropped/);
+  assert.equal(body.request_id, response.headers.get("request-id"));
+});
+
+Deno.test("replay's own errors name their request, as the API's do", async (t) => {
+  const fetch = createReplayFetch(await projectFixtures(), { pace: INSTANT });
+  const cases: [string, Request][] = [
+    [
+      "an endpoint replay does not serve",
+      new Request("http://replay/v1/files", { method: "POST" }),
+    ],
+    [
+      "a body that is not JSON",
+      new Request("http://replay/v1/messages", { method: "POST", body: "{" }),
+    ],
+    [
+      "count_tokens without JSON",
+      new Request("http://replay/v1/messages/count_tokens", { method: "POST", body: "{" }),
+    ],
+    ["an unknown model", new Request("http://replay/v1/models/claude-nope")],
+    ["a bad page size", new Request("http://replay/v1/models?limit=0")],
+    [
+      "a stream's error, not streamed",
+      post(ask("x"), { "x-sluice-fixture": "overloaded-mid-stream" }),
+    ],
+  ];
+  for (const [name, request] of cases) {
+    await t.step(name, async () => {
+      const response = await fetch(request);
+      assert.ok(response.status >= 400, String(response.status));
+      const body = await response.json();
+      assert.equal(body.type, "error");
+      assert.match(body.request_id, /^req_replay_/);
+      assert.equal(body.request_id, response.headers.get("request-id"));
+    });
+  }
 });
 
 Deno.test("HTTP error fixtures come back with their status, headers and body", async () => {

@@ -195,7 +195,7 @@ Deno.test("the final failure reaches the client with the upstream's status, body
   });
 });
 
-Deno.test("an error body that is not in Anthropic's shape, or never ends, still gives the client one", async (t) => {
+Deno.test("an error body that is not in Anthropic's shape, or never ends, still gives the client one, naming its request", async (t) => {
   const cases: [string, () => Response, number, RegExp][] = [
     [
       "a proxy's JSON",
@@ -228,8 +228,30 @@ Deno.test("an error body that is not in Anthropic's shape, or never ends, still 
       assert.equal(body.type, "error");
       assert.equal(typeof body.error.type, "string");
       assert.match(body.error.message, message);
+      // No id from the upstream: sluice's own, as on its answer's header.
+      assert.equal(body.request_id, response.headers.get("x-sluice-request-id"));
     });
   }
+  await t.step("the upstream's request-id names the body sluice writes for it", async () => {
+    const headers = { "request-id": "req_upstream_1" };
+    const fake = faultyApp(
+      () => Promise.resolve(new Response("<html>500</html>", { status: 500, headers })),
+      { maxRetries: 0 },
+    );
+    const response = await fake.app.request(post());
+    assert.equal(response.status, 500);
+    assert.equal((await response.json()).request_id, "req_upstream_1");
+  });
+  await t.step("an upstream body in the API's shape is passed on as it came", async () => {
+    const fake = faultyApp(() =>
+      Promise.resolve(Response.json({
+        type: "error",
+        error: { type: "overloaded_error", message: "x" },
+        request_id: "req_in_body",
+      }, { status: 529, headers: { "request-id": "req_header" } })), { maxRetries: 0 });
+    const response = await fake.app.request(post());
+    assert.equal((await response.json()).request_id, "req_in_body");
+  });
 });
 
 Deno.test("the wait the upstream asks for is read like the SDK reads it and lowered to the cap", () => {
@@ -308,6 +330,7 @@ Deno.test("connection errors that outlast the retries become a 502 api_error", a
   assert.equal(body.type, "error");
   assert.equal(body.error.type, "api_error");
   assert.match(body.error.message, /could not connect/);
+  assert.equal(body.request_id, response.headers.get("x-sluice-request-id"));
   assert.equal(fake.attempts(), 3);
 });
 
@@ -320,6 +343,7 @@ Deno.test("an upstream that sends no headers within the first-byte limit is retr
   assert.equal(response.status, 504);
   const body = await response.json();
   assert.equal(body.error.type, "timeout_error");
+  assert.equal(body.request_id, response.headers.get("x-sluice-request-id"));
   assert.equal(fake.attempts(), 2);
   assert.ok(fake.signals.every((s) => s.aborted), "every timed-out attempt was aborted");
 });
@@ -496,7 +520,14 @@ Deno.test("a non-streamed answer that breaks off, stalls or is not JSON becomes 
       () => new Response("<html>hi</html>", { status: 200 }),
       502,
       "api_error",
-      /not a JSON/,
+      /answered 200 with a body that is not a JSON/,
+    ],
+    [
+      "no content",
+      () => new Response(null, { status: 204 }),
+      502,
+      "api_error",
+      /answered 204 with a body that is not a JSON/,
     ],
   ];
   for (const [name, respond, status, type, pattern] of cases) {

@@ -7,11 +7,14 @@ import type { z } from "zod";
 import { SluiceError } from "../errors.ts";
 import { requestBytes } from "./request_body.ts";
 
-/** Formats zod issues as `field: problem; field: problem`. */
-export function describeIssues(issues: readonly z.core.$ZodIssue[]): string {
+/**
+ * Formats zod issues as `field: problem; field: problem`; an issue of the whole value is named
+ * `whole` (`body` by default; `query` for a query string).
+ */
+export function describeIssues(issues: readonly z.core.$ZodIssue[], whole = "body"): string {
   return issues
     .slice(0, 5)
-    .map((issue) => `${issue.path.length ? issue.path.join(".") : "body"}: ${issue.message}`)
+    .map((issue) => `${issue.path.length ? issue.path.join(".") : whole}: ${issue.message}`)
     .join("; ");
 }
 

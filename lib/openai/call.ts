@@ -67,6 +67,7 @@ export async function startChatCompletionsCall(options: ChatCompletionsCallOptio
       path: options.request.path ?? CHAT_COMPLETIONS_PATH,
       method: "POST",
       rawErrors: true,
+      requestId: options.requestId,
     },
     options.clientSignal,
     options.cut,

@@ -158,12 +158,13 @@ export async function readWholeAnswer(
     headers.set("content-type", "application/json");
   }
   if (response.ok && !answer.parsed) {
-    // A 200 that is neither a stream nor JSON (a proxy's HTML page, a cut body): the SDKs
-    // would fail to parse it, so say plainly what happened.
+    // A 2xx that is neither a stream nor JSON (a proxy's HTML page, a cut body, a 204): the
+    // SDKs would fail to parse it, so say plainly what happened.
     const contentType = response.headers.get("content-type") ?? "";
     logger.warn("upstream answer is not JSON", { id, contentType });
     headers.set("content-type", "application/json");
-    const message = `the upstream answered 200 with a body that is not ${options.expected}`;
+    const message =
+      `the upstream answered ${response.status} with a body that is not ${options.expected}`;
     return {
       status: 502,
       body: jsonBytes(options.errorJson("api_error", message)),

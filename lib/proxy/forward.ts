@@ -96,6 +96,7 @@ export async function forward(options: ForwardOptions): Promise<Forwarded> {
       stream: false,
       headers: upstreamHeaders(request.headers),
       authStyle: options.authStyle,
+      requestId: options.requestId,
     },
     request.signal,
     options.cut,

@@ -138,7 +138,7 @@ async function sendAndTap(options: CallOptions): Promise<Call> {
   const upstreamStartedAt = options.clock.now();
   const watched = await sendWatched(
     options.upstream,
-    options.request,
+    { ...options.request, requestId: options.requestId },
     options.clientSignal,
     options.cut,
   );

@@ -51,6 +51,11 @@ export interface UpstreamRequest {
   /** Replay only: the fixture to serve (the caller's `x-sluice-fixture`); ignored when live. */
   fixture?: string;
   /**
+   * sluice's id of the caller's request: the `request_id` of the error answers made for it when
+   * the upstream gave none, or gave one without an id of its own.
+   */
+  requestId?: string;
+  /**
    * Pass an upstream HTTP error back with its own body bytes and content type (the server's key
    * still redacted) instead of in Anthropic's error shape. For endpoints whose errors have
    * another shape that their clients parse: `/v1/chat/completions` answers OpenAI's.
@@ -190,7 +195,13 @@ async function sendRequest(s: SendSettings, request: UpstreamRequest): Promise<U
     const answer = await attemptOnce(s, url, init, request.signal);
     const last = attempt >= maxRetries;
     if (typeof answer === "string") {
-      if (last) return { response: noAnswerResponse(answer), retries: attempt, local: true };
+      if (last) {
+        return {
+          response: noAnswerResponse(answer, request.requestId),
+          retries: attempt,
+          local: true,
+        };
+      }
       await sleep(retryWaitMs({ retriesSoFar: attempt, maxWaitMs: s.maxWaitMs }), request.signal);
       continue;
     }
@@ -198,7 +209,12 @@ async function sendRequest(s: SendSettings, request: UpstreamRequest): Promise<U
     if (response.ok) return { response, retries: attempt };
     if (last || !shouldRetry(response)) {
       const raw = request.rawErrors;
-      const options = { redact: s.redact, bodyLimitMs: s.errorBodyLimitMs, raw };
+      const options = {
+        redact: s.redact,
+        bodyLimitMs: s.errorBodyLimitMs,
+        raw,
+        requestId: request.requestId,
+      };
       return { response: await errorAnswer(response, options), retries: attempt };
     }
     await response.body?.cancel().catch(() => {}); // not needed: another attempt follows

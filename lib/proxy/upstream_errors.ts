@@ -15,10 +15,10 @@ export type NoAnswer = "timeout" | "connection";
  * sluice's own answer when the upstream gave none: `504 timeout_error` when no headers came in
  * time, `502 api_error` when no connection could be made (or what came was not HTTP).
  */
-export function noAnswerResponse(why: NoAnswer): Response {
+export function noAnswerResponse(why: NoAnswer, requestId?: string): Response {
   return why === "timeout"
-    ? errorResponse(504, "timeout_error", "the upstream API did not answer in time")
-    : errorResponse(502, "api_error", "could not connect to the upstream API");
+    ? errorResponse(504, "timeout_error", "the upstream API did not answer in time", { requestId })
+    : errorResponse(502, "api_error", "could not connect to the upstream API", { requestId });
 }
 
 /** Options for {@link errorAnswer}. */
@@ -28,6 +28,8 @@ export interface ErrorAnswerOptions {
   bodyLimitMs: number;
   /** Pass the body's own bytes and content type instead of Anthropic's error shape. */
   raw?: boolean;
+  /** sluice's id of the request, for a body that comes with no id of its own. */
+  requestId?: string;
 }
 
 /**
@@ -47,12 +49,17 @@ export async function errorAnswer(
   }
   const parsed = bytes ? parseJson(bytes) : undefined;
   const status = response.status;
+  // A body sluice writes names its request, as the API's own do: the upstream's id (its
+  // `request-id` header) when it gave one, else sluice's. A body in the API's shape is the
+  // upstream's, passed on as it came.
+  const id = headers.get("request-id") ?? options.requestId;
   // Redacted before it is shortened: a key across the cut would survive in part otherwise.
   const body = isErrorShape(parsed) ? options.redact.value(parsed) : errorBody(
     errorTypeForStatus(status),
     parsed && typeof parsed === "object"
       ? `upstream answered ${status}: ${options.redact.text(JSON.stringify(parsed)).slice(0, 300)}`
       : `upstream answered ${status} without a JSON error body`,
+    id,
   );
   return errorBodyResponse(status, body, { headers });
 }

@@ -61,17 +61,22 @@ export function createReplayFetch(set: FixtureSet, options: ReplayOptions): type
         const input_tokens = estimateInputTokens(await request.json());
         return json(200, { input_tokens }, { "request-id": requestId() });
       } catch {
-        return json(400, errorBody("invalid_request_error", "request body is not valid JSON"));
+        return replayError(
+          400,
+          "invalid_request_error",
+          "request body is not valid JSON",
+          requestId(),
+        );
       }
     }
     if (request.method !== "POST" || !url.pathname.endsWith("/v1/messages")) {
-      return json(
+      return replayError(
         404,
-        errorBody(
-          "not_found_error",
-          "replay serves POST /v1/messages, POST /v1/messages/count_tokens, GET /v1/models " +
-            "and GET /v1/replay/fixtures",
-        ),
+        "not_found_error",
+        "replay serves POST /v1/messages, POST /v1/messages/count_tokens, " +
+          "POST /v1/chat/completions, GET /v1/models, GET /v1/models/{id} " +
+          "and GET /v1/replay/fixtures",
+        requestId(),
       );
     }
     return await messagesAnswer(
@@ -98,22 +103,25 @@ async function messagesAnswer(
   try {
     body = await request.json();
   } catch {
-    return json(400, errorBody("invalid_request_error", "request body is not valid JSON"));
+    return replayError(400, "invalid_request_error", "request body is not valid JSON", requestId);
   }
   if (!isObject(body)) {
-    return json(
+    return replayError(
       400,
-      errorBody("invalid_request_error", "the request body must be a JSON object"),
+      "invalid_request_error",
+      "the request body must be a JSON object",
+      requestId,
     );
   }
   const selection = selectFixture(set, body, request.headers.get("x-sluice-fixture"));
   const id = requestId;
   if (selection.kind === "missing") {
     const names = [...set.fixtures.keys()].sort().join(", ");
-    return json(
+    return replayError(
       404,
-      errorBody("not_found_error", `no fixture named "${selection.name}"; have: ${names}`),
-      { "request-id": id },
+      "not_found_error",
+      `no fixture named "${selection.name}"; have: ${names}`,
+      id,
     );
   }
   const model = typeof body.model === "string" && body.model !== "" ? body.model : undefined;
@@ -173,15 +181,16 @@ function modelsAnswer(models: ModelInfo[], url: URL, requestId: string): Respons
     const model = models.find((m) => m.id === id);
     return model
       ? json(200, model, headers)
-      : json(404, errorBody("not_found_error", `model: ${id}`), headers);
+      : replayError(404, "not_found_error", `model: ${id}`, requestId);
   }
   const limitText = url.searchParams.get("limit") ?? "20";
   const limit = Number(limitText);
   if (!/^\d+$/.test(limitText) || limit < 1 || limit > 1000) {
-    return json(
+    return replayError(
       400,
-      errorBody("invalid_request_error", "limit: expected an integer from 1 to 1000"),
-      headers,
+      "invalid_request_error",
+      "limit: expected an integer from 1 to 1000",
+      requestId,
     );
   }
   const after = url.searchParams.get("after_id");
@@ -249,7 +258,7 @@ function nonStreamingAnswer(
     // The recorded stream's error event, as the API answers it without streaming.
     return json(
       statusForErrorType(result.error.type),
-      errorBody(result.error.type, result.error.message),
+      errorBody(result.error.type, result.error.message, headers["request-id"]),
       headers,
     );
   }
@@ -258,12 +267,21 @@ function nonStreamingAnswer(
     // unreadBody in lib/proxy/call_parts.ts), never a 500.
     return json(
       502,
-      errorBody("api_error", "the upstream connection dropped before the whole answer arrived"),
+      errorBody(
+        "api_error",
+        "the upstream connection dropped before the whole answer arrived",
+        headers["request-id"],
+      ),
       headers,
     );
   }
   return json(200, result.message, headers);
 }
+/** An error replay makes itself, in the API's shape: its body and header name the request. */
+function replayError(status: number, type: string, message: string, requestId: string): Response {
+  return json(status, errorBody(type, message, requestId), { "request-id": requestId });
+}
+
 function json(status: number, body: unknown, headers: Record<string, string> = {}): Response {
   return new Response(JSON.stringify(body), {
     status,
