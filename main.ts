@@ -5,7 +5,7 @@
  */
 import { parseArgs } from "node:util";
 import { ConfigError, parseConfig } from "./lib/config.ts";
-import { serveSluice } from "./lib/serve.ts";
+import { serveSluice, StartError } from "./lib/serve.ts";
 import { startWorkers, workerCount } from "./lib/http/workers.ts";
 
 let config;
@@ -24,5 +24,13 @@ const { values } = parseArgs({ args: Deno.args, options: { workers: { type: "str
 const flag = values.workers === "auto" ? "auto" : Number(values.workers ?? 1) || 1;
 const workers = workerCount(config.workers ?? flag);
 
-if (workers > 1) await startWorkers(config, env, workers);
-else await serveSluice(config);
+try {
+  if (workers > 1) await startWorkers(config, env, workers);
+  else await serveSluice(config);
+} catch (error) {
+  if (error instanceof StartError) {
+    console.error(`sluice: ${error.message}`);
+    Deno.exit(1);
+  }
+  throw error;
+}

@@ -324,6 +324,12 @@ function mountHardening(app: Hono<AppEnv>, deps: AppDeps) {
     }));
   }
   if (config.upstream === "live" && config.apiKeys.length === 0) app.use(loopbackOnly());
+  mountBodyLimits(app, config);
+  if (deps.lifecycle) app.use(lifecycleMiddleware(deps.lifecycle));
+}
+
+/** The body read deadline, then the size limits: JSON bodies', and uploads' own. */
+function mountBodyLimits(app: Hono<AppEnv>, config: Config) {
   // First, so the body limits' own reads are under the deadline too. Not large uploads: they
   // stream to the upstream untouched by JavaScript (a JS layer per chunk held ~57 MiB of garbage
   // for a 100 MB upload, tests/upload_memory_test.ts), and the upstream's own read deadline ends
@@ -365,7 +371,6 @@ function mountHardening(app: Hono<AppEnv>, deps: AppDeps) {
     // build the body stream only to find it read).
     return readWhole(c) ? next() : jsonLimit(c, next);
   });
-  if (deps.lifecycle) app.use(lifecycleMiddleware(deps.lifecycle));
 }
 
 /**

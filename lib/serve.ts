@@ -13,6 +13,17 @@ import { kvSpendStore } from "./stats/budgets.ts";
 import { createLifecycle, installShutdown, type ShutdownHandle } from "./http/shutdown.ts";
 import { serveGuarded } from "./http/connection_guard.ts";
 
+/**
+ * sluice could not start for a reason its operator can fix (a port in use, a KV store the
+ * workers cannot share): main.ts prints the message as one line and exits 1, no stack trace.
+ */
+export class StartError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "StartError";
+  }
+}
+
 /** Options for {@link serveSluice}. */
 export interface ServeOptions {
   /** The port to bind (the configured one by default; workers after the first get the first's). */
@@ -71,11 +82,18 @@ export async function serveSluice(
   const bound = new Promise<number>((resolve) => (listening = resolve));
   // `app.fetch` gets Deno.serve's handler info as Hono's `c.env`; the loopback-only rule reads
   // the caller's address from it (the connection guard passes the real client's on).
-  const server = listen(config, options, logger, app.fetch, ({ hostname, port }) => {
-    listening(port);
-    options.onListen?.(port);
-    if (announce) announceNow(hostname, port);
-  });
+  let server: ReturnType<typeof listen>;
+  try {
+    server = listen(config, options, logger, app.fetch, ({ hostname, port }) => {
+      listening(port);
+      options.onListen?.(port);
+      if (announce) announceNow(hostname, port);
+    });
+  } catch (error) {
+    await Promise.all([stats?.flush(), spend?.flush()]).catch(() => {});
+    kv?.close();
+    throw listenError(error, config.hostname, options.port ?? config.port);
+  }
   function announceNow(hostname: string, port: number) {
     startupLines(config, logger, hostname, port, options.workers ?? 1);
     if (config.upstream === "live") {
@@ -145,6 +163,24 @@ function listen(
     }
   }
   return Deno.serve({ port, hostname, reusePort: options.reusePort, onListen }, handler);
+}
+
+/** What failed `Deno.serve` means for its operator, when it is one of theirs to fix. */
+function listenError(error: unknown, hostname: string, port: number): unknown {
+  const where = `${hostname}:${port}`;
+  if (error instanceof Deno.errors.AddrInUse) {
+    return new StartError(
+      `${where} is already in use (another sluice, or another server): stop it, or set PORT ` +
+        "to a free port",
+    );
+  }
+  if (error instanceof Deno.errors.AddrNotAvailable) {
+    return new StartError(`${where} is not an address of this machine: check HOSTNAME`);
+  }
+  if (error instanceof Deno.errors.PermissionDenied || error instanceof Deno.errors.NotCapable) {
+    return new StartError(`not allowed to listen on ${where}: ${(error as Error).message}`);
+  }
+  return error;
 }
 
 function startupLines(

@@ -55,6 +55,50 @@ Deno.test("a bad environment value stops main.ts with a message naming the varia
   }
 });
 
+Deno.test("a port in use stops main.ts with one line that says so and names PORT", async (t) => {
+  const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const kvDir = await Deno.makeTempDir();
+  try {
+    for (const workers of ["1", "2"]) {
+      await t.step(`SLUICE_WORKERS=${workers}`, async () => {
+        const output = await startUp({
+          HOSTNAME: "127.0.0.1",
+          PORT: String(taken.addr.port),
+          SLUICE_WORKERS: workers,
+          SLUICE_KV_PATH: `${kvDir}/kv.sqlite3`,
+        });
+        const stderr = new TextDecoder().decode(output.stderr);
+        assert.equal(output.code, 1, stderr);
+        assert.match(
+          stderr,
+          new RegExp(`^sluice: .*127\\.0\\.0\\.1:${taken.addr.port} is already in use`, "m"),
+        );
+        assert.match(stderr, /set PORT to a free port/);
+        assert.doesNotMatch(stderr, /Uncaught|at .*\.ts:\d+/);
+      });
+    }
+  } finally {
+    taken.close();
+    await Deno.remove(kvDir, { recursive: true });
+  }
+});
+
+Deno.test("several workers on an in-memory KV store are refused at start: each would count apart", async () => {
+  const output = await startUp({
+    HOSTNAME: "127.0.0.1",
+    PORT: "0",
+    SLUICE_WORKERS: "2",
+    SLUICE_KV_PATH: ":memory:",
+  });
+  const stderr = new TextDecoder().decode(output.stderr);
+  assert.equal(output.code, 1, stderr);
+  assert.match(
+    stderr,
+    /^sluice: SLUICE_KV_PATH=:memory: gives each of the 2 workers a store of its own/m,
+  );
+  assert.doesNotMatch(stderr, /Uncaught/);
+});
+
 function startUp(env: Record<string, string>) {
   return new Deno.Command(Deno.execPath(), {
     args: [
@@ -67,6 +111,8 @@ function startUp(env: Record<string, string>) {
     ],
     env: { NO_COLOR: "1", ...env },
     clearEnv: true,
+    // A main.ts that starts instead of stopping is killed, and fails the test's exit code check.
+    signal: AbortSignal.timeout(20_000),
     stdout: "piped",
     stderr: "piped",
   }).output();

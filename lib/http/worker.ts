@@ -4,7 +4,7 @@
  */
 /// <reference lib="deno.worker" />
 import { parseConfig } from "../config.ts";
-import { serveSluice } from "../serve.ts";
+import { serveSluice, StartError } from "../serve.ts";
 import type { ToMain, ToWorker } from "./workers.ts";
 
 const say = (message: ToMain) => self.postMessage(message);
@@ -37,6 +37,7 @@ self.onmessage = async (event: MessageEvent<ToWorker>) => {
     announce = served.announce;
     say({ type: "listening", port: served.port });
   } catch (error) {
-    say({ type: "failed", message: String(error) });
+    // An operator's problem (a port in use) is said as it is; anything else with its type.
+    say({ type: "failed", message: error instanceof StartError ? error.message : String(error) });
   }
 };

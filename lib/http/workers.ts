@@ -15,6 +15,7 @@
  * exits at once).
  */
 import type { Config } from "../config.ts";
+import { StartError } from "../serve.ts";
 
 /** Main thread → worker. */
 export type ToWorker =
@@ -71,6 +72,14 @@ export async function startWorkers(
   env: Record<string, string>,
   count: number,
 ): Promise<void> {
+  if (count > 1 && config.kvPath === ":memory:") {
+    // Each isolate would open a store of its own: stats, limits, budgets and conversations
+    // would split between them, each answer showing one worker's share.
+    throw new StartError(
+      `SLUICE_KV_PATH=:memory: gives each of the ${count} workers a store of its own; ` +
+        "use a file (the default), or SLUICE_WORKERS=1",
+    );
+  }
   const started: ReturnType<typeof startWorker>[] = [];
   // Hooked first: a signal during start-up stops the workers started so far.
   let stopping = false;
@@ -92,7 +101,8 @@ export async function startWorkers(
     const reply = await worker.started;
     if (reply.type !== "listening") {
       for (const { worker } of started) worker.terminate();
-      throw new Error(`worker ${i + 1} of ${count} did not start: ${JSON.stringify(reply)}`);
+      const why = reply.type === "failed" ? reply.message : JSON.stringify(reply);
+      throw new StartError(`worker ${i + 1} of ${count} did not start: ${why}`);
     }
     port = reply.port;
   }
