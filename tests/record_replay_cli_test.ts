@@ -211,3 +211,48 @@ Deno.test("record without ANTHROPIC_API_KEY refuses with a clear message", async
   assert.equal(code, 2);
   assert.match(stderr, /ANTHROPIC_API_KEY/);
 });
+
+Deno.test("replay and record --help print their usage and exit 0; a bad option is a one-line error, the usage and exit 2, never a stack trace", async (t) => {
+  const commands = {
+    replay: ["run", "--allow-read", "--allow-env", CLI("replay")],
+    record: ["run", "--allow-read", "--allow-env", CLI("record")],
+  };
+  for (const [name, command] of Object.entries(commands)) {
+    await t.step(`${name} --help and -h`, async () => {
+      for (const flag of ["--help", "-h"]) {
+        const { code, stdout, stderr } = await run([...command, flag]);
+        assert.equal(code, 0, stderr);
+        assert.ok(stdout.startsWith(`usage: deno task ${name} `), stdout);
+        assert.equal(stderr, "");
+      }
+    });
+    await t.step(`${name} --bogus`, async () => {
+      const { code, stdout, stderr } = await run([...command, "--bogus", "x"]);
+      assert.equal(code, 2);
+      assert.equal(stdout, "");
+      const [first, blank, usage] = stderr.split("\n");
+      assert.match(first, new RegExp(`^${name}: Unknown option '--bogus'`));
+      assert.equal(blank, "");
+      assert.match(usage, new RegExp(`^usage: deno task ${name} `));
+      assert.doesNotMatch(stderr, /Uncaught|^\s+at /m);
+    });
+  }
+});
+
+Deno.test("record refuses a --max-tokens that is not a positive whole number, before sending anything", async () => {
+  const upstream = startFakeUpstream(() => new Response("{}"));
+  try {
+    for (const bad of ["0", "many", "2.5"]) {
+      const { code, stderr } = await run(
+        ["run", "--allow-net=127.0.0.1", "--allow-env", "--allow-read", CLI("record"), "x"]
+          .concat(["--max-tokens", bad]),
+        { ANTHROPIC_API_KEY: "sk-ant-fake", ANTHROPIC_BASE_URL: upstream.url },
+      );
+      assert.equal(code, 2, bad);
+      assert.match(stderr, new RegExp(`^record: --max-tokens must be .* \\(got ${bad}\\)`));
+    }
+    assert.equal(upstream.requests.length, 0);
+  } finally {
+    await upstream.close();
+  }
+});

@@ -10,7 +10,7 @@
  * tokens, as the tutorial does; paced like replay mode (the file's `.timing.json` when there is
  * one, else the default pace), at `--speed` (default 1; 0 = no waiting).
  * With `--json` it prints one JSON object: message, error, incomplete, events, metrics (and
- * does not wait unless `--speed` is given).
+ * does not wait unless `--speed` is given). `--help` prints the usage; bad usage exits 2.
  */
 import type { PriceTable } from "../stats/prices.ts";
 import { shippedPrices } from "../stats/prices.ts";
@@ -140,7 +140,28 @@ export function resolveFromCaller(path: string): string {
   return `${from.replace(/\/+$/, "")}/${path}`;
 }
 
-async function main(args: string[]): Promise<number> {
+/** What `deno task replay` was asked to do: list the fixtures, or replay one. */
+export type ReplayArgs =
+  | { list: true; json: boolean }
+  | {
+    list: false;
+    file: string;
+    json: boolean;
+    /** The pace multiplier; unset: 1, or 0 with `json`. */
+    speed?: number;
+  };
+
+/** The text `--help` prints, and a usage error after its one line. */
+export const REPLAY_USAGE = `usage: deno task replay FILE.sse [--json] [--speed N]
+       deno task replay --list [--json]
+Replays a recorded stream through the decoder and the accumulator, as a client sees it: the text
+as it arrives, then time to first token, total time, tokens and cost.
+  --json     print one JSON object instead (no waiting unless --speed is given)
+  --speed N  1 (the default): the recorded pace, or replay mode's; 2 twice as fast; 0 no waiting
+  --list     every fixture replay mode serves, when it is served and how to ask for it`;
+
+/** Parses the command line; throws a one-line message for bad input. */
+export function parseReplayArgs(args: string[]): ReplayArgs | { help: true } {
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
@@ -148,41 +169,59 @@ async function main(args: string[]): Promise<number> {
       json: { type: "boolean", default: false },
       list: { type: "boolean", default: false },
       speed: { type: "string" },
+      help: { type: "boolean", short: "h", default: false },
     },
   });
+  if (values.help) return { help: true };
+  if (values.list) {
+    if (positionals.length > 0) throw new Error("--list takes no FILE");
+    return { list: true, json: values.json };
+  }
+  if (positionals.length !== 1) throw new Error("name one FILE to replay, or pass --list");
+  const speed = values.speed === undefined ? undefined : Number(values.speed);
+  if (speed !== undefined && (!Number.isFinite(speed) || speed < 0)) {
+    throw new Error(`--speed must be a number >= 0 (got ${values.speed})`);
+  }
+  return { file: positionals[0], list: false, json: values.json, speed };
+}
+
+async function main(args: string[]): Promise<number> {
+  let parsed: ReplayArgs | { help: true };
+  try {
+    parsed = parseReplayArgs(args);
+  } catch (error) {
+    // parseArgs throws a TypeError for an unknown option: a usage error, not a crash.
+    console.error(`replay: ${(error as Error).message}\n\n${REPLAY_USAGE}`);
+    return 2;
+  }
+  if ("help" in parsed) {
+    console.log(REPLAY_USAGE);
+    return 0;
+  }
   const config = parseConfig(Deno.env.toObject());
-  if (values.list && positionals.length === 0) {
+  if (parsed.list) {
     const listing = describeFixtures(await loadFixtures(config.fixturesDir));
-    if (values.json) {
+    if (parsed.json) {
       console.log(JSON.stringify({ selection: SELECTION_RULES, fixtures: listing }, null, 2));
     } else console.log(listingLines(listing).join("\n"));
     return 0;
   }
-  if (positionals.length !== 1 || values.list) {
-    console.error(
-      "usage: deno task replay FILE.sse [--json] [--speed N]\n       deno task replay --list [--json]",
-    );
-    return 2;
-  }
-  const speed = values.speed !== undefined ? Number(values.speed) : values.json ? 0 : 1;
-  if (!Number.isFinite(speed) || speed < 0) {
-    console.error(`--speed must be a number >= 0 (got ${values.speed})`);
-    return 2;
-  }
+  const file = parsed.file;
+  const speed = parsed.speed ?? (parsed.json ? 0 : 1);
   const encoder = new TextEncoder();
   let result: StreamResult;
   try {
-    result = await replayFile(resolveFromCaller(positionals[0]), {
+    result = await replayFile(resolveFromCaller(file), {
       speed,
       ttftMs: config.replay.ttftMs,
       tokensPerSecond: config.replay.tokensPerSecond,
-      onText: values.json ? undefined : (delta) => Deno.stdout.writeSync(encoder.encode(delta)),
+      onText: parsed.json ? undefined : (delta) => Deno.stdout.writeSync(encoder.encode(delta)),
     });
   } catch (error) {
-    console.error(`replay: cannot read ${positionals[0]}: ${(error as Error).message}`);
+    console.error(`replay: cannot read ${file}: ${(error as Error).message}`);
     return 1;
   }
-  if (values.json) console.log(JSON.stringify(resultJson(result, config.prices), null, 2));
+  if (parsed.json) console.log(JSON.stringify(resultJson(result, config.prices), null, 2));
   else console.log("\n\n" + summaryLines(result, config.prices).join("\n"));
   return 0;
 }
