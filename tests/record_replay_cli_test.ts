@@ -256,3 +256,56 @@ Deno.test("record refuses a --max-tokens that is not a positive whole number, be
     await upstream.close();
   }
 });
+
+Deno.test("replay takes a fixture NAME as --list shows it; a path that exists wins, and an unknown name says so and lists the names", async (t) => {
+  const fixtures = new URL("../fixtures/", import.meta.url).pathname;
+  const replay = (arg: string, env: Record<string, string>) =>
+    run(["run", "--allow-read", "--allow-env", CLI("replay"), arg, "--json"], env);
+  const messageOf = async (path: string) =>
+    (await sdkOracle([await Deno.readFile(path)])).finalMessage;
+  // INIT_CWD is where `deno task` was run from: an empty folder, so no file is named three-words.
+  const caller = await Deno.makeTempDir();
+  try {
+    await t.step("a name from the bundled fixtures replays that fixture", async () => {
+      const { code, stdout, stderr } = await replay("three-words", { INIT_CWD: caller });
+      assert.equal(code, 0, stderr);
+      assert.deepEqual(JSON.parse(stdout).message, await messageOf(`${fixtures}three-words.sse`));
+    });
+    await t.step("a name from SLUICE_FIXTURES_DIR, the folder --list shows", async () => {
+      const dir = `${caller}/mine`;
+      await Deno.mkdir(dir);
+      await Deno.copyFile(`${fixtures}essay.sse`, `${dir}/my-essay.sse`);
+      await Deno.copyFile(`${fixtures}three-words.json`, `${dir}/short.json`);
+      const env = { INIT_CWD: caller, SLUICE_FIXTURES_DIR: dir };
+      const { code, stdout, stderr } = await replay("my-essay", env);
+      assert.equal(code, 0, stderr);
+      assert.deepEqual(JSON.parse(stdout).message, await messageOf(`${fixtures}essay.sse`));
+      const unstreamed = await replay("short", env);
+      assert.equal(unstreamed.code, 1);
+      assert.equal(
+        unstreamed.stderr,
+        "replay: the fixture short has no stream to replay (no short.sse)\n",
+      );
+    });
+    await t.step("a file named like a fixture is replayed as the file", async () => {
+      await Deno.copyFile(`${fixtures}essay.sse`, `${caller}/three-words`);
+      const { code, stdout, stderr } = await replay("three-words", { INIT_CWD: caller });
+      assert.equal(code, 0, stderr);
+      assert.deepEqual(JSON.parse(stdout).message, await messageOf(`${fixtures}essay.sse`));
+      await Deno.remove(`${caller}/three-words`);
+    });
+    await t.step("an unknown name is one line that says so and lists every name", async () => {
+      const { code, stdout, stderr } = await replay("three-wordz", { INIT_CWD: caller });
+      assert.equal(code, 1);
+      assert.equal(stdout, "");
+      const names = [...(await loadFixtures(fixtures)).fixtures.keys()].sort();
+      assert.equal(
+        stderr,
+        `replay: no file three-wordz, and no fixture of that name in ${fixtures}; ` +
+          `the fixtures are: ${names.join(", ")}\n`,
+      );
+    });
+  } finally {
+    await Deno.remove(caller, { recursive: true });
+  }
+});

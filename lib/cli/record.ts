@@ -12,7 +12,7 @@ import { parseArgs } from "node:util";
 import { ConfigError, parseConfig } from "../config.ts";
 import { record, writeRecording } from "../replay/record.ts";
 import { createUpstream } from "../proxy/upstream.ts";
-import { resolveFromCaller } from "./replay.ts";
+import { resolveFromCaller } from "./replay_source.ts";
 
 const DEFAULT_PROMPT = "Write me a 3 word sentence, without a preamble.";
 

@@ -3,8 +3,9 @@
  * `SLUICE_FIXTURES_DIR`, else the bundled one), what each carries, which ordinary requests get it
  * and how to ask for it by name.
  *
- * `deno task replay FILE [--json] [--speed N]`: replays a recorded `.sse` file through the decoder
- * and the accumulator, like a client would see it.
+ * `deno task replay FILE|NAME [--json] [--speed N]`: replays a recorded `.sse` file, or the fixture
+ * NAME of that folder (when there is no file FILE), through the decoder and the accumulator, like
+ * a client would see it.
  *
  * Without `--json` it prints the text as it arrives, then time to first token, total time and
  * tokens, as the tutorial does; paced like replay mode (the file's `.timing.json` when there is
@@ -29,24 +30,21 @@ import {
 import { abortableSleep, schedule } from "../replay/pace.ts";
 import { SELECTION_RULES } from "../replay/select.ts";
 import { createSseDecoder } from "../stream/sse.ts";
+import { NoFixtureError, openFixture } from "./replay_source.ts";
 
-/** Options for {@link replayFile}. */
-export interface ReplayFileOptions {
+/** Options for {@link replayFixture}. */
+export interface ReplayOptions {
   speed: number;
   ttftMs: number;
   tokensPerSecond: number;
   onText?: (delta: string) => void;
 }
 
-/** Replays one file and returns what the accumulator made of it. */
-export async function replayFile(path: string, options: ReplayFileOptions): Promise<StreamResult> {
-  const fixture: Fixture = { name: path, sse: await Deno.readFile(path) };
-  try {
-    const timingPath = path.replace(/\.sse$/, "") + ".timing.json";
-    fixture.timing = JSON.parse(await Deno.readTextFile(timingPath)).chunks;
-  } catch {
-    // No recorded timing: the default pace applies.
-  }
+/** Replays one fixture's stream, at its pace, and returns what the accumulator made of it. */
+export async function replayFixture(
+  fixture: Fixture,
+  options: ReplayOptions,
+): Promise<StreamResult> {
   const chunks = schedule(fixture, {
     ttftMs: options.ttftMs,
     tokensPerSecond: options.tokensPerSecond,
@@ -133,18 +131,12 @@ export function listingLines(listing: FixtureListing[]): string[] {
   return lines;
 }
 
-/** `deno task` runs in the project folder; resolve a relative path from where the user was. */
-export function resolveFromCaller(path: string): string {
-  const from = Deno.env.get("INIT_CWD");
-  if (!from || path.startsWith("/")) return path;
-  return `${from.replace(/\/+$/, "")}/${path}`;
-}
-
 /** What `deno task replay` was asked to do: list the fixtures, or replay one. */
 export type ReplayArgs =
   | { list: true; json: boolean }
   | {
     list: false;
+    /** A path, or a fixture's name (see lib/cli/replay_source.ts). */
     file: string;
     json: boolean;
     /** The pace multiplier; unset: 1, or 0 with `json`. */
@@ -152,10 +144,11 @@ export type ReplayArgs =
   };
 
 /** The text `--help` prints, and a usage error after its one line. */
-export const REPLAY_USAGE = `usage: deno task replay FILE.sse [--json] [--speed N]
+export const REPLAY_USAGE = `usage: deno task replay FILE.sse|NAME [--json] [--speed N]
        deno task replay --list [--json]
-Replays a recorded stream through the decoder and the accumulator, as a client sees it: the text
-as it arrives, then time to first token, total time, tokens and cost.
+Replays a recorded stream (a file, or the fixture NAME that --list shows, when there is no such
+file) through the decoder and the accumulator, as a client sees it: the text as it arrives, then
+time to first token, total time, tokens and cost.
   --json     print one JSON object instead (no waiting unless --speed is given)
   --speed N  1 (the default): the recorded pace, or replay mode's; 2 twice as fast; 0 no waiting
   --list     every fixture replay mode serves, when it is served and how to ask for it`;
@@ -174,10 +167,10 @@ export function parseReplayArgs(args: string[]): ReplayArgs | { help: true } {
   });
   if (values.help) return { help: true };
   if (values.list) {
-    if (positionals.length > 0) throw new Error("--list takes no FILE");
+    if (positionals.length > 0) throw new Error("--list takes no FILE or NAME");
     return { list: true, json: values.json };
   }
-  if (positionals.length !== 1) throw new Error("name one FILE to replay, or pass --list");
+  if (positionals.length !== 1) throw new Error("name one FILE or NAME to replay, or pass --list");
   const speed = values.speed === undefined ? undefined : Number(values.speed);
   if (speed !== undefined && (!Number.isFinite(speed) || speed < 0)) {
     throw new Error(`--speed must be a number >= 0 (got ${values.speed})`);
@@ -206,21 +199,26 @@ async function main(args: string[]): Promise<number> {
     } else console.log(listingLines(listing).join("\n"));
     return 0;
   }
-  const file = parsed.file;
   const speed = parsed.speed ?? (parsed.json ? 0 : 1);
-  const encoder = new TextEncoder();
-  let result: StreamResult;
+  let fixture: Fixture;
   try {
-    result = await replayFile(resolveFromCaller(file), {
-      speed,
-      ttftMs: config.replay.ttftMs,
-      tokensPerSecond: config.replay.tokensPerSecond,
-      onText: parsed.json ? undefined : (delta) => Deno.stdout.writeSync(encoder.encode(delta)),
-    });
+    fixture = await openFixture(parsed.file, config.fixturesDir);
   } catch (error) {
-    console.error(`replay: cannot read ${file}: ${(error as Error).message}`);
+    const message = (error as Error).message;
+    console.error(
+      error instanceof NoFixtureError
+        ? `replay: ${message}`
+        : `replay: cannot read ${parsed.file}: ${message}`,
+    );
     return 1;
   }
+  const encoder = new TextEncoder();
+  const result = await replayFixture(fixture, {
+    speed,
+    ttftMs: config.replay.ttftMs,
+    tokensPerSecond: config.replay.tokensPerSecond,
+    onText: parsed.json ? undefined : (delta) => Deno.stdout.writeSync(encoder.encode(delta)),
+  });
   if (parsed.json) console.log(JSON.stringify(resultJson(result, config.prices), null, 2));
   else console.log("\n\n" + summaryLines(result, config.prices).join("\n"));
   return 0;
