@@ -200,6 +200,11 @@ Deno.test("record --no-stream writes the JSON body; an API error is written as a
     assert.equal(http.status, 529);
     assert.equal(http.body.error.type, "overloaded_error");
     assert.equal(http.headers["request-id"], "req_529");
+    const replayed = await run(
+      ["run", "--allow-read", "--allow-env", CLI("replay"), `${dir}/busy.http.json`],
+    );
+    assert.equal(replayed.code, 0, replayed.stderr);
+    assert.match(replayed.stdout, /status 529\nError: overloaded_error: Overloaded\n/);
   } finally {
     await upstream.close();
     await Deno.remove(dir, { recursive: true });
@@ -308,4 +313,95 @@ Deno.test("replay takes a fixture NAME as --list shows it; a path that exists wi
   } finally {
     await Deno.remove(caller, { recursive: true });
   }
+});
+
+Deno.test("replay shows an HTTP error fixture as what it is: its status, error and retry-after, none of a stream's lines, exit 0", async (t) => {
+  const fixtures = new URL("../fixtures/", import.meta.url).pathname;
+  const replay = (...args: string[]) =>
+    run(["run", "--allow-read", "--allow-env", CLI("replay"), ...args]);
+  const recorded = async (name: string) =>
+    JSON.parse(await Deno.readTextFile(`${fixtures}${name}.http.json`));
+  await t.step(
+    "a file: the status and the body's error, no text, timings, tokens or cost",
+    async () => {
+      const { code, stdout, stderr } = await replay(`${fixtures}overloaded.http.json`);
+      assert.equal(code, 0, stderr);
+      const { body } = await recorded("overloaded");
+      assert.equal(
+        stdout,
+        [
+          "This fixture is an HTTP error answer, not a stream: status 529",
+          "Error: overloaded_error: Overloaded",
+          `Request id: ${body.request_id}`,
+          "",
+        ].join("\n"),
+      );
+      assert.doesNotMatch(stdout, /Time to first token|Total time|tokens:|Cost|Incomplete/);
+    },
+  );
+  await t.step("a name, with the retry-after it was recorded with", async () => {
+    const { code, stdout, stderr } = await replay("rate-limited");
+    assert.equal(code, 0, stderr);
+    const { body } = await recorded("rate-limited");
+    assert.match(stdout, /^This fixture is an HTTP error answer, not a stream: status 429\n/);
+    assert.ok(stdout.includes(`\nError: rate_limit_error: ${body.error.message}\n`));
+    assert.ok(stdout.includes("\nRetry after: 2 seconds\n"));
+  });
+  await t.step(
+    "--json: one object of kind http, and a stream's object is of kind stream",
+    async () => {
+      const { code, stdout } = await replay("invalid-request", "--json");
+      assert.equal(code, 0);
+      const { body } = await recorded("invalid-request");
+      assert.deepEqual(JSON.parse(stdout), {
+        kind: "http",
+        status: 400,
+        error: body.error,
+        retry_after: null,
+        request_id: body.request_id,
+        body,
+      });
+      const stream = await replay("three-words", "--json");
+      assert.equal(JSON.parse(stream.stdout).kind, "stream");
+    },
+  );
+  await t.step(
+    "a fixture written by hand: any header case, a body that is no API error",
+    async () => {
+      const dir = await Deno.makeTempDir();
+      try {
+        await Deno.writeTextFile(
+          `${dir}/gateway.http.json`,
+          JSON.stringify({ status: 502, headers: { "Retry-After": "30" }, body: "<html>" }),
+        );
+        const { code, stdout } = await replay(`${dir}/gateway.http.json`);
+        assert.equal(code, 0);
+        assert.equal(
+          stdout,
+          "This fixture is an HTTP error answer, not a stream: status 502\n" +
+            'Body (not an API error): "<html>"\nRetry after: 30 seconds\n',
+        );
+        // By name, from a folder replay mode would serve: a fixture with no headers at all.
+        await Deno.writeTextFile(
+          `${dir}/bare.http.json`,
+          JSON.stringify({ status: 503, body: { error: { type: "api_error", message: "down" } } }),
+        );
+        const bare = await run(
+          ["run", "--allow-read", "--allow-env", CLI("replay"), "bare"],
+          { SLUICE_FIXTURES_DIR: dir },
+        );
+        assert.equal(bare.code, 0, bare.stderr);
+        assert.match(bare.stdout, /status 503\nError: api_error: down\n$/);
+        await Deno.writeTextFile(`${dir}/broken.http.json`, JSON.stringify({ body: {} }));
+        const broken = await replay(`${dir}/broken.http.json`);
+        assert.equal(broken.code, 1);
+        assert.match(
+          broken.stderr,
+          /^replay: cannot read .*broken\.http\.json: an HTTP fixture is/,
+        );
+      } finally {
+        await Deno.remove(dir, { recursive: true });
+      }
+    },
+  );
 });

@@ -11,7 +11,12 @@
  * tokens, as the tutorial does; paced like replay mode (the file's `.timing.json` when there is
  * one, else the default pace), at `--speed` (default 1; 0 = no waiting).
  * With `--json` it prints one JSON object: message, error, incomplete, events, metrics (and
- * does not wait unless `--speed` is given). `--help` prints the usage; bad usage exits 2.
+ * does not wait unless `--speed` is given). An HTTP error fixture (`NAME.http.json`) has no stream:
+ * it prints its status, error and retry-after instead (lib/cli/http_answer.ts).
+ *
+ * Exits 0 once the recording is shown, whatever it holds (an error event, a cut stream, an HTTP
+ * error: showing those is what such fixtures are for), 1 when FILE or NAME cannot be read, 2 for
+ * bad usage; `--help` prints the usage.
  */
 import type { PriceTable } from "../stats/prices.ts";
 import { shippedPrices } from "../stats/prices.ts";
@@ -31,6 +36,7 @@ import { abortableSleep, schedule } from "../replay/pace.ts";
 import { SELECTION_RULES } from "../replay/select.ts";
 import { createSseDecoder } from "../stream/sse.ts";
 import { NoFixtureError, openFixture } from "./replay_source.ts";
+import { httpErrorLines, httpErrorSummary } from "./http_answer.ts";
 
 /** Options for {@link replayFixture}. */
 export interface ReplayOptions {
@@ -73,6 +79,7 @@ export function resultJson(
 ): Record<string, unknown> {
   const cost = costOfMessage(prices, result.message);
   return {
+    kind: "stream",
     message: result.message,
     cost_usd: cost.priced ? cost.usd : null,
     error: result.error,
@@ -148,10 +155,13 @@ export const REPLAY_USAGE = `usage: deno task replay FILE.sse|NAME [--json] [--s
        deno task replay --list [--json]
 Replays a recorded stream (a file, or the fixture NAME that --list shows, when there is no such
 file) through the decoder and the accumulator, as a client sees it: the text as it arrives, then
-time to first token, total time, tokens and cost.
+time to first token, total time, tokens and cost. An HTTP error fixture (NAME.http.json) shows
+its status, error and retry-after instead.
   --json     print one JSON object instead (no waiting unless --speed is given)
   --speed N  1 (the default): the recorded pace, or replay mode's; 2 twice as fast; 0 no waiting
-  --list     every fixture replay mode serves, when it is served and how to ask for it`;
+  --list     every fixture replay mode serves, when it is served and how to ask for it
+Exits 0 once the recording is shown, even one of a failure (an error event, a cut stream, an
+HTTP error); 1 when FILE or NAME cannot be read; 2 for bad usage.`;
 
 /** Parses the command line; throws a one-line message for bad input. */
 export function parseReplayArgs(args: string[]): ReplayArgs | { help: true } {
@@ -211,6 +221,13 @@ async function main(args: string[]): Promise<number> {
         : `replay: cannot read ${parsed.file}: ${message}`,
     );
     return 1;
+  }
+  if (fixture.http) {
+    // Replay mode answers an HTTP error at once, so there is no pace to keep here either.
+    const summary = httpErrorSummary(fixture.http);
+    if (parsed.json) console.log(JSON.stringify(summary, null, 2));
+    else console.log(httpErrorLines(summary).join("\n"));
+    return 0;
   }
   const encoder = new TextEncoder();
   const result = await replayFixture(fixture, {

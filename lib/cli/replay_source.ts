@@ -1,8 +1,10 @@
 /**
  * What `deno task replay ARG` replays: the file ARG when there is one, else the fixture of that
- * name in the fixtures folder (a name as `deno task replay --list` shows it).
+ * name in the fixtures folder (a name as `deno task replay --list` shows it). Either is a stream
+ * or an HTTP error answer.
  */
 import { type Fixture, loadFixtures } from "../replay/fixtures.ts";
+import { parseHttpAnswer } from "./http_answer.ts";
 
 /** ARG is neither a file nor a fixture with something to replay; the message says so. */
 export class NoFixtureError extends Error {
@@ -19,8 +21,15 @@ export function resolveFromCaller(path: string): string {
   return `${from.replace(/\/+$/, "")}/${path}`;
 }
 
-/** Reads a recorded stream, `NAME.sse`, with the `NAME.timing.json` beside it when there is one. */
+/**
+ * Reads a recorded stream, `NAME.sse`, with the `NAME.timing.json` beside it when there is one,
+ * or a recorded HTTP error answer, `NAME.http.json`.
+ */
 export async function readFixtureFile(path: string): Promise<Fixture> {
+  if (path.endsWith(".http.json")) {
+    // Not a stream: read as one, its JSON decodes to no events and looks like an empty, cut answer.
+    return { name: path, http: parseHttpAnswer(JSON.parse(await Deno.readTextFile(path))) };
+  }
   const fixture: Fixture = { name: path, sse: await Deno.readFile(path) };
   try {
     const timingPath = path.replace(/\.sse$/, "") + ".timing.json";
@@ -58,7 +67,7 @@ export async function openFixture(arg: string, fixturesDir: string): Promise<Fix
       `no file ${arg}, and no fixture of that name in ${fixturesDir}; the fixtures are: ${names}`,
     );
   }
-  if (!fixture.sse) {
+  if (!fixture.sse && !fixture.http) {
     // A `deno task record --no-stream` fixture holds only the JSON body: nothing streams.
     throw new NoFixtureError(`the fixture ${arg} has no stream to replay (no ${arg}.sse)`);
   }
