@@ -200,6 +200,11 @@ Deno.test("record --no-stream writes the JSON body; an API error is written as a
     assert.equal(http.status, 529);
     assert.equal(http.body.error.type, "overloaded_error");
     assert.equal(http.headers["request-id"], "req_529");
+    const replayed = await run(
+      ["run", "--allow-read", "--allow-env", CLI("replay"), `${dir}/busy.http.json`],
+    );
+    assert.equal(replayed.code, 0, replayed.stderr);
+    assert.match(replayed.stdout, /status 529\nError: overloaded_error: Overloaded\n/);
   } finally {
     await upstream.close();
     await Deno.remove(dir, { recursive: true });
@@ -210,4 +215,193 @@ Deno.test("record without ANTHROPIC_API_KEY refuses with a clear message", async
   const { code, stderr } = await run(["run", "--allow-env", "--allow-read", CLI("record"), "x"]);
   assert.equal(code, 2);
   assert.match(stderr, /ANTHROPIC_API_KEY/);
+});
+
+Deno.test("replay and record --help print their usage and exit 0; a bad option is a one-line error, the usage and exit 2, never a stack trace", async (t) => {
+  const commands = {
+    replay: ["run", "--allow-read", "--allow-env", CLI("replay")],
+    record: ["run", "--allow-read", "--allow-env", CLI("record")],
+  };
+  for (const [name, command] of Object.entries(commands)) {
+    await t.step(`${name} --help and -h`, async () => {
+      for (const flag of ["--help", "-h"]) {
+        const { code, stdout, stderr } = await run([...command, flag]);
+        assert.equal(code, 0, stderr);
+        assert.ok(stdout.startsWith(`usage: deno task ${name} `), stdout);
+        assert.equal(stderr, "");
+      }
+    });
+    await t.step(`${name} --bogus`, async () => {
+      const { code, stdout, stderr } = await run([...command, "--bogus", "x"]);
+      assert.equal(code, 2);
+      assert.equal(stdout, "");
+      const [first, blank, usage] = stderr.split("\n");
+      assert.match(first, new RegExp(`^${name}: Unknown option '--bogus'`));
+      assert.equal(blank, "");
+      assert.match(usage, new RegExp(`^usage: deno task ${name} `));
+      assert.doesNotMatch(stderr, /Uncaught|^\s+at /m);
+    });
+  }
+});
+
+Deno.test("record refuses a --max-tokens that is not a positive whole number, before sending anything", async () => {
+  const upstream = startFakeUpstream(() => new Response("{}"));
+  try {
+    for (const bad of ["0", "many", "2.5"]) {
+      const { code, stderr } = await run(
+        ["run", "--allow-net=127.0.0.1", "--allow-env", "--allow-read", CLI("record"), "x"]
+          .concat(["--max-tokens", bad]),
+        { ANTHROPIC_API_KEY: "sk-ant-fake", ANTHROPIC_BASE_URL: upstream.url },
+      );
+      assert.equal(code, 2, bad);
+      assert.match(stderr, new RegExp(`^record: --max-tokens must be .* \\(got ${bad}\\)`));
+    }
+    assert.equal(upstream.requests.length, 0);
+  } finally {
+    await upstream.close();
+  }
+});
+
+Deno.test("replay takes a fixture NAME as --list shows it; a path that exists wins, and an unknown name says so and lists the names", async (t) => {
+  const fixtures = new URL("../fixtures/", import.meta.url).pathname;
+  const replay = (arg: string, env: Record<string, string>) =>
+    run(["run", "--allow-read", "--allow-env", CLI("replay"), arg, "--json"], env);
+  const messageOf = async (path: string) =>
+    (await sdkOracle([await Deno.readFile(path)])).finalMessage;
+  // INIT_CWD is where `deno task` was run from: an empty folder, so no file is named three-words.
+  const caller = await Deno.makeTempDir();
+  try {
+    await t.step("a name from the bundled fixtures replays that fixture", async () => {
+      const { code, stdout, stderr } = await replay("three-words", { INIT_CWD: caller });
+      assert.equal(code, 0, stderr);
+      assert.deepEqual(JSON.parse(stdout).message, await messageOf(`${fixtures}three-words.sse`));
+    });
+    await t.step("a name from SLUICE_FIXTURES_DIR, the folder --list shows", async () => {
+      const dir = `${caller}/mine`;
+      await Deno.mkdir(dir);
+      await Deno.copyFile(`${fixtures}essay.sse`, `${dir}/my-essay.sse`);
+      await Deno.copyFile(`${fixtures}three-words.json`, `${dir}/short.json`);
+      const env = { INIT_CWD: caller, SLUICE_FIXTURES_DIR: dir };
+      const { code, stdout, stderr } = await replay("my-essay", env);
+      assert.equal(code, 0, stderr);
+      assert.deepEqual(JSON.parse(stdout).message, await messageOf(`${fixtures}essay.sse`));
+      const unstreamed = await replay("short", env);
+      assert.equal(unstreamed.code, 1);
+      assert.equal(
+        unstreamed.stderr,
+        "replay: the fixture short has no stream to replay (no short.sse)\n",
+      );
+    });
+    await t.step("a file named like a fixture is replayed as the file", async () => {
+      await Deno.copyFile(`${fixtures}essay.sse`, `${caller}/three-words`);
+      const { code, stdout, stderr } = await replay("three-words", { INIT_CWD: caller });
+      assert.equal(code, 0, stderr);
+      assert.deepEqual(JSON.parse(stdout).message, await messageOf(`${fixtures}essay.sse`));
+      await Deno.remove(`${caller}/three-words`);
+    });
+    await t.step("an unknown name is one line that says so and lists every name", async () => {
+      const { code, stdout, stderr } = await replay("three-wordz", { INIT_CWD: caller });
+      assert.equal(code, 1);
+      assert.equal(stdout, "");
+      const names = [...(await loadFixtures(fixtures)).fixtures.keys()].sort();
+      assert.equal(
+        stderr,
+        `replay: no file three-wordz, and no fixture of that name in ${fixtures}; ` +
+          `the fixtures are: ${names.join(", ")}\n`,
+      );
+    });
+  } finally {
+    await Deno.remove(caller, { recursive: true });
+  }
+});
+
+Deno.test("replay shows an HTTP error fixture as what it is: its status, error and retry-after, none of a stream's lines, exit 0", async (t) => {
+  const fixtures = new URL("../fixtures/", import.meta.url).pathname;
+  const replay = (...args: string[]) =>
+    run(["run", "--allow-read", "--allow-env", CLI("replay"), ...args]);
+  const recorded = async (name: string) =>
+    JSON.parse(await Deno.readTextFile(`${fixtures}${name}.http.json`));
+  await t.step(
+    "a file: the status and the body's error, no text, timings, tokens or cost",
+    async () => {
+      const { code, stdout, stderr } = await replay(`${fixtures}overloaded.http.json`);
+      assert.equal(code, 0, stderr);
+      const { body } = await recorded("overloaded");
+      assert.equal(
+        stdout,
+        [
+          "This fixture is an HTTP error answer, not a stream: status 529",
+          "Error: overloaded_error: Overloaded",
+          `Request id: ${body.request_id}`,
+          "",
+        ].join("\n"),
+      );
+      assert.doesNotMatch(stdout, /Time to first token|Total time|tokens:|Cost|Incomplete/);
+    },
+  );
+  await t.step("a name, with the retry-after it was recorded with", async () => {
+    const { code, stdout, stderr } = await replay("rate-limited");
+    assert.equal(code, 0, stderr);
+    const { body } = await recorded("rate-limited");
+    assert.match(stdout, /^This fixture is an HTTP error answer, not a stream: status 429\n/);
+    assert.ok(stdout.includes(`\nError: rate_limit_error: ${body.error.message}\n`));
+    assert.ok(stdout.includes("\nRetry after: 2 seconds\n"));
+  });
+  await t.step(
+    "--json: one object of kind http, and a stream's object is of kind stream",
+    async () => {
+      const { code, stdout } = await replay("invalid-request", "--json");
+      assert.equal(code, 0);
+      const { body } = await recorded("invalid-request");
+      assert.deepEqual(JSON.parse(stdout), {
+        kind: "http",
+        status: 400,
+        error: body.error,
+        retry_after: null,
+        request_id: body.request_id,
+        body,
+      });
+      const stream = await replay("three-words", "--json");
+      assert.equal(JSON.parse(stream.stdout).kind, "stream");
+    },
+  );
+  await t.step(
+    "a fixture written by hand: any header case, a body that is no API error",
+    async () => {
+      const dir = await Deno.makeTempDir();
+      try {
+        await Deno.writeTextFile(
+          `${dir}/gateway.http.json`,
+          JSON.stringify({ status: 502, headers: { "Retry-After": "30" }, body: "<html>" }),
+        );
+        const { code, stdout } = await replay(`${dir}/gateway.http.json`);
+        assert.equal(code, 0);
+        assert.equal(
+          stdout,
+          "This fixture is an HTTP error answer, not a stream: status 502\n" +
+            'Body (not an API error): "<html>"\nRetry after: 30 seconds\n',
+        );
+        // By name, from a folder replay mode would serve: a fixture with no headers at all.
+        await Deno.writeTextFile(
+          `${dir}/bare.http.json`,
+          JSON.stringify({ status: 503, body: { error: { type: "api_error", message: "down" } } }),
+        );
+        const bare = await run(
+          ["run", "--allow-read", "--allow-env", CLI("replay"), "bare"],
+          { SLUICE_FIXTURES_DIR: dir },
+        );
+        assert.equal(bare.code, 0, bare.stderr);
+        assert.match(bare.stdout, /status 503\nError: api_error: down\n$/);
+        await Deno.writeTextFile(`${dir}/broken.http.json`, JSON.stringify({ body: {} }));
+        const broken = await replay(`${dir}/broken.http.json`);
+        assert.equal(broken.code, 1);
+        assert.match(
+          broken.stderr,
+          /^replay: cannot read .*broken\.http\.json: an HTTP fixture is/,
+        );
+      } finally {
+        await Deno.remove(dir, { recursive: true });
+      }
+    },
+  );
 });

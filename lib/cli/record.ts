@@ -4,34 +4,98 @@
  * `--no-stream`, or `NAME.http.json` when the API answers with an error.
  *
  * Options: --prompt TEXT, --model M, --max-tokens N, --body FILE (a whole Messages body),
- * --no-stream, --out DIR (default: the fixtures folder), --force (overwrite).
+ * --no-stream, --out DIR (default: the fixtures folder), --force (overwrite); --help prints them.
+ * Exits 0 once recorded, 1 when the API answered with an error (recorded all the same) or the
+ * fixture exists, 2 for bad usage or a missing key.
  */
 import { parseArgs } from "node:util";
 import { ConfigError, parseConfig } from "../config.ts";
 import { record, writeRecording } from "../replay/record.ts";
 import { createUpstream } from "../proxy/upstream.ts";
-import { resolveFromCaller } from "./replay.ts";
+import { resolveFromCaller } from "./replay_source.ts";
 
-async function main(args: string[]): Promise<number> {
+const DEFAULT_PROMPT = "Write me a 3 word sentence, without a preamble.";
+
+/** The text `--help` prints, and a usage error after its one line. */
+export const RECORD_USAGE =
+  `usage: deno task record NAME [--prompt TEXT] [--model M] [--max-tokens N] [--body FILE]
+                             [--no-stream] [--out DIR] [--force]
+Sends one request to the live API (ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL) and writes what came
+back as the fixture NAME: NAME.sse with NAME.timing.json, NAME.json with --no-stream, or
+NAME.http.json when the API answers with an error (then it exits 1).
+  --prompt TEXT   the user message (default ${JSON.stringify(DEFAULT_PROMPT)})
+  --model M       the model (default SLUICE_DEFAULT_MODEL; also replaces --body's)
+  --max-tokens N  the answer's cut-off (default 1024)
+  --body FILE     a whole Messages body to send instead of --prompt
+  --no-stream     record a non-streaming answer
+  --out DIR       where to write (default the fixtures folder, SLUICE_FIXTURES_DIR)
+  --force         overwrite a fixture that exists`;
+
+/** What `deno task record` was asked to do. */
+export interface RecordArgs {
+  name: string;
+  prompt: string;
+  model?: string;
+  maxTokens: number;
+  body?: string;
+  noStream: boolean;
+  out?: string;
+  force: boolean;
+}
+
+/** Parses the command line; throws a one-line message for bad input. */
+export function parseRecordArgs(args: string[]): RecordArgs | { help: true } {
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
     options: {
-      prompt: { type: "string", default: "Write me a 3 word sentence, without a preamble." },
+      prompt: { type: "string", default: DEFAULT_PROMPT },
       model: { type: "string" },
       "max-tokens": { type: "string", default: "1024" },
       body: { type: "string" },
       "no-stream": { type: "boolean", default: false },
       out: { type: "string" },
       force: { type: "boolean", default: false },
+      help: { type: "boolean", short: "h", default: false },
     },
   });
+  if (values.help) return { help: true };
+  if (positionals.length !== 1) throw new Error("name the one fixture to record");
   const name = positionals[0];
-  if (positionals.length !== 1 || !/^[a-z0-9][a-z0-9._-]*$/i.test(name)) {
-    console.error("usage: deno task record NAME [--prompt TEXT] [--model M] [--max-tokens N]");
-    console.error("       [--body FILE] [--no-stream] [--out DIR] [--force]");
+  const maxTokens = Number(values["max-tokens"]);
+  if (!Number.isInteger(maxTokens) || maxTokens < 1) {
+    throw new Error(`--max-tokens must be a positive whole number (got ${values["max-tokens"]})`);
+  }
+  // The name becomes file names in the fixtures folder: no paths, nothing hidden.
+  if (!/^[a-z0-9][a-z0-9._-]*$/i.test(name)) {
+    throw new Error(`a fixture name is letters, digits, '.', '_' and '-' (got ${name})`);
+  }
+  return {
+    name,
+    prompt: values.prompt,
+    model: values.model,
+    maxTokens,
+    body: values.body,
+    noStream: values["no-stream"],
+    out: values.out,
+    force: values.force,
+  };
+}
+
+async function main(args: string[]): Promise<number> {
+  let values: RecordArgs | { help: true };
+  try {
+    values = parseRecordArgs(args);
+  } catch (error) {
+    // parseArgs throws a TypeError for an unknown option: a usage error, not a crash.
+    console.error(`record: ${(error as Error).message}\n\n${RECORD_USAGE}`);
     return 2;
   }
+  if ("help" in values) {
+    console.log(RECORD_USAGE);
+    return 0;
+  }
+  const name = values.name;
   let config;
   try {
     config = parseConfig(Deno.env.toObject());
@@ -46,16 +110,15 @@ async function main(args: string[]): Promise<number> {
     console.error("record: ANTHROPIC_API_KEY is not set; recording needs the live API");
     return 2;
   }
-  const maxTokens = Number(values["max-tokens"]);
   const body: Record<string, unknown> = values.body
     ? JSON.parse(await Deno.readTextFile(resolveFromCaller(values.body)))
     : {
       model: values.model ?? config.defaultModel,
-      max_tokens: maxTokens,
+      max_tokens: values.maxTokens,
       messages: [{ role: "user", content: values.prompt }],
     };
   if (values.model) body.model = values.model;
-  body.stream = !values["no-stream"];
+  body.stream = !values.noStream;
   const upstream = createUpstream({
     mode: "live",
     apiKey: config.anthropicApiKey,

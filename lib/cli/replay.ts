@@ -3,14 +3,20 @@
  * `SLUICE_FIXTURES_DIR`, else the bundled one), what each carries, which ordinary requests get it
  * and how to ask for it by name.
  *
- * `deno task replay FILE [--json] [--speed N]`: replays a recorded `.sse` file through the decoder
- * and the accumulator, like a client would see it.
+ * `deno task replay FILE|NAME [--json] [--speed N]`: replays a recorded `.sse` file, or the fixture
+ * NAME of that folder (when there is no file FILE), through the decoder and the accumulator, like
+ * a client would see it.
  *
  * Without `--json` it prints the text as it arrives, then time to first token, total time and
  * tokens, as the tutorial does; paced like replay mode (the file's `.timing.json` when there is
  * one, else the default pace), at `--speed` (default 1; 0 = no waiting).
  * With `--json` it prints one JSON object: message, error, incomplete, events, metrics (and
- * does not wait unless `--speed` is given).
+ * does not wait unless `--speed` is given). An HTTP error fixture (`NAME.http.json`) has no stream:
+ * it prints its status, error and retry-after instead (lib/cli/http_answer.ts).
+ *
+ * Exits 0 once the recording is shown, whatever it holds (an error event, a cut stream, an HTTP
+ * error: showing those is what such fixtures are for), 1 when FILE or NAME cannot be read, 2 for
+ * bad usage; `--help` prints the usage.
  */
 import type { PriceTable } from "../stats/prices.ts";
 import { shippedPrices } from "../stats/prices.ts";
@@ -29,24 +35,22 @@ import {
 import { abortableSleep, schedule } from "../replay/pace.ts";
 import { SELECTION_RULES } from "../replay/select.ts";
 import { createSseDecoder } from "../stream/sse.ts";
+import { NoFixtureError, openFixture } from "./replay_source.ts";
+import { httpErrorLines, httpErrorSummary } from "./http_answer.ts";
 
-/** Options for {@link replayFile}. */
-export interface ReplayFileOptions {
+/** Options for {@link replayFixture}. */
+export interface ReplayOptions {
   speed: number;
   ttftMs: number;
   tokensPerSecond: number;
   onText?: (delta: string) => void;
 }
 
-/** Replays one file and returns what the accumulator made of it. */
-export async function replayFile(path: string, options: ReplayFileOptions): Promise<StreamResult> {
-  const fixture: Fixture = { name: path, sse: await Deno.readFile(path) };
-  try {
-    const timingPath = path.replace(/\.sse$/, "") + ".timing.json";
-    fixture.timing = JSON.parse(await Deno.readTextFile(timingPath)).chunks;
-  } catch {
-    // No recorded timing: the default pace applies.
-  }
+/** Replays one fixture's stream, at its pace, and returns what the accumulator made of it. */
+export async function replayFixture(
+  fixture: Fixture,
+  options: ReplayOptions,
+): Promise<StreamResult> {
   const chunks = schedule(fixture, {
     ttftMs: options.ttftMs,
     tokensPerSecond: options.tokensPerSecond,
@@ -75,6 +79,7 @@ export function resultJson(
 ): Record<string, unknown> {
   const cost = costOfMessage(prices, result.message);
   return {
+    kind: "stream",
     message: result.message,
     cost_usd: cost.priced ? cost.usd : null,
     error: result.error,
@@ -133,14 +138,33 @@ export function listingLines(listing: FixtureListing[]): string[] {
   return lines;
 }
 
-/** `deno task` runs in the project folder; resolve a relative path from where the user was. */
-export function resolveFromCaller(path: string): string {
-  const from = Deno.env.get("INIT_CWD");
-  if (!from || path.startsWith("/")) return path;
-  return `${from.replace(/\/+$/, "")}/${path}`;
-}
+/** What `deno task replay` was asked to do: list the fixtures, or replay one. */
+export type ReplayArgs =
+  | { list: true; json: boolean }
+  | {
+    list: false;
+    /** A path, or a fixture's name (see lib/cli/replay_source.ts). */
+    file: string;
+    json: boolean;
+    /** The pace multiplier; unset: 1, or 0 with `json`. */
+    speed?: number;
+  };
 
-async function main(args: string[]): Promise<number> {
+/** The text `--help` prints, and a usage error after its one line. */
+export const REPLAY_USAGE = `usage: deno task replay FILE.sse|NAME [--json] [--speed N]
+       deno task replay --list [--json]
+Replays a recorded stream (a file, or the fixture NAME that --list shows, when there is no such
+file) through the decoder and the accumulator, as a client sees it: the text as it arrives, then
+time to first token, total time, tokens and cost. An HTTP error fixture (NAME.http.json) shows
+its status, error and retry-after instead.
+  --json     print one JSON object instead (no waiting unless --speed is given)
+  --speed N  1 (the default): the recorded pace, or replay mode's; 2 twice as fast; 0 no waiting
+  --list     every fixture replay mode serves, when it is served and how to ask for it
+Exits 0 once the recording is shown, even one of a failure (an error event, a cut stream, an
+HTTP error); 1 when FILE or NAME cannot be read; 2 for bad usage.`;
+
+/** Parses the command line; throws a one-line message for bad input. */
+export function parseReplayArgs(args: string[]): ReplayArgs | { help: true } {
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
@@ -148,41 +172,71 @@ async function main(args: string[]): Promise<number> {
       json: { type: "boolean", default: false },
       list: { type: "boolean", default: false },
       speed: { type: "string" },
+      help: { type: "boolean", short: "h", default: false },
     },
   });
+  if (values.help) return { help: true };
+  if (values.list) {
+    if (positionals.length > 0) throw new Error("--list takes no FILE or NAME");
+    return { list: true, json: values.json };
+  }
+  if (positionals.length !== 1) throw new Error("name one FILE or NAME to replay, or pass --list");
+  const speed = values.speed === undefined ? undefined : Number(values.speed);
+  if (speed !== undefined && (!Number.isFinite(speed) || speed < 0)) {
+    throw new Error(`--speed must be a number >= 0 (got ${values.speed})`);
+  }
+  return { file: positionals[0], list: false, json: values.json, speed };
+}
+
+async function main(args: string[]): Promise<number> {
+  let parsed: ReplayArgs | { help: true };
+  try {
+    parsed = parseReplayArgs(args);
+  } catch (error) {
+    // parseArgs throws a TypeError for an unknown option: a usage error, not a crash.
+    console.error(`replay: ${(error as Error).message}\n\n${REPLAY_USAGE}`);
+    return 2;
+  }
+  if ("help" in parsed) {
+    console.log(REPLAY_USAGE);
+    return 0;
+  }
   const config = parseConfig(Deno.env.toObject());
-  if (values.list && positionals.length === 0) {
+  if (parsed.list) {
     const listing = describeFixtures(await loadFixtures(config.fixturesDir));
-    if (values.json) {
+    if (parsed.json) {
       console.log(JSON.stringify({ selection: SELECTION_RULES, fixtures: listing }, null, 2));
     } else console.log(listingLines(listing).join("\n"));
     return 0;
   }
-  if (positionals.length !== 1 || values.list) {
-    console.error(
-      "usage: deno task replay FILE.sse [--json] [--speed N]\n       deno task replay --list [--json]",
-    );
-    return 2;
-  }
-  const speed = values.speed !== undefined ? Number(values.speed) : values.json ? 0 : 1;
-  if (!Number.isFinite(speed) || speed < 0) {
-    console.error(`--speed must be a number >= 0 (got ${values.speed})`);
-    return 2;
-  }
-  const encoder = new TextEncoder();
-  let result: StreamResult;
+  const speed = parsed.speed ?? (parsed.json ? 0 : 1);
+  let fixture: Fixture;
   try {
-    result = await replayFile(resolveFromCaller(positionals[0]), {
-      speed,
-      ttftMs: config.replay.ttftMs,
-      tokensPerSecond: config.replay.tokensPerSecond,
-      onText: values.json ? undefined : (delta) => Deno.stdout.writeSync(encoder.encode(delta)),
-    });
+    fixture = await openFixture(parsed.file, config.fixturesDir);
   } catch (error) {
-    console.error(`replay: cannot read ${positionals[0]}: ${(error as Error).message}`);
+    const message = (error as Error).message;
+    console.error(
+      error instanceof NoFixtureError
+        ? `replay: ${message}`
+        : `replay: cannot read ${parsed.file}: ${message}`,
+    );
     return 1;
   }
-  if (values.json) console.log(JSON.stringify(resultJson(result, config.prices), null, 2));
+  if (fixture.http) {
+    // Replay mode answers an HTTP error at once, so there is no pace to keep here either.
+    const summary = httpErrorSummary(fixture.http);
+    if (parsed.json) console.log(JSON.stringify(summary, null, 2));
+    else console.log(httpErrorLines(summary).join("\n"));
+    return 0;
+  }
+  const encoder = new TextEncoder();
+  const result = await replayFixture(fixture, {
+    speed,
+    ttftMs: config.replay.ttftMs,
+    tokensPerSecond: config.replay.tokensPerSecond,
+    onText: parsed.json ? undefined : (delta) => Deno.stdout.writeSync(encoder.encode(delta)),
+  });
+  if (parsed.json) console.log(JSON.stringify(resultJson(result, config.prices), null, 2));
   else console.log("\n\n" + summaryLines(result, config.prices).join("\n"));
   return 0;
 }
