@@ -44,6 +44,22 @@ export class SluiceError extends Error {
   }
 }
 
+/** The HTTP status the API gives a request that fails with an error of `type`. */
+export function statusForErrorType(type: string): number {
+  const statuses: Record<string, number> = {
+    invalid_request_error: 400,
+    authentication_error: 401,
+    permission_error: 403,
+    not_found_error: 404,
+    request_too_large: 413,
+    rate_limit_error: 429,
+    api_error: 500,
+    timeout_error: 504,
+    overloaded_error: 529,
+  };
+  return statuses[type] ?? 500;
+}
+
 /** The error type Anthropic uses for an HTTP status, for errors sluice makes itself. */
 export function errorTypeForStatus(status: number): AnthropicErrorType {
   switch (status) {

@@ -210,6 +210,63 @@ Deno.test("/chat with stream false answers one JSON object", async () => {
   }
 });
 
+Deno.test("/chat with stream false answers one JSON object even when the upstream streams its answer", async (t) => {
+  /** An app whose upstream answers every request with the `fixture` stream, whatever it asked. */
+  function streamingUpstreamApp(fixture: Uint8Array) {
+    const upstream = createUpstream({
+      mode: "live",
+      apiKey: "sk-test",
+      baseURL: "http://upstream.test",
+      maxRetries: 0,
+      fetch: () =>
+        Promise.resolve(
+          new Response(fixture as BodyInit, {
+            headers: { "content-type": "text/event-stream", "request-id": "req_up" },
+          }),
+        ),
+    });
+    return createApp({ config: testConfig(), upstream, logger: silentLogger, stats: memorySink() });
+  }
+  const ask = (app: ReturnType<typeof createApp>) =>
+    app.request("/chat", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ message: "three word story", stream: false }),
+    });
+  await t.step("a whole stream: its message", async () => {
+    const response = await ask(streamingUpstreamApp(await readFixture("three-words.sse")));
+    assert.equal(response.status, 200);
+    assert.equal(response.headers.get("content-type"), "application/json");
+    const body = await response.json();
+    const { text, result } = await expected("three-words");
+    assert.equal(body.text, text);
+    assert.deepEqual(body.message.content, result.message!.content);
+    assert.equal(body.stop_reason, "end_turn");
+    assert.equal(body.request_id, "req_up");
+  });
+  await t.step(
+    "a stream that ends in an error event: that error, with the API's status",
+    async () => {
+      const response = await ask(
+        streamingUpstreamApp(await readFixture("overloaded-mid-stream.sse")),
+      );
+      assert.equal(response.status, 529);
+      assert.equal(response.headers.get("content-type"), "application/json");
+      const body = await response.json();
+      assert.equal(body.type, "error");
+      assert.equal(body.error.type, "overloaded_error");
+      assert.equal(body.request_id, "req_up");
+    },
+  );
+  await t.step("a stream that breaks off: a 502 api_error", async () => {
+    const response = await ask(streamingUpstreamApp(await readFixture("connection-cut.sse")));
+    assert.equal(response.status, 502);
+    const body = await response.json();
+    assert.equal(body.type, "error");
+    assert.equal(body.error.type, "api_error");
+  });
+});
+
 Deno.test("/chat builds the Messages request from its small body", async (t) => {
   const { kv, chat, sent } = await chatApp({
     env: { SLUICE_DEFAULT_MODEL: "claude-default-test", SLUICE_CHAT_MAX_TOKENS: "321" },

@@ -16,10 +16,10 @@ import { buildMessagesBody, encodeJson, parseChatBody } from "./request.ts";
 import type { ChatView } from "./view.ts";
 import { chatDone, createChatView, messageText } from "./view.ts";
 import type { Conversation, ConversationStore, Turn } from "./conversations.ts";
-import { SluiceError } from "../errors.ts";
+import { errorBody, SluiceError, statusForErrorType } from "../errors.ts";
 import { kvUnavailable } from "../kv.ts";
 import type { Message } from "../stream/accumulator.ts";
-import type { JsonCall, StreamCall } from "../proxy/messages_call.ts";
+import type { Call, JsonCall, StreamCall } from "../proxy/messages_call.ts";
 import { startCall } from "../proxy/messages_call.ts";
 import type { ResumableStreams, StreamWriter } from "./resume.ts";
 import { createStreamWriter } from "./resume.ts";
@@ -135,6 +135,9 @@ export async function handleChat(
 
   const headers = new Headers(call.headers);
   if (conversationId) headers.set("x-sluice-conversation-id", conversationId);
+  if (call.kind === "stream" && format === "json") {
+    return await streamAsJson(deps, call, headers, input.requestId, conversationId, storeExchange);
+  }
   if (call.kind === "stream") {
     return streamResponse(call, view, headers, format, input.keyId, writer, streams);
   }
@@ -248,6 +251,65 @@ async function wholeResponse(
   headers.set("content-type", CONTENT_TYPES.json);
   const message = call.status < 300 ? parseMessage(call.body) : null;
   if (!message) return bufferedResponse(call.body, { status: call.status, headers });
+  return await jsonAnswer(deps, call, message, headers, requestId, conversationId, storeExchange);
+}
+
+/**
+ * The whole answer for a request that asked for one (`stream: false`) when the upstream streamed
+ * it anyway (a proxy in between, an upstream that ignores the flag): the stream is read to its
+ * end, and its message answered as a whole one is. A stream that ended without its message is
+ * its error, in Anthropic's shape, with the status the API gives that error (or 502/504 when the
+ * upstream broke off or went silent).
+ */
+async function streamAsJson(
+  deps: RouteDeps,
+  call: StreamCall,
+  headers: Headers,
+  requestId: string,
+  conversationId: string | null,
+  storeExchange: ((message: Message) => Promise<boolean>) | undefined,
+): Promise<Response> {
+  await call.stream.pipeTo(new WritableStream()); // the tap accumulates it as it passes
+  await call.finished;
+  headers.set("content-type", CONTENT_TYPES.json);
+  const result = call.result();
+  if (result?.complete && result.message && !result.error) {
+    return await jsonAnswer(
+      deps,
+      call,
+      result.message,
+      headers,
+      requestId,
+      conversationId,
+      storeExchange,
+    );
+  }
+  const upstreamError = result?.error;
+  const failure = upstreamError ?? call.failure() ??
+    { type: "api_error", message: "the upstream's stream ended before its answer was whole" };
+  const status = upstreamError
+    ? statusForErrorType(failure.type)
+    : failure.type === "timeout_error"
+    ? 504
+    : 502;
+  return bufferedResponse(
+    JSON.stringify(
+      errorBody(failure.type, failure.message, call.headers.get("request-id") ?? requestId),
+    ),
+    { status, headers },
+  );
+}
+
+/** A message as `/chat`'s JSON answer, stored with its question first when in a conversation. */
+async function jsonAnswer(
+  deps: RouteDeps,
+  call: Call,
+  message: Message,
+  headers: Headers,
+  requestId: string,
+  conversationId: string | null,
+  storeExchange: ((message: Message) => Promise<boolean>) | undefined,
+): Promise<Response> {
   const done = await chatDone(call, requestId, conversationId, null, deps.config.prices);
   if (storeExchange) {
     try {
@@ -258,7 +320,7 @@ async function wholeResponse(
     }
   }
   return bufferedResponse(JSON.stringify(chatJsonAnswer(message, done)), {
-    status: call.status,
+    status: call.kind === "json" ? call.status : 200,
     headers,
   });
 }

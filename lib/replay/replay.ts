@@ -13,7 +13,7 @@
  * results), pace.ts (timing and the paced body), body.ts (reading the request).
  */
 import { EventAccumulator } from "../stream/accumulator.ts";
-import { errorBody } from "../errors.ts";
+import { errorBody, statusForErrorType } from "../errors.ts";
 import { createSseDecoder } from "../stream/sse.ts";
 import { isObject } from "./body.ts";
 import type { Fixture, FixtureSet, ModelInfo } from "./fixtures.ts";
@@ -219,22 +219,6 @@ export function estimateInputTokens(body: unknown): number {
   const request = (body && typeof body === "object" ? body : {}) as Record<string, unknown>;
   const text = JSON.stringify([request.system ?? "", request.messages ?? [], request.tools ?? []]);
   return Math.max(1, Math.ceil(text.length / 4));
-}
-
-/** The HTTP status the API gives a request that fails with an error of `type`. */
-function statusForErrorType(type: string): number {
-  const statuses: Record<string, number> = {
-    invalid_request_error: 400,
-    authentication_error: 401,
-    permission_error: 403,
-    not_found_error: 404,
-    request_too_large: 413,
-    rate_limit_error: 429,
-    api_error: 500,
-    timeout_error: 504,
-    overloaded_error: 529,
-  };
-  return statuses[type] ?? 500;
 }
 
 function nonStreamingAnswer(
