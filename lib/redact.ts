@@ -6,6 +6,7 @@
  * Every check is a plain substring search first: a secret-free value (nearly all of them) is
  * returned as it is, without a copy.
  */
+import { concatBytes } from "./bytes.ts";
 
 /** What replaces a secret. */
 export const REDACTED = "[redacted]";
@@ -21,6 +22,27 @@ export interface Redactor {
   headers(headers: Headers): Headers;
   /** A JSON-able value (a stats record, say) with each secret replaced in its strings and keys. */
   value<T>(value: T): T;
+  /**
+   * A redactor for one stream's chunks, or undefined when there is no secret: a secret split
+   * across chunks is caught too (see {@link ChunkRedactor}). Made for the one secret an upstream
+   * can echo, the server's key: with several, one that begins inside another's start may be
+   * missed.
+   */
+  chunks(): ChunkRedactor | undefined;
+}
+
+/**
+ * Removes secrets from a stream chunk by chunk. A chunk's bytes go on at once, except a tail of
+ * more than three bytes that could be the start of a secret: it waits for the next chunk (inside
+ * an SSE event, never at its end, since no secret begins with a line break), so a secret split
+ * across two chunks is replaced too. Hand-written: the text redactor needs the whole value, and
+ * decoding every chunk to search it would cost a string per chunk on the stream's path.
+ */
+export interface ChunkRedactor {
+  /** The bytes to send now: `chunk` itself when it holds no secret and ends in no secret's start. */
+  push(chunk: Uint8Array): Uint8Array;
+  /** The bytes still held, once the stream is over (never a secret: a secret is whole). */
+  end(): Uint8Array;
 }
 
 /** A redactor for `secrets`; values shorter than 8 characters are not secrets (nor matchable). */
@@ -50,6 +72,95 @@ export function createRedactor(secrets: readonly (string | undefined)[]): Redact
       if (list.length === 0) return value;
       const json = JSON.stringify(value);
       return json !== undefined && has(json) ? JSON.parse(replace(json)) : value;
+    },
+    chunks() {
+      return list.length === 0 ? undefined : createChunkRedactor(list);
+    },
+  };
+}
+
+const EMPTY = new Uint8Array(0);
+
+/**
+ * How many bytes of a secret's start may reach the client before the redactor knows it is one:
+ * a chunk that ends in at most this much of a secret's start is sent whole, and the rest of the
+ * secret, if the next chunk brings it, is replaced there (the client sees `sk-[redacted]`). Real
+ * streams' chunks end at event boundaries, so holding any tail that looks like a key's start
+ * (an `s` at the end of a chunk) would re-frame streams for nothing; three bytes are `sk-`, the
+ * part every Anthropic key shares, and no secret is shorter than 8 characters.
+ */
+const SENT_PREFIX_MAX = 3;
+
+function createChunkRedactor(secrets: readonly string[]): ChunkRedactor {
+  const encoder = new TextEncoder();
+  const patterns = secrets.map((secret) => encoder.encode(secret));
+  const firsts = [...new Set(patterns.map((pattern) => pattern[0]))];
+  const replacement = encoder.encode(REDACTED);
+  /**
+   * The end of the stream so far that may be a secret's start, and how many of its bytes the
+   * client has already (at most SENT_PREFIX_MAX; the rest waits for the next chunk).
+   */
+  let pending: Uint8Array = EMPTY;
+  let pendingSent = 0;
+  /** Where a secret may start in `data` from `from` on (a native search per first byte). */
+  const candidate = (data: Uint8Array, from: number) => {
+    let next = -1;
+    for (const first of firsts) {
+      const at = data.indexOf(first, from);
+      if (at !== -1 && (next === -1 || at < next)) next = at;
+    }
+    return next;
+  };
+  /** At `at`: the length of a whole secret, -1 when `data` ends inside one, else 0. */
+  const matchAt = (data: Uint8Array, at: number) => {
+    let partial = false;
+    for (const pattern of patterns) {
+      let k = 0;
+      while (k < pattern.length && at + k < data.length && data[at + k] === pattern[k]) k++;
+      if (k === pattern.length) return k;
+      if (at + k === data.length) partial = true;
+    }
+    return partial ? -1 : 0;
+  };
+  return {
+    push(chunk) {
+      const data = pending.length > 0 ? concatBytes([pending, chunk]) : chunk;
+      const sent = pendingSent; // the first `sent` bytes of `data` are the client's already
+      pending = EMPTY;
+      pendingSent = 0;
+      const parts: Uint8Array[] = [];
+      const keep = (from: number, to: number) => {
+        const start = Math.max(from, sent);
+        if (to > start) parts.push(data.subarray(start, to));
+      };
+      let from = 0;
+      let end = data.length;
+      for (let at = candidate(data, 0); at !== -1;) {
+        const length = matchAt(data, at);
+        if (length > 0) {
+          keep(from, at);
+          parts.push(replacement);
+          from = at + length;
+          at = candidate(data, from);
+        } else if (length === -1) {
+          // The data ends inside what may be a secret: a short start goes now, a longer one waits.
+          pending = data.slice(at);
+          if (data.length - at > SENT_PREFIX_MAX) {
+            pendingSent = Math.max(0, sent - at);
+            end = at;
+          } else pendingSent = pending.length;
+          break;
+        } else at = candidate(data, at + 1);
+      }
+      if (from === 0 && sent === 0 && end === data.length) return data;
+      keep(from, end);
+      return parts.length === 1 ? parts[0] : concatBytes(parts);
+    },
+    end() {
+      const rest = pending.subarray(pendingSent);
+      pending = EMPTY;
+      pendingSent = 0;
+      return rest;
     },
   };
 }

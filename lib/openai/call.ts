@@ -148,6 +148,7 @@ function tapAnswer(
     id: base.id,
     policy: options.upstream.streamPolicy,
     cut: options.cut,
+    redact: options.upstream.redact.chunks(),
     headers,
     push: (event) => tap.push(event),
     summarize: (outcome) => {

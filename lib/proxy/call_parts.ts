@@ -6,6 +6,7 @@
  * ends with. What differs between the dialects (the error shape, the usage, the stream's tap) is
  * passed in.
  */
+import type { ChunkRedactor } from "../redact.ts";
 import { ServerShutdownError, shutdownRefusal } from "../errors.ts";
 import { errorBody } from "../errors.ts";
 import type { Logger } from "../log.ts";
@@ -238,6 +239,8 @@ export interface TapUpstreamOptions {
   wasWhole?(): boolean;
   /** The accumulated result; `done` says whether the stream is over. */
   result(done: boolean): ReturnType<StreamCall["result"]>;
+  /** Removes the server's key from the stream's bytes (`upstream.redact.chunks()`). */
+  redact?: ChunkRedactor;
 }
 
 /**
@@ -287,7 +290,12 @@ export function tapUpstream(
       },
     },
     (error) => logger.error("stream observer failed", { id, error: String(error) }),
-    { idleTimeoutMs: policy.idleTimeoutMs, keepAliveMs: policy.keepAliveMs, cut: options.cut },
+    {
+      idleTimeoutMs: policy.idleTimeoutMs,
+      keepAliveMs: policy.keepAliveMs,
+      cut: options.cut,
+      redact: options.redact,
+    },
   );
   options.headers.set("content-type", sent.response.headers.get("content-type") ?? "");
   waiting.unwatch();

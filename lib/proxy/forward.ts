@@ -117,9 +117,35 @@ export async function forward(options: ForwardOptions): Promise<Forwarded> {
   watched.waiting.unwatch();
   const headers = clientHeaders(response.headers);
   return {
-    response: new Response(response.body, { status: response.status, headers }),
+    response: new Response(redactedEvents(response, options.upstream), {
+      status: response.status,
+      headers,
+    }),
     finished: Promise.resolve(summary(answerFields(watched, options.requestId))),
   };
+}
+
+/**
+ * The body of a non-JSON answer: an event stream (no endpoint forwarded today streams, but one
+ * may) with the server's key removed as it passes, as `/v1/messages` does; anything else (a
+ * download: the caller's own file, a batch's results) as it is, piped without JavaScript.
+ */
+function redactedEvents(response: Response, upstream: Upstream): ReadableStream<Uint8Array> | null {
+  const redact = upstream.redact.chunks();
+  const type = response.headers.get("content-type") ?? "";
+  if (!redact || !response.body || !/text\/event-stream/i.test(type)) return response.body;
+  return response.body.pipeThrough(
+    new TransformStream<Uint8Array, Uint8Array>({
+      transform(chunk, controller) {
+        const out = redact.push(chunk);
+        if (out.length > 0) controller.enqueue(out);
+      },
+      flush(controller) {
+        const rest = redact.end();
+        if (rest.length > 0) controller.enqueue(rest);
+      },
+    }),
+  );
 }
 
 /** The summary fields of an upstream answer: its id, status, retries and outcome. */

@@ -208,6 +208,7 @@ function tapAnswer(answering: Answering): StreamCall {
     id: base.id,
     policy: answering.policy,
     cut: options.cut,
+    redact: options.upstream.redact.chunks(),
     headers: answering.headers,
     push: (event) => accumulator.push(event),
     summarize: (outcome) => streamSummary(answering, accumulator, outcome),

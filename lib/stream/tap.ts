@@ -5,6 +5,7 @@
  */
 import { concatBytes } from "../bytes.ts";
 import { createBoundaryTracker } from "./sse.ts";
+import type { ChunkRedactor } from "../redact.ts";
 
 /** What the tap reports while it forwards a stream. All hooks run after the bytes are enqueued. */
 export interface TapHooks {
@@ -56,6 +57,11 @@ export interface TapOptions {
    * layer fewer per chunk was ~5% of the gateway's CPU per event in the bench (see docs/performance.md).
    */
   cut?: AbortSignal;
+  /**
+   * Removes secrets (the server's key, should the upstream echo it) from the bytes before the
+   * client or a hook sees them; none by default. See lib/redact.ts.
+   */
+  redact?: ChunkRedactor;
 }
 
 /** The part of a stream reader the tap uses. */
@@ -177,6 +183,7 @@ class Tap {
   readonly #keepAlive: Uint8Array;
   readonly #timed: boolean;
   readonly #cut: AbortSignal | undefined;
+  readonly #redact: ChunkRedactor | undefined;
   #controller!: ReadableStreamDefaultController<Uint8Array>;
   #finished = false;
   #unwatchCut = () => {};
@@ -206,6 +213,7 @@ class Tap {
     this.#keepAlive = options.keepAlive ?? KEEP_ALIVE_COMMENT;
     this.#timed = this.#idleMs > 0 || this.#keepAliveMs > 0;
     this.#cut = options.cut;
+    this.#redact = options.redact;
   }
 
   /** Keeps the controller and watches the cut. */
@@ -222,28 +230,33 @@ class Tap {
     this.#unwatchCut = () => cut.removeEventListener("abort", listener);
   }
 
-  /** Reads one chunk from the upstream and forwards it, or ends the stream. */
+  /**
+   * Reads a chunk from the upstream and forwards it, or ends the stream. A chunk the redactor
+   * holds whole is followed by another read: a pull that enqueues nothing is not called again.
+   */
   async pull(): Promise<void> {
-    if (this.#finished) return;
-    if (this.#timed) {
-      this.#waiting = true;
-      this.#waitStart = this.#lastSent = performance.now();
-      // A timer left from an earlier wait fires before this wait's deadlines and re-arms itself.
-      if (this.#timer === undefined) this.#arm();
-    }
-    let result: ReadableStreamReadResult<Uint8Array>;
-    try {
-      result = await this.#reader.read();
-    } catch (error) {
+    for (;;) {
+      if (this.#finished) return;
+      if (this.#timed) {
+        this.#waiting = true;
+        this.#waitStart = this.#lastSent = performance.now();
+        // A timer left from an earlier wait fires before this wait's deadlines and re-arms itself.
+        if (this.#timer === undefined) this.#arm();
+      }
+      let result: ReadableStreamReadResult<Uint8Array>;
+      try {
+        result = await this.#reader.read();
+      } catch (error) {
+        this.#waiting = false;
+        if (!this.#finished) this.#fail(error);
+        return;
+      }
       this.#waiting = false;
-      if (!this.#finished) this.#fail(error);
-      return;
+      // The timer or the cut may have ended the stream (and cancelled this read) meanwhile.
+      if (this.#finished) return;
+      if (result.done) return this.#close();
+      if (this.#forward(result.value)) return;
     }
-    this.#waiting = false;
-    // The timer or the cut may have ended the stream (and cancelled this read) meanwhile.
-    if (this.#finished) return;
-    if (result.done) this.#close();
-    else this.#forward(result.value);
   }
 
   /** The client went away. */
@@ -258,8 +271,27 @@ class Tap {
     return this.#reader.cancel(reason).catch(() => {});
   }
 
-  /** Hands `chunk` to the client first, then to the hooks (the per-chunk path). */
-  #forward(chunk: Uint8Array): void {
+  /**
+   * Hands `chunk` (its secrets removed; a tail that may start one waits for the next chunk) to
+   * the client first, then to the hooks: the per-chunk path. Whether anything was enqueued.
+   */
+  #forward(chunk: Uint8Array): boolean {
+    const redact = this.#redact;
+    if (redact) {
+      chunk = redact.push(chunk);
+      if (chunk.length === 0) return false;
+    }
+    this.#send(chunk);
+    return true;
+  }
+
+  /** What the redactor still holds, sent before the stream's last words. */
+  #flushHeld(): void {
+    const rest = this.#redact?.end();
+    if (rest && rest.length > 0) this.#send(rest);
+  }
+
+  #send(chunk: Uint8Array): void {
     this.#controller.enqueue(chunk);
     this.#boundary.see(chunk);
     try {
@@ -271,6 +303,7 @@ class Tap {
 
   /** The upstream ended cleanly: `onClose`'s last bytes, if any, then the end. */
   #close(): void {
+    this.#flushHeld();
     this.#finish();
     let last: Uint8Array | undefined | void;
     try {
@@ -284,6 +317,7 @@ class Tap {
 
   /** Reading failed: `onError`'s last words, if any, then the end. */
   #fail(error: unknown): void {
+    this.#flushHeld();
     this.#finish();
     let last: Uint8Array | undefined;
     try {
