@@ -25,6 +25,7 @@ import {
   memoryLimitStore,
 } from "./http/limits.ts";
 import { loopbackOnly } from "./http/local_only.ts";
+import { allowedMethods } from "./http/method_not_allowed.ts";
 import { STAINLESS_HEADERS } from "./proxy/pass_headers.ts";
 import { type Lifecycle, lifecycleMiddleware } from "./http/shutdown.ts";
 import type { AppEnv, RouteDeps } from "./app_env.ts";
@@ -208,11 +209,24 @@ function mountRoutes(app: Hono<AppEnv>, deps: AppDeps, routeDeps: RouteDeps) {
  * `/v1/chat/completions`), each recorded as a refusal.
  */
 function mountErrorHandling(app: Hono<AppEnv>, routeDeps: RouteDeps) {
-  app.notFound((c) =>
-    errorResponse(404, "not_found_error", `no route for ${c.req.method} ${c.req.path}`, {
-      requestId: c.get("requestId"),
-    })
-  );
+  let methodsOf: ((path: string) => string[]) | undefined;
+  app.notFound((c) => {
+    const requestId = c.get("requestId");
+    // Every route is mounted by the time a request arrives: the table is built once, then.
+    methodsOf ??= allowedMethods(app.routes);
+    const allowed = methodsOf(c.req.path);
+    if (allowed.length > 0) {
+      return errorResponse(
+        405,
+        "not_found_error",
+        `${c.req.path} is served with ${allowed.join(", ")}, not ${c.req.method}`,
+        { requestId, headers: { allow: allowed.join(", ") } },
+      );
+    }
+    return errorResponse(404, "not_found_error", `no route for ${c.req.method} ${c.req.path}`, {
+      requestId,
+    });
+  });
   app.onError((error, c) => {
     const id = c.get("requestId");
     // OpenAI clients parse OpenAI's error shape; every other path answers in Anthropic's.

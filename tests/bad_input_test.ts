@@ -181,7 +181,7 @@ Deno.test("paths outside the API get a 404 not_found_error naming them", async (
   const { app, calls } = await countingApp();
   const cases: [string, string][] = [
     ["GET", "/no/such/page"],
-    ["DELETE", "/health"],
+    ["GET", "/healthz"],
     ["POST", "/v2/messages"],
   ];
   for (const [method, path] of cases) {
@@ -285,4 +285,37 @@ Deno.test("a client whose body stops short of its content-length is answered 408
   } finally {
     await server.close();
   }
+});
+
+Deno.test("a wrong method on one of sluice's own paths is a 405 that names the right ones", async (t) => {
+  const { app, calls } = await countingApp();
+  const cases: [string, string, string][] = [
+    ["GET", "/chat", "POST"],
+    ["POST", "/", "GET, HEAD"],
+    ["DELETE", "/conversations", "GET, HEAD, POST"],
+    ["POST", "/conversations/conv_1", "DELETE, GET, HEAD"],
+    ["POST", "/chat/streams/stream_1", "DELETE, GET, HEAD"],
+    ["DELETE", "/health", "GET, HEAD"],
+  ];
+  for (const [method, path, allowed] of cases) {
+    await t.step(`${method} ${path}`, async () => {
+      const response = await app.request(path, { method });
+      assert.equal(response.headers.get("allow"), allowed);
+      await assertError(
+        response,
+        405,
+        "not_found_error",
+        new RegExp(`served with ${allowed}, not ${method}`),
+      );
+    });
+  }
+  await t.step("a path sluice does not serve at all is still a 404", async () => {
+    await assertError(
+      await app.request("/nowhere"),
+      404,
+      "not_found_error",
+      /no route for GET \/nowhere/,
+    );
+  });
+  assert.equal(calls(), 0, "nothing went upstream");
 });
