@@ -405,3 +405,57 @@ Deno.test("replay shows an HTTP error fixture as what it is: its status, error a
     },
   );
 });
+
+Deno.test("replay refuses a fixture's NAME.json or NAME.timing.json as no stream, naming the stream to replay instead, exit 1", async (t) => {
+  const root = new URL("../", import.meta.url).pathname;
+  const replay = (arg: string, env: Record<string, string> = {}) =>
+    run(["run", "--allow-read", "--allow-env", CLI("replay"), arg], env);
+  await t.step("the bundled non-streamed body, as typed from the project folder", async () => {
+    const { code, stdout, stderr } = await replay("fixtures/three-words.json", { INIT_CWD: root });
+    assert.equal(code, 1);
+    assert.equal(stdout, "");
+    assert.equal(
+      stderr,
+      "replay: fixtures/three-words.json is a fixture's non-streamed body (NAME.json), not a " +
+        "stream; to replay its stream: deno task replay three-words (or fixtures/three-words.sse)\n",
+    );
+  });
+  await t.step("outside the fixtures folder: its .sse, or that there is none", async () => {
+    const dir = await Deno.makeTempDir();
+    try {
+      await Deno.copyFile(`${root}fixtures/essay.sse`, `${dir}/mine.sse`);
+      await Deno.copyFile(`${root}fixtures/essay.json`, `${dir}/mine.json`);
+      await Deno.writeTextFile(`${dir}/mine.timing.json`, '{"chunks":[{"at_ms":1,"bytes":9}]}');
+      await Deno.copyFile(`${root}fixtures/three-words.json`, `${dir}/short.json`);
+      const body = await replay(`${dir}/mine.json`);
+      assert.equal(body.code, 1);
+      assert.equal(
+        body.stderr,
+        `replay: ${dir}/mine.json is a fixture's non-streamed body (NAME.json), not a stream; ` +
+          `to replay its stream: deno task replay ${dir}/mine.sse\n`,
+      );
+      const timing = await replay(`${dir}/mine.timing.json`);
+      assert.equal(timing.code, 1);
+      assert.match(timing.stderr, /is a fixture's recorded timing \(NAME\.timing\.json\), not a/);
+      assert.ok(timing.stderr.endsWith(`deno task replay ${dir}/mine.sse\n`), timing.stderr);
+      const alone = await replay(`${dir}/short.json`);
+      assert.equal(alone.code, 1);
+      assert.equal(
+        alone.stderr,
+        `replay: ${dir}/short.json is a fixture's non-streamed body (NAME.json), not a stream, ` +
+          `and there is no ${dir}/short.sse beside it to replay\n`,
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  });
+  await t.step("any other JSON file, such as the manifest, is no stream either", async () => {
+    const { code, stderr } = await replay(`${root}fixtures/manifest.json`);
+    assert.equal(code, 1);
+    assert.equal(
+      stderr,
+      `replay: ${root}fixtures/manifest.json is JSON, not a stream ` +
+        "(a recorded stream is a NAME.sse file)\n",
+    );
+  });
+});

@@ -15,8 +15,9 @@
  * it prints its status, error and retry-after instead (lib/cli/http_answer.ts).
  *
  * Exits 0 once the recording is shown, whatever it holds (an error event, a cut stream, an HTTP
- * error: showing those is what such fixtures are for), 1 when FILE or NAME cannot be read, 2 for
- * bad usage; `--help` prints the usage.
+ * error: showing those is what such fixtures are for), 1 when FILE or NAME cannot be read or holds
+ * no stream (a fixture's `NAME.json`: the message names its `.sse`), 2 for bad usage; `--help`
+ * prints the usage.
  */
 import type { PriceTable } from "../stats/prices.ts";
 import { shippedPrices } from "../stats/prices.ts";
@@ -161,7 +162,8 @@ its status, error and retry-after instead.
   --speed N  1 (the default): the recorded pace, or replay mode's; 2 twice as fast; 0 no waiting
   --list     every fixture replay mode serves, when it is served and how to ask for it
 Exits 0 once the recording is shown, even one of a failure (an error event, a cut stream, an
-HTTP error); 1 when FILE or NAME cannot be read; 2 for bad usage.`;
+HTTP error); 1 when FILE or NAME cannot be read or holds no stream (a fixture's NAME.json);
+2 for bad usage.`;
 
 /** Parses the command line; throws a one-line message for bad input. */
 export function parseReplayArgs(args: string[]): ReplayArgs | { help: true } {
