@@ -459,3 +459,21 @@ Deno.test("replay refuses a fixture's NAME.json or NAME.timing.json as no stream
     );
   });
 });
+
+Deno.test("replay prints a bad configuration value as record does, its message and exit 2, never a stack trace", async (t) => {
+  const env = { SLUICE_REPLAY_SPEED: "abc" };
+  const record = await run(["run", "--allow-read", "--allow-env", CLI("record"), "x"], env);
+  assert.equal(record.code, 2);
+  assert.match(
+    record.stderr,
+    /^record: invalid environment:\n {2}SLUICE_REPLAY_SPEED: .*"abc"\)\n$/,
+  );
+  for (const args of [["three-words"], ["--list"]]) {
+    await t.step(`replay ${args.join(" ")}`, async () => {
+      const replay = await run(["run", "--allow-read", "--allow-env", CLI("replay"), ...args], env);
+      assert.equal(replay.code, 2);
+      assert.equal(replay.stdout, "");
+      assert.equal(replay.stderr, record.stderr.replace(/^record:/, "replay:"));
+    });
+  }
+});

@@ -16,8 +16,9 @@
  *
  * Exits 0 once the recording is shown, whatever it holds (an error event, a cut stream, an HTTP
  * error: showing those is what such fixtures are for), 1 when FILE or NAME cannot be read or holds
- * no stream (a fixture's `NAME.json`: the message names its `.sse`), 2 for bad usage; `--help`
- * prints the usage.
+ * no stream (a fixture's `NAME.json`: the message names its `.sse`), 2 for bad usage or a bad
+ * configuration value (ConfigError's message, as `deno task record` prints it); `--help` prints
+ * the usage.
  */
 import type { PriceTable } from "../stats/prices.ts";
 import { shippedPrices } from "../stats/prices.ts";
@@ -26,7 +27,7 @@ import { formatUsd } from "../chat/encoding.ts";
 import { parseArgs } from "node:util";
 import { EventAccumulator, type StreamResult } from "../stream/accumulator.ts";
 import { systemClock } from "../clock.ts";
-import { parseConfig } from "../config.ts";
+import { type Config, ConfigError, parseConfig } from "../config.ts";
 import {
   describeFixtures,
   type Fixture,
@@ -163,7 +164,7 @@ its status, error and retry-after instead.
   --list     every fixture replay mode serves, when it is served and how to ask for it
 Exits 0 once the recording is shown, even one of a failure (an error event, a cut stream, an
 HTTP error); 1 when FILE or NAME cannot be read or holds no stream (a fixture's NAME.json);
-2 for bad usage.`;
+2 for bad usage or a bad environment variable.`;
 
 /** Parses the command line; throws a one-line message for bad input. */
 export function parseReplayArgs(args: string[]): ReplayArgs | { help: true } {
@@ -203,7 +204,17 @@ async function main(args: string[]): Promise<number> {
     console.log(REPLAY_USAGE);
     return 0;
   }
-  const config = parseConfig(Deno.env.toObject());
+  let config: Config;
+  try {
+    config = parseConfig(Deno.env.toObject());
+  } catch (error) {
+    // A bad value in the environment is the user's to fix: its message, not a stack trace.
+    if (error instanceof ConfigError) {
+      console.error(`replay: ${error.message}`);
+      return 2;
+    }
+    throw error;
+  }
   if (parsed.list) {
     const listing = describeFixtures(await loadFixtures(config.fixturesDir));
     if (parsed.json) {
