@@ -477,3 +477,47 @@ Deno.test("replay prints a bad configuration value as record does, its message a
     });
   }
 });
+
+Deno.test("record refuses a --body file that is not a JSON object with one line naming it, exit 2, and sends nothing", async (t) => {
+  const upstream = startFakeUpstream(() => new Response("{}"));
+  const dir = await Deno.makeTempDir();
+  const record = (file: string) =>
+    run(
+      ["run", "--allow-net=127.0.0.1", "--allow-env", "--allow-read", `--allow-write=${dir}`]
+        .concat([CLI("record"), "x", "--body", file, "--out", dir]),
+      { ANTHROPIC_API_KEY: "sk-ant-fake", ANTHROPIC_BASE_URL: upstream.url },
+    );
+  try {
+    await t.step("not JSON: the parser's reason, kept on the one line", async () => {
+      await Deno.writeTextFile(`${dir}/bad.json`, '{"model": "claude-sonnet-5-5",\n  oops\n');
+      const { code, stdout, stderr } = await record(`${dir}/bad.json`);
+      assert.equal(code, 2);
+      assert.equal(stdout, "");
+      assert.match(
+        stderr,
+        new RegExp(`^record: --body ${dir}/bad\\.json is not valid JSON: .+\n$`),
+      );
+    });
+    await t.step("JSON that is not an object", async () => {
+      await Deno.writeTextFile(`${dir}/list.json`, "[]");
+      const { code, stderr } = await record(`${dir}/list.json`);
+      assert.equal(code, 2);
+      assert.equal(
+        stderr,
+        `record: --body ${dir}/list.json is not a JSON object (a Messages body is one)\n`,
+      );
+    });
+    await t.step("no such file", async () => {
+      const { code, stderr } = await record(`${dir}/missing.json`);
+      assert.equal(code, 2);
+      assert.match(stderr, new RegExp(`^record: cannot read --body ${dir}/missing\\.json: .+\n$`));
+    });
+    assert.equal(upstream.requests.length, 0);
+    const written = [];
+    for await (const entry of Deno.readDir(dir)) written.push(entry.name);
+    assert.deepEqual(written.sort(), ["bad.json", "list.json"], "no fixture was written");
+  } finally {
+    await upstream.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
