@@ -405,3 +405,119 @@ Deno.test("replay shows an HTTP error fixture as what it is: its status, error a
     },
   );
 });
+
+Deno.test("replay refuses a fixture's NAME.json or NAME.timing.json as no stream, naming the stream to replay instead, exit 1", async (t) => {
+  const root = new URL("../", import.meta.url).pathname;
+  const replay = (arg: string, env: Record<string, string> = {}) =>
+    run(["run", "--allow-read", "--allow-env", CLI("replay"), arg], env);
+  await t.step("the bundled non-streamed body, as typed from the project folder", async () => {
+    const { code, stdout, stderr } = await replay("fixtures/three-words.json", { INIT_CWD: root });
+    assert.equal(code, 1);
+    assert.equal(stdout, "");
+    assert.equal(
+      stderr,
+      "replay: fixtures/three-words.json is a fixture's non-streamed body (NAME.json), not a " +
+        "stream; to replay its stream: deno task replay three-words (or fixtures/three-words.sse)\n",
+    );
+  });
+  await t.step("outside the fixtures folder: its .sse, or that there is none", async () => {
+    const dir = await Deno.makeTempDir();
+    try {
+      await Deno.copyFile(`${root}fixtures/essay.sse`, `${dir}/mine.sse`);
+      await Deno.copyFile(`${root}fixtures/essay.json`, `${dir}/mine.json`);
+      await Deno.writeTextFile(`${dir}/mine.timing.json`, '{"chunks":[{"at_ms":1,"bytes":9}]}');
+      await Deno.copyFile(`${root}fixtures/three-words.json`, `${dir}/short.json`);
+      const body = await replay(`${dir}/mine.json`);
+      assert.equal(body.code, 1);
+      assert.equal(
+        body.stderr,
+        `replay: ${dir}/mine.json is a fixture's non-streamed body (NAME.json), not a stream; ` +
+          `to replay its stream: deno task replay ${dir}/mine.sse\n`,
+      );
+      const timing = await replay(`${dir}/mine.timing.json`);
+      assert.equal(timing.code, 1);
+      assert.match(timing.stderr, /is a fixture's recorded timing \(NAME\.timing\.json\), not a/);
+      assert.ok(timing.stderr.endsWith(`deno task replay ${dir}/mine.sse\n`), timing.stderr);
+      const alone = await replay(`${dir}/short.json`);
+      assert.equal(alone.code, 1);
+      assert.equal(
+        alone.stderr,
+        `replay: ${dir}/short.json is a fixture's non-streamed body (NAME.json), not a stream, ` +
+          `and there is no ${dir}/short.sse beside it to replay\n`,
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  });
+  await t.step("any other JSON file, such as the manifest, is no stream either", async () => {
+    const { code, stderr } = await replay(`${root}fixtures/manifest.json`);
+    assert.equal(code, 1);
+    assert.equal(
+      stderr,
+      `replay: ${root}fixtures/manifest.json is JSON, not a stream ` +
+        "(a recorded stream is a NAME.sse file)\n",
+    );
+  });
+});
+
+Deno.test("replay prints a bad configuration value as record does, its message and exit 2, never a stack trace", async (t) => {
+  const env = { SLUICE_REPLAY_SPEED: "abc" };
+  const record = await run(["run", "--allow-read", "--allow-env", CLI("record"), "x"], env);
+  assert.equal(record.code, 2);
+  assert.match(
+    record.stderr,
+    /^record: invalid environment:\n {2}SLUICE_REPLAY_SPEED: .*"abc"\)\n$/,
+  );
+  for (const args of [["three-words"], ["--list"]]) {
+    await t.step(`replay ${args.join(" ")}`, async () => {
+      const replay = await run(["run", "--allow-read", "--allow-env", CLI("replay"), ...args], env);
+      assert.equal(replay.code, 2);
+      assert.equal(replay.stdout, "");
+      assert.equal(replay.stderr, record.stderr.replace(/^record:/, "replay:"));
+    });
+  }
+});
+
+Deno.test("record refuses a --body file that is not a JSON object with one line naming it, exit 2, and sends nothing", async (t) => {
+  const upstream = startFakeUpstream(() => new Response("{}"));
+  const dir = await Deno.makeTempDir();
+  const record = (file: string) =>
+    run(
+      ["run", "--allow-net=127.0.0.1", "--allow-env", "--allow-read", `--allow-write=${dir}`]
+        .concat([CLI("record"), "x", "--body", file, "--out", dir]),
+      { ANTHROPIC_API_KEY: "sk-ant-fake", ANTHROPIC_BASE_URL: upstream.url },
+    );
+  try {
+    await t.step("not JSON: the parser's reason, kept on the one line", async () => {
+      await Deno.writeTextFile(`${dir}/bad.json`, '{"model": "claude-sonnet-5-5",\n  oops\n');
+      const { code, stdout, stderr } = await record(`${dir}/bad.json`);
+      assert.equal(code, 2);
+      assert.equal(stdout, "");
+      assert.match(
+        stderr,
+        new RegExp(`^record: --body ${dir}/bad\\.json is not valid JSON: .+\n$`),
+      );
+    });
+    await t.step("JSON that is not an object", async () => {
+      await Deno.writeTextFile(`${dir}/list.json`, "[]");
+      const { code, stderr } = await record(`${dir}/list.json`);
+      assert.equal(code, 2);
+      assert.equal(
+        stderr,
+        `record: --body ${dir}/list.json is not a JSON object (a Messages body is one)\n`,
+      );
+    });
+    await t.step("no such file", async () => {
+      const { code, stderr } = await record(`${dir}/missing.json`);
+      assert.equal(code, 2);
+      assert.match(stderr, new RegExp(`^record: cannot read --body ${dir}/missing\\.json: .+\n$`));
+    });
+    assert.equal(upstream.requests.length, 0);
+    const written = [];
+    for await (const entry of Deno.readDir(dir)) written.push(entry.name);
+    assert.deepEqual(written.sort(), ["bad.json", "list.json"], "no fixture was written");
+  } finally {
+    await upstream.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -6,7 +6,8 @@
  * Options: --prompt TEXT, --model M, --max-tokens N, --body FILE (a whole Messages body),
  * --no-stream, --out DIR (default: the fixtures folder), --force (overwrite); --help prints them.
  * Exits 0 once recorded, 1 when the API answered with an error (recorded all the same) or the
- * fixture exists, 2 for bad usage or a missing key.
+ * fixture exists, 2 for bad usage (a `--body` that is no JSON object among it), a bad
+ * configuration value or a missing key.
  */
 import { parseArgs } from "node:util";
 import { ConfigError, parseConfig } from "../config.ts";
@@ -82,6 +83,31 @@ export function parseRecordArgs(args: string[]): RecordArgs | { help: true } {
   };
 }
 
+/**
+ * Reads `--body FILE`, a whole Messages body; throws a one-line message naming the file when it
+ * cannot be read or is not a JSON object.
+ */
+async function readBodyFile(file: string): Promise<Record<string, unknown>> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(resolveFromCaller(file));
+  } catch (error) {
+    throw new Error(`cannot read --body ${file}: ${(error as Error).message}`);
+  }
+  let body: unknown;
+  try {
+    body = JSON.parse(text);
+  } catch (error) {
+    // V8 quotes the text around the mistake, newlines and all: keep the message on one line.
+    const why = (error as Error).message.replace(/\s+/g, " ");
+    throw new Error(`--body ${file} is not valid JSON: ${why}`);
+  }
+  if (!body || typeof body !== "object" || Array.isArray(body)) {
+    throw new Error(`--body ${file} is not a JSON object (a Messages body is one)`);
+  }
+  return body as Record<string, unknown>;
+}
+
 async function main(args: string[]): Promise<number> {
   let values: RecordArgs | { help: true };
   try {
@@ -110,13 +136,18 @@ async function main(args: string[]): Promise<number> {
     console.error("record: ANTHROPIC_API_KEY is not set; recording needs the live API");
     return 2;
   }
-  const body: Record<string, unknown> = values.body
-    ? JSON.parse(await Deno.readTextFile(resolveFromCaller(values.body)))
-    : {
+  let body: Record<string, unknown>;
+  try {
+    body = values.body ? await readBodyFile(values.body) : {
       model: values.model ?? config.defaultModel,
       max_tokens: values.maxTokens,
       messages: [{ role: "user", content: values.prompt }],
     };
+  } catch (error) {
+    // A --body that cannot be sent is bad usage, found before anything goes upstream.
+    console.error(`record: ${(error as Error).message}`);
+    return 2;
+  }
   if (values.model) body.model = values.model;
   body.stream = !values.noStream;
   const upstream = createUpstream({

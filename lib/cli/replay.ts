@@ -15,8 +15,10 @@
  * it prints its status, error and retry-after instead (lib/cli/http_answer.ts).
  *
  * Exits 0 once the recording is shown, whatever it holds (an error event, a cut stream, an HTTP
- * error: showing those is what such fixtures are for), 1 when FILE or NAME cannot be read, 2 for
- * bad usage; `--help` prints the usage.
+ * error: showing those is what such fixtures are for), 1 when FILE or NAME cannot be read or holds
+ * no stream (a fixture's `NAME.json`: the message names its `.sse`), 2 for bad usage or a bad
+ * configuration value (ConfigError's message, as `deno task record` prints it); `--help` prints
+ * the usage.
  */
 import type { PriceTable } from "../stats/prices.ts";
 import { shippedPrices } from "../stats/prices.ts";
@@ -25,7 +27,7 @@ import { formatUsd } from "../chat/encoding.ts";
 import { parseArgs } from "node:util";
 import { EventAccumulator, type StreamResult } from "../stream/accumulator.ts";
 import { systemClock } from "../clock.ts";
-import { parseConfig } from "../config.ts";
+import { type Config, ConfigError, parseConfig } from "../config.ts";
 import {
   describeFixtures,
   type Fixture,
@@ -161,7 +163,8 @@ its status, error and retry-after instead.
   --speed N  1 (the default): the recorded pace, or replay mode's; 2 twice as fast; 0 no waiting
   --list     every fixture replay mode serves, when it is served and how to ask for it
 Exits 0 once the recording is shown, even one of a failure (an error event, a cut stream, an
-HTTP error); 1 when FILE or NAME cannot be read; 2 for bad usage.`;
+HTTP error); 1 when FILE or NAME cannot be read or holds no stream (a fixture's NAME.json);
+2 for bad usage or a bad environment variable.`;
 
 /** Parses the command line; throws a one-line message for bad input. */
 export function parseReplayArgs(args: string[]): ReplayArgs | { help: true } {
@@ -201,7 +204,17 @@ async function main(args: string[]): Promise<number> {
     console.log(REPLAY_USAGE);
     return 0;
   }
-  const config = parseConfig(Deno.env.toObject());
+  let config: Config;
+  try {
+    config = parseConfig(Deno.env.toObject());
+  } catch (error) {
+    // A bad value in the environment is the user's to fix: its message, not a stack trace.
+    if (error instanceof ConfigError) {
+      console.error(`replay: ${error.message}`);
+      return 2;
+    }
+    throw error;
+  }
   if (parsed.list) {
     const listing = describeFixtures(await loadFixtures(config.fixturesDir));
     if (parsed.json) {

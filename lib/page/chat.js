@@ -105,7 +105,8 @@ function describeDone(done) {
   if (typeof done.output_tokens_per_second === "number") {
     parts.push(`${Math.round(done.output_tokens_per_second)} tok/s`);
   }
-  // The cost, when the server sends one (it is not part of every sluice's `done`).
+  // Every sluice's `done` carries `cost_usd`; it is null when the model has no price, and then no
+  // cost is shown.
   const cost = done.cost_usd ?? done.cost?.usd;
   if (typeof cost === "number") parts.push(`$${cost < 0.01 ? cost.toFixed(4) : cost.toFixed(2)}`);
   if (done.stop_reason && done.stop_reason !== "end_turn") parts.push(done.stop_reason);

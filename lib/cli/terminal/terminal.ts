@@ -120,7 +120,11 @@ export function styles(color: boolean): Styles {
   };
 }
 
-/** The line after an answer: `612 ms to first token · 18 in / 54 out tokens · 1840 ms · 31 tok/s`. */
+/**
+ * The line after an answer,
+ * `612 ms to first token · 18 in / 54 out tokens · 1840 ms · 31 tok/s · $0.000576`
+ * (no cost when the model has no price; then the stop reason when it is not `end_turn`).
+ */
 export function statsText(done: ChatDone): string {
   const parts = [
     `${formatMs(done.ttft_ms)} to first token`,
