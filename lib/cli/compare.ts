@@ -19,6 +19,7 @@ import type { PriceTable } from "../stats/prices.ts";
 import { shippedPrices } from "../stats/prices.ts";
 import { costOfMessage } from "../stats/cost.ts";
 import { formatUsd } from "../chat/encoding.ts";
+import { argsOrExitCode } from "./usage.ts";
 
 /** The tutorial's prompt and cut-off. */
 export const DEFAULT_PROMPT =
@@ -297,17 +298,8 @@ if (import.meta.main) {
     config = parseConfig({});
   }
   const defaultModel = config.defaultModel;
-  let options: CompareOptions | { help: true };
-  try {
-    options = parseCompareArgs(Deno.args, defaultModel);
-  } catch (error) {
-    console.error(`compare: ${(error as Error).message}\n\n${USAGE}`);
-    Deno.exit(2);
-  }
-  if ("help" in options) {
-    console.log(USAGE);
-    Deno.exit(0);
-  }
+  const options = argsOrExitCode("compare", USAGE, () => parseCompareArgs(Deno.args, defaultModel));
+  if (typeof options === "number") Deno.exit(options);
   const opts = { ...options, prices: config.prices };
   console.log(`sending ${opts.runs * 2} requests to ${opts.url} …`);
   try {

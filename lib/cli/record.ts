@@ -14,6 +14,7 @@ import { ConfigError, parseConfig } from "../config.ts";
 import { record, writeRecording } from "../replay/record.ts";
 import { createUpstream } from "../proxy/upstream.ts";
 import { resolveFromCaller } from "./replay_source.ts";
+import { argsOrExitCode } from "./usage.ts";
 
 const DEFAULT_PROMPT = "Write me a 3 word sentence, without a preamble.";
 
@@ -109,18 +110,8 @@ async function readBodyFile(file: string): Promise<Record<string, unknown>> {
 }
 
 async function main(args: string[]): Promise<number> {
-  let values: RecordArgs | { help: true };
-  try {
-    values = parseRecordArgs(args);
-  } catch (error) {
-    // parseArgs throws a TypeError for an unknown option: a usage error, not a crash.
-    console.error(`record: ${(error as Error).message}\n\n${RECORD_USAGE}`);
-    return 2;
-  }
-  if ("help" in values) {
-    console.log(RECORD_USAGE);
-    return 0;
-  }
+  const values = argsOrExitCode("record", RECORD_USAGE, () => parseRecordArgs(args));
+  if (typeof values === "number") return values;
   const name = values.name;
   let config;
   try {

@@ -39,6 +39,7 @@ import { SELECTION_RULES } from "../replay/select.ts";
 import { createSseDecoder } from "../stream/sse.ts";
 import { NoFixtureError, openFixture } from "./replay_source.ts";
 import { httpErrorLines, httpErrorSummary } from "./http_answer.ts";
+import { argsOrExitCode } from "./usage.ts";
 
 /** Options for {@link replayFixture}. */
 export interface ReplayOptions {
@@ -192,18 +193,8 @@ export function parseReplayArgs(args: string[]): ReplayArgs | { help: true } {
 }
 
 async function main(args: string[]): Promise<number> {
-  let parsed: ReplayArgs | { help: true };
-  try {
-    parsed = parseReplayArgs(args);
-  } catch (error) {
-    // parseArgs throws a TypeError for an unknown option: a usage error, not a crash.
-    console.error(`replay: ${(error as Error).message}\n\n${REPLAY_USAGE}`);
-    return 2;
-  }
-  if ("help" in parsed) {
-    console.log(REPLAY_USAGE);
-    return 0;
-  }
+  const parsed = argsOrExitCode("replay", REPLAY_USAGE, () => parseReplayArgs(args));
+  if (typeof parsed === "number") return parsed;
   let config: Config;
   try {
     config = parseConfig(Deno.env.toObject());
