@@ -10,11 +10,10 @@
  * configuration value or a missing key.
  */
 import { parseArgs } from "node:util";
-import { ConfigError, parseConfig } from "../config.ts";
 import { record, writeRecording } from "../replay/record.ts";
 import { createUpstream } from "../proxy/upstream.ts";
 import { resolveFromCaller } from "./replay_source.ts";
-import { argsOrExitCode } from "./usage.ts";
+import { argsOrExitCode, configOrExitCode } from "./usage.ts";
 
 const DEFAULT_PROMPT = "Write me a 3 word sentence, without a preamble.";
 
@@ -113,16 +112,8 @@ async function main(args: string[]): Promise<number> {
   const values = argsOrExitCode("record", RECORD_USAGE, () => parseRecordArgs(args));
   if (typeof values === "number") return values;
   const name = values.name;
-  let config;
-  try {
-    config = parseConfig(Deno.env.toObject());
-  } catch (error) {
-    if (error instanceof ConfigError) {
-      console.error(`record: ${error.message}`);
-      return 2;
-    }
-    throw error;
-  }
+  const config = configOrExitCode("record");
+  if (typeof config === "number") return config;
   if (!config.anthropicApiKey) {
     console.error("record: ANTHROPIC_API_KEY is not set; recording needs the live API");
     return 2;

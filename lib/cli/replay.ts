@@ -27,7 +27,6 @@ import { formatUsd } from "../chat/encoding.ts";
 import { parseArgs } from "node:util";
 import { EventAccumulator, type StreamResult } from "../stream/accumulator.ts";
 import { systemClock } from "../clock.ts";
-import { type Config, ConfigError, parseConfig } from "../config.ts";
 import {
   describeFixtures,
   type Fixture,
@@ -39,7 +38,7 @@ import { SELECTION_RULES } from "../replay/select.ts";
 import { createSseDecoder } from "../stream/sse.ts";
 import { NoFixtureError, openFixture } from "./replay_source.ts";
 import { httpErrorLines, httpErrorSummary } from "./http_answer.ts";
-import { argsOrExitCode } from "./usage.ts";
+import { argsOrExitCode, configOrExitCode } from "./usage.ts";
 
 /** Options for {@link replayFixture}. */
 export interface ReplayOptions {
@@ -195,17 +194,8 @@ export function parseReplayArgs(args: string[]): ReplayArgs | { help: true } {
 async function main(args: string[]): Promise<number> {
   const parsed = argsOrExitCode("replay", REPLAY_USAGE, () => parseReplayArgs(args));
   if (typeof parsed === "number") return parsed;
-  let config: Config;
-  try {
-    config = parseConfig(Deno.env.toObject());
-  } catch (error) {
-    // A bad value in the environment is the user's to fix: its message, not a stack trace.
-    if (error instanceof ConfigError) {
-      console.error(`replay: ${error.message}`);
-      return 2;
-    }
-    throw error;
-  }
+  const config = configOrExitCode("replay");
+  if (typeof config === "number") return config;
   if (parsed.list) {
     const listing = describeFixtures(await loadFixtures(config.fixturesDir));
     if (parsed.json) {
