@@ -9,7 +9,7 @@ import {
   InvalidCursorError,
   isConversationId,
 } from "../lib/chat/conversations.ts";
-import { replayApp, testConfig } from "./helpers.ts";
+import { kvWithAtomic, replayApp, testConfig } from "./helpers.ts";
 
 const HOUR = 3_600_000;
 const LIMITS: ConversationLimits = { maxTurns: 6, maxBytes: 60_000, ttlMs: HOUR };
@@ -165,22 +165,12 @@ Deno.test("the conversation store keeps, bounds and forgets histories", async (t
     try {
       const options: unknown[] = [];
       // A KV whose atomic operations report the options of each `set`.
-      const spy = new Proxy(kv, {
-        get(target, property) {
-          if (property === "atomic") {
-            return () => {
-              const op = target.atomic();
-              const set = op.set.bind(op);
-              op.set = (key, value, setOptions) => {
-                options.push(setOptions);
-                return set(key, value, setOptions);
-              };
-              return op;
-            };
-          }
-          const value = Reflect.get(target, property);
-          return typeof value === "function" ? value.bind(target) : value;
-        },
+      const spy = kvWithAtomic(kv, (op) => {
+        const set = op.set.bind(op);
+        op.set = (key, value, setOptions) => {
+          options.push(setOptions);
+          return set(key, value, setOptions);
+        };
       });
       const store = createConversationStore({ kv: spy, limits: LIMITS });
       const { id } = await store.create("o");

@@ -392,3 +392,26 @@ export function ownConnections(
   );
   return { fetch: ownFetch, close: () => client.close() };
 }
+
+/**
+ * `kv` with every atomic operation handed to `adapt` before it is used (to spy on its `set`s,
+ * to hold its `commit`); everything else is `kv`'s own.
+ */
+export function kvWithAtomic(
+  kv: Deno.Kv,
+  adapt: (operation: Deno.AtomicOperation) => void,
+): Deno.Kv {
+  return new Proxy(kv, {
+    get(target, name) {
+      if (name === "atomic") {
+        return () => {
+          const operation = target.atomic();
+          adapt(operation);
+          return operation;
+        };
+      }
+      const value = Reflect.get(target, name);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+}

@@ -13,6 +13,7 @@ import { createLifecycle, installShutdown, type Lifecycle } from "../lib/http/sh
 import { createUpstream } from "../lib/proxy/upstream.ts";
 import {
   answeringUpstream,
+  kvWithAtomic,
   readFixture,
   startFakeUpstream,
   startMain,
@@ -202,27 +203,17 @@ function heldKv(kv: Deno.Kv) {
   let gate: Promise<void> = Promise.resolve();
   let release = () => {};
   const counts = { inFlight: 0 };
-  const proxy = new Proxy(kv, {
-    get(target, name) {
-      if (name === "atomic") {
-        return () => {
-          const operation = target.atomic();
-          const commit = operation.commit.bind(operation);
-          operation.commit = async () => {
-            counts.inFlight++;
-            try {
-              await gate;
-              return await commit();
-            } finally {
-              counts.inFlight--;
-            }
-          };
-          return operation;
-        };
+  const proxy = kvWithAtomic(kv, (operation) => {
+    const commit = operation.commit.bind(operation);
+    operation.commit = async () => {
+      counts.inFlight++;
+      try {
+        await gate;
+        return await commit();
+      } finally {
+        counts.inFlight--;
       }
-      const value = Reflect.get(target, name);
-      return typeof value === "function" ? value.bind(target) : value;
-    },
+    };
   });
   return {
     kv: proxy,
